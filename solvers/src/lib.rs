@@ -1,0 +1,12 @@
+//! # insilico-solvers
+//!
+//! The core solve layer of Insilico: the [`System`] trait (a right-hand side with
+//! exact derivatives), [`Schedule`]s of interventions in the NONMEM event grammar,
+//! segment-by-segment solves over diffsol's methods, gradients by forward
+//! sensitivities and by adjoint, and NONMEM-layout datasets.
+
+pub mod schedule;
+pub mod system;
+
+pub use schedule::{Attr, Dose, DoseKind, Event, Exposure, Schedule, SteadyState};
+pub use system::{check_derivatives, DerivativeReport, System};
