@@ -5,8 +5,17 @@
 //! segment-by-segment solves over diffsol's methods, gradients by forward
 //! sensitivities and by adjoint, and NONMEM-layout datasets.
 
+pub mod data;
 pub mod schedule;
 pub mod system;
 
+pub use data::{ColumnOrValue, DataError, Dataset, DoseMapping, ReadOptions, Record, Subject};
 pub use schedule::{Attr, Dose, DoseKind, Event, Exposure, Schedule, SteadyState};
 pub use system::{check_derivatives, DerivativeReport, System};
+
+mod driver;
+mod events;
+mod integrator;
+pub mod solve;
+
+pub use solve::{solve, Error, Method, Observation as ObservationPoint, Options, Problem, Solution, Stats};
