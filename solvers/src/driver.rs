@@ -44,11 +44,11 @@ pub(crate) struct TapeSeg {
     pub t0: f64,
     pub t1: f64,
     pub knots: Vec<Knot>,
-    pub rates: Vec<f64>,
-    pub drates: Vec<f64>,
     pub u: Vec<f64>,
     /// Observations strictly inside the segment: (index, state).
     pub obs: Vec<(usize, Vec<f64>)>,
+    /// Running infusions: (state, ∂rate/∂θ).
+    pub active: Vec<(usize, Grad)>,
 }
 
 /// One applied action.
@@ -98,7 +98,6 @@ pub(crate) struct FwdState {
 /// End of a forward run.
 pub(crate) struct RunEnd {
     pub x: Vec<f64>,
-    pub s: Vec<f64>,
     pub stats: Stats,
 }
 
@@ -138,7 +137,8 @@ impl Rhs for ForwardRhs<'_> {
         let (e, tmp) = &mut *sc;
         for (j, d) in self.dirs.iter().enumerate() {
             let out = &mut ds[j * n..(j + 1) * n];
-            self.sys.jvp(t, x, &seg.u, self.p, &s[j * n..(j + 1) * n], out);
+            self.sys
+                .jvp(t, x, &seg.u, self.p, &s[j * n..(j + 1) * n], out);
             if let Dir::Param(i) = *d {
                 e[i] = 1.0;
                 self.sys.jvp_params(t, x, &seg.u, self.p, e, tmp);
@@ -159,7 +159,14 @@ impl Rhs for ForwardRhs<'_> {
         let seg = self.seg.borrow();
         let x = &z[..n];
         for j in 0..=self.dirs.len() {
-            self.sys.jvp(t, x, &seg.u, self.p, &v[j * n..(j + 1) * n], &mut out[j * n..(j + 1) * n]);
+            self.sys.jvp(
+                t,
+                x,
+                &seg.u,
+                self.p,
+                &v[j * n..(j + 1) * n],
+                &mut out[j * n..(j + 1) * n],
+            );
         }
     }
 }
@@ -183,7 +190,15 @@ fn new_state(n: usize, ninputs: usize, dirs: &[Dir], t: f64, x: Vec<f64>, u: Vec
         }
     }
     debug_assert_eq!(u.len(), ninputs);
-    FwdState { t, x, s, rates: vec![0.0; n], drates: vec![0.0; n * k], u, active: Vec::new() }
+    FwdState {
+        t,
+        x,
+        s,
+        rates: vec![0.0; n],
+        drates: vec![0.0; n * k],
+        u,
+        active: Vec::new(),
+    }
 }
 
 /// Runs `problem` forward from its `t0` to its horizon.
@@ -198,11 +213,31 @@ pub(crate) fn forward(
     let sys = problem.system;
     let p = &problem.params;
     let events = resolve(&problem.schedule, p, sys.nstates(), sys.ninputs())?;
-    let mut obs: Vec<(usize, Observation)> = problem.observations.iter().copied().enumerate().collect();
+    let mut obs: Vec<(usize, Observation)> =
+        problem.observations.iter().copied().enumerate().collect();
     obs.sort_by(|a, b| a.1.time.total_cmp(&b.1.time));
-    let mut st = new_state(sys.nstates(), sys.ninputs(), dirs, problem.t0, problem.x0.clone(), problem.u0.clone());
-    let stats = integrate(sys, p, method, opts, dirs, &mut st, &events, &obs, problem.horizon(), sink, tape)?;
-    Ok(RunEnd { x: st.x, s: st.s, stats })
+    let mut st = new_state(
+        sys.nstates(),
+        sys.ninputs(),
+        dirs,
+        problem.t0,
+        problem.x0.clone(),
+        problem.u0.clone(),
+    );
+    let stats = integrate(
+        sys,
+        p,
+        method,
+        opts,
+        dirs,
+        &mut st,
+        &events,
+        &obs,
+        problem.horizon(),
+        sink,
+        tape,
+    )?;
+    Ok(RunEnd { x: st.x, stats })
 }
 
 struct NoObs;
@@ -234,7 +269,11 @@ pub(crate) fn integrate(
         p,
         n,
         dirs,
-        seg: RefCell::new(Seg { rates: st.rates.clone(), drates: st.drates.clone(), u: st.u.clone() }),
+        seg: RefCell::new(Seg {
+            rates: st.rates.clone(),
+            drates: st.drates.clone(),
+            u: st.u.clone(),
+        }),
         scratch: RefCell::new((vec![0.0; m], vec![0.0; n])),
     };
     let mut stats = Stats::default();
@@ -262,11 +301,14 @@ pub(crate) fn integrate(
                 let mut tseg = tape.as_ref().map(|_| TapeSeg {
                     t0: st.t,
                     t1: t_stop,
-                    knots: vec![Knot { t: st.t, x: st.x.clone(), f: dz[..n].to_vec() }],
-                    rates: st.rates.clone(),
-                    drates: st.drates.clone(),
+                    knots: vec![Knot {
+                        t: st.t,
+                        x: st.x.clone(),
+                        f: dz[..n].to_vec(),
+                    }],
                     u: st.u.clone(),
                     obs: Vec::new(),
+                    active: st.active.iter().map(|a| (a.1, a.3.clone())).collect(),
                 });
                 let mut buf = vec![0.0; n * (1 + k)];
                 let mut fbuf = vec![0.0; n * (1 + k)];
@@ -284,7 +326,11 @@ pub(crate) fn integrate(
                         for s in [0.5 * (t_prev + t_now), t_now] {
                             interp(s, &mut buf)?;
                             rhs.rhs(s, &buf, &mut fbuf);
-                            ts.knots.push(Knot { t: s, x: buf[..n].to_vec(), f: fbuf[..n].to_vec() });
+                            ts.knots.push(Knot {
+                                t: s,
+                                x: buf[..n].to_vec(),
+                                f: fbuf[..n].to_vec(),
+                            });
                         }
                     }
                     Ok(())
@@ -302,7 +348,17 @@ pub(crate) fn integrate(
             // Apply every event at this time, then take observations at it.
             st.t = st.t.max(t_ev);
             while ei < events.len() && events[ei].time == t_ev {
-                apply(sys, p, method, opts, dirs, &pdir, st, &events[ei], tape.as_deref_mut())?;
+                apply(
+                    sys,
+                    p,
+                    method,
+                    opts,
+                    dirs,
+                    &pdir,
+                    st,
+                    &events[ei],
+                    tape.as_deref_mut(),
+                )?;
                 ei += 1;
             }
             while oi < obs.len() && obs[oi].1.time <= t_ev {
@@ -330,7 +386,14 @@ pub(crate) fn integrate(
 }
 
 /// `f(t, x, u, θ) + R`.
-pub(crate) fn full_rhs(sys: &dyn System, t: f64, x: &[f64], u: &[f64], p: &[f64], rates: &[f64]) -> Vec<f64> {
+pub(crate) fn full_rhs(
+    sys: &dyn System,
+    t: f64,
+    x: &[f64],
+    u: &[f64],
+    p: &[f64],
+    rates: &[f64],
+) -> Vec<f64> {
     let mut f = vec![0.0; x.len()];
     sys.rhs(t, x, u, p, &mut f);
     for (a, r) in f.iter_mut().zip(rates) {
@@ -370,15 +433,28 @@ fn apply(
     let u_before = st.u.clone();
     let mut ss_sens = None;
     let timing = !ev.d_time.is_empty() && !dirs.is_empty();
-    let f_before = if timing { full_rhs(sys, t, &st.x, &st.u, p, &st.rates) } else { Vec::new() };
+    let f_before = if timing {
+        full_rhs(sys, t, &st.x, &st.u, p, &st.rates)
+    } else {
+        Vec::new()
+    };
     match &ev.action {
-        Action::Jump { cmt, amount, d_amount } => {
+        Action::Jump {
+            cmt,
+            amount,
+            d_amount,
+        } => {
             st.x[*cmt] += amount;
             let mut e = vec![0.0; n];
             e[*cmt] = 1.0;
             add_param_grad(&mut st.s, n, pdir, d_amount, &e);
         }
-        Action::RateOn { id, cmt, rate, d_rate } => {
+        Action::RateOn {
+            id,
+            cmt,
+            rate,
+            d_rate,
+        } => {
             st.active.push((*id, *cmt, *rate, d_rate.clone()));
             st.rates[*cmt] += rate;
             let mut e = vec![0.0; n];
@@ -468,19 +544,64 @@ fn apply(
 fn period_events(spec: &SsSpec, horizon: f64) -> Vec<Timed> {
     let mut ev = Vec::new();
     match &spec.input {
-        Input::Bolus => ev.push(Timed { time: 0.0, d_time: Vec::new(), seq: 0, record: 0, nominal: 0.0, action: Action::Jump { cmt: spec.cmt, amount: spec.amount, d_amount: spec.d_amount.clone() },
+        Input::Bolus => ev.push(Timed {
+            time: 0.0,
+            d_time: Vec::new(),
+            seq: 0,
+            record: 0,
+            nominal: 0.0,
+            action: Action::Jump {
+                cmt: spec.cmt,
+                amount: spec.amount,
+                d_amount: spec.d_amount.clone(),
+            },
         }),
-        Input::Infusion { rate, d_rate, duration, d_duration } => {
+        Input::Infusion {
+            rate,
+            d_rate,
+            duration,
+            d_duration,
+        } => {
             let c0 = (duration / spec.ii).ceil().max(1.0);
             let b = duration - (c0 - 1.0) * spec.ii;
             if c0 > 1.0 {
                 let scaled: Grad = d_rate.iter().map(|&(i, v)| (i, v * (c0 - 1.0))).collect();
-                ev.push(Timed { time: 0.0, d_time: Vec::new(), seq: 0, record: 0, nominal: 0.0, action: Action::RateOn { id: 0, cmt: spec.cmt, rate: rate * (c0 - 1.0), d_rate: scaled },
+                ev.push(Timed {
+                    time: 0.0,
+                    d_time: Vec::new(),
+                    seq: 0,
+                    record: 0,
+                    nominal: 0.0,
+                    action: Action::RateOn {
+                        id: 0,
+                        cmt: spec.cmt,
+                        rate: rate * (c0 - 1.0),
+                        d_rate: scaled,
+                    },
                 });
             }
-            ev.push(Timed { time: 0.0, d_time: Vec::new(), seq: 1, record: 0, nominal: 0.0, action: Action::RateOn { id: 1, cmt: spec.cmt, rate: *rate, d_rate: d_rate.clone() } });
+            ev.push(Timed {
+                time: 0.0,
+                d_time: Vec::new(),
+                seq: 1,
+                record: 0,
+                nominal: 0.0,
+                action: Action::RateOn {
+                    id: 1,
+                    cmt: spec.cmt,
+                    rate: *rate,
+                    d_rate: d_rate.clone(),
+                },
+            });
             if b < horizon {
-                ev.push(Timed { time: b, d_time: d_duration.clone(), seq: 2, record: 0, nominal: b, action: Action::RateOff { id: 1 } });
+                ev.push(Timed {
+                    time: b,
+                    d_time: d_duration.clone(),
+                    seq: 2,
+                    record: 0,
+                    nominal: b,
+                    action: Action::RateOff { id: 1 },
+                });
             }
         }
     }
@@ -520,14 +641,28 @@ pub(crate) fn steady_state(
     let mut last: Option<FwdState> = None;
     for _ in 0..50 {
         let mut st = new_state(n, u.len(), &dirs, 0.0, x.clone(), u.to_vec());
-        integrate(sys, p, method, opts, &dirs, &mut st, &events, &[], spec.ii, &mut NoObs, None)?;
+        integrate(
+            sys,
+            p,
+            method,
+            opts,
+            &dirs,
+            &mut st,
+            &events,
+            &[],
+            spec.ii,
+            &mut NoObs,
+            None,
+        )?;
         // Newton step on the free states: (I − P_x) dx = P(x) − x.
         let a = DMatrix::from_fn(nf, nf, |r, c| (r == c) as u8 as f64 - st.s[c * n + free[r]]);
         let res = DVector::from_fn(nf, |r, _| st.x[free[r]] - x[free[r]]);
         let scale = free.iter().map(|&i| st.x[i].abs()).fold(0.0, f64::max);
         let small = res.amax() <= 1e-3 * (opts.rtol * scale + opts.atol);
         let lu = a.clone().lu();
-        let dx = lu.solve(&res).ok_or_else(|| fail("the periodic map's Jacobian is singular".into()))?;
+        let dx = lu
+            .solve(&res)
+            .ok_or_else(|| fail("the periodic map's Jacobian is singular".into()))?;
         for (r, &i) in free.iter().enumerate() {
             x[i] += dx[r];
         }
@@ -538,15 +673,24 @@ pub(crate) fn steady_state(
         }
     }
     if !converged {
-        return Err(fail("Newton on the periodic state did not converge in 50 iterations".into()));
+        return Err(fail(
+            "Newton on the periodic state did not converge in 50 iterations".into(),
+        ));
     }
-    let Some(last) = last else { return Err(fail("no iteration ran".into())) };
+    let Some(last) = last else {
+        return Err(fail("no iteration ran".into()));
+    };
     // dx_p/dθ = (I − P_x)⁻¹ P_θ on the free states.
     let mut s_p = vec![0.0; n * m];
     if want_sens {
-        let a = DMatrix::from_fn(nf, nf, |r, c| (r == c) as u8 as f64 - last.s[c * n + free[r]]);
+        let a = DMatrix::from_fn(nf, nf, |r, c| {
+            (r == c) as u8 as f64 - last.s[c * n + free[r]]
+        });
         let pth = DMatrix::from_fn(nf, m, |r, c| last.s[(nf + c) * n + free[r]]);
-        let sol = a.lu().solve(&pth).ok_or_else(|| fail("the periodic map's Jacobian is singular".into()))?;
+        let sol = a
+            .lu()
+            .solve(&pth)
+            .ok_or_else(|| fail("the periodic map's Jacobian is singular".into()))?;
         for c in 0..m {
             for (r, &i) in free.iter().enumerate() {
                 s_p[c * n + i] = sol[(r, c)];
@@ -554,13 +698,29 @@ pub(crate) fn steady_state(
         }
     }
     // From the last dose of the history to the record time.
-    let pdirs: Vec<Dir> = if want_sens { (0..m).map(Dir::Param).collect() } else { Vec::new() };
+    let pdirs: Vec<Dir> = if want_sens {
+        (0..m).map(Dir::Param).collect()
+    } else {
+        Vec::new()
+    };
     let mut st = new_state(n, u.len(), &pdirs, 0.0, x, u.to_vec());
     if want_sens {
         st.s.copy_from_slice(&s_p);
     }
     let events = period_events(spec, spec.phase);
-    integrate(sys, p, method, opts, &pdirs, &mut st, &events, &[], spec.phase, &mut NoObs, None)?;
+    integrate(
+        sys,
+        p,
+        method,
+        opts,
+        &pdirs,
+        &mut st,
+        &events,
+        &[],
+        spec.phase,
+        &mut NoObs,
+        None,
+    )?;
     for &i in &acc {
         st.x[i] = 0.0;
     }
@@ -583,7 +743,14 @@ pub(crate) fn steady_state(
 }
 
 /// Steady state of a constant infusion: `f(x) + r·e_c = 0` on the free states.
-fn constant_infusion(sys: &dyn System, p: &[f64], spec: &SsSpec, u: &[f64], want_sens: bool, free: &[usize]) -> Result<(Vec<f64>, Option<Vec<f64>>), String> {
+fn constant_infusion(
+    sys: &dyn System,
+    p: &[f64],
+    spec: &SsSpec,
+    u: &[f64],
+    want_sens: bool,
+    free: &[usize],
+) -> Result<(Vec<f64>, Option<Vec<f64>>), String> {
     let n = sys.nstates();
     let m = sys.nparams();
     let nf = free.len();
@@ -608,7 +775,10 @@ fn constant_infusion(sys: &dyn System, p: &[f64], spec: &SsSpec, u: &[f64], want
     for _ in 0..100 {
         let f = full_rhs(sys, 0.0, &x, u, p, &rates);
         let res = DVector::from_fn(nf, |r, _| -f[free[r]]);
-        let dx = jac(&x).lu().solve(&res).ok_or("the Jacobian is singular at the steady state")?;
+        let dx = jac(&x)
+            .lu()
+            .solve(&res)
+            .ok_or("the Jacobian is singular at the steady state")?;
         for (r, &i) in free.iter().enumerate() {
             x[i] += dx[r];
         }
@@ -639,7 +809,9 @@ fn constant_infusion(sys: &dyn System, p: &[f64], spec: &SsSpec, u: &[f64], want
             }
         }
         let rhs = DVector::from_fn(nf, |r, _| -col[free[r]]);
-        let sol = j.solve(&rhs).ok_or("the Jacobian is singular at the steady state")?;
+        let sol = j
+            .solve(&rhs)
+            .ok_or("the Jacobian is singular at the steady state")?;
         for (r, &i) in free.iter().enumerate() {
             s[c * n + i] = sol[r];
         }

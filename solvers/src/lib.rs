@@ -15,7 +15,11 @@ pub use system::{check_derivatives, DerivativeReport, System};
 
 mod driver;
 mod events;
+pub mod gradient;
 mod integrator;
 pub mod solve;
 
-pub use solve::{solve, Error, Method, Observation as ObservationPoint, Options, Problem, Solution, Stats};
+pub use gradient::{gradient, Gradient, GradientMethod, Loss};
+pub use solve::{
+    solve, Error, Method, Observation as ObservationPoint, Options, Problem, Solution, Stats,
+};

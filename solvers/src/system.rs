@@ -83,7 +83,15 @@ pub trait System: Send + Sync {
         x[k]
     }
     /// Gradient of output `k`: adds `∂y/∂x` into `gx` and `∂y/∂θ` into `gp`.
-    fn output_grad(&self, k: usize, _t: f64, _x: &[f64], _p: &[f64], gx: &mut [f64], _gp: &mut [f64]) {
+    fn output_grad(
+        &self,
+        k: usize,
+        _t: f64,
+        _x: &[f64],
+        _p: &[f64],
+        gx: &mut [f64],
+        _gp: &mut [f64],
+    ) {
         gx[k] += 1.0;
     }
 
@@ -124,7 +132,14 @@ pub struct DerivativeReport {
 /// `jvp`, `vjp_state`, `jvp_params`, `vjp_params` and `output_grad` against
 /// them on every unit vector, so each entry is checked, not just a random
 /// projection.
-pub fn check_derivatives(sys: &dyn System, t: f64, x: &[f64], u: &[f64], p: &[f64], h: f64) -> DerivativeReport {
+pub fn check_derivatives(
+    sys: &dyn System,
+    t: f64,
+    x: &[f64],
+    u: &[f64],
+    p: &[f64],
+    h: f64,
+) -> DerivativeReport {
     let n = sys.nstates();
     let m = sys.nparams();
     let err = |a: f64, b: f64| (a - b).abs() / b.abs().max(1.0);

@@ -2,41 +2,10 @@
 //! through the solve layer with a one-compartment depot model written inline.
 
 use insilico_solvers::data::{ColumnOrValue, Dataset, DoseMapping, ReadOptions};
-use insilico_solvers::{solve, Event, Method, ObservationPoint, Options, Problem, SteadyState, System};
+use insilico_solvers::{solve, Event, Method, ObservationPoint, Options, Problem, SteadyState};
 
-/// depot' = -ka depot; central' = ka depot - cl/v central; params [ka, cl, v]; output cp = central/(v/1000).
-struct OneCmt;
-impl System for OneCmt {
-    fn nstates(&self) -> usize { 2 }
-    fn nparams(&self) -> usize { 3 }
-    fn rhs(&self, _t: f64, x: &[f64], _u: &[f64], p: &[f64], dx: &mut [f64]) {
-        dx[0] = -p[0] * x[0];
-        dx[1] = p[0] * x[0] - p[1] / p[2] * x[1];
-    }
-    fn jvp(&self, _t: f64, _x: &[f64], _u: &[f64], p: &[f64], v: &[f64], o: &mut [f64]) {
-        o[0] = -p[0] * v[0];
-        o[1] = p[0] * v[0] - p[1] / p[2] * v[1];
-    }
-    fn vjp_state(&self, _t: f64, _x: &[f64], _u: &[f64], p: &[f64], w: &[f64], o: &mut [f64]) {
-        o[0] = -p[0] * w[0] + p[0] * w[1];
-        o[1] = -p[1] / p[2] * w[1];
-    }
-    fn jvp_params(&self, _t: f64, x: &[f64], _u: &[f64], p: &[f64], v: &[f64], o: &mut [f64]) {
-        o[0] = -x[0] * v[0];
-        o[1] = x[0] * v[0] - x[1] / p[2] * v[1] + p[1] * x[1] / (p[2] * p[2]) * v[2];
-    }
-    fn vjp_params(&self, _t: f64, x: &[f64], _u: &[f64], p: &[f64], w: &[f64], o: &mut [f64]) {
-        o[0] = -x[0] * w[0] + x[0] * w[1];
-        o[1] = -x[1] / p[2] * w[1];
-        o[2] = p[1] * x[1] / (p[2] * p[2]) * w[1];
-    }
-    fn noutputs(&self) -> usize { 1 }
-    fn output(&self, _k: usize, _t: f64, x: &[f64], p: &[f64]) -> f64 { x[1] / (p[2] / 1000.0) }
-    fn output_grad(&self, _k: usize, _t: f64, x: &[f64], p: &[f64], gx: &mut [f64], gp: &mut [f64]) {
-        gx[1] += 1000.0 / p[2];
-        gp[2] -= 1000.0 * x[1] / (p[2] * p[2]);
-    }
-}
+mod common;
+use common::OneCmt;
 
 #[test]
 fn nmtest_all_scenarios() {
@@ -52,7 +21,11 @@ fn nmtest_all_scenarios() {
         duration: vec![(2, ColumnOrValue::Column("dur2".into()))],
     };
     let cp = ds.covariate("cp").unwrap();
-    let opts = Options { rtol: 1e-10, atol: 1e-10, ..Options::default() };
+    let opts = Options {
+        rtol: 1e-10,
+        atol: 1e-10,
+        ..Options::default()
+    };
     let mut bad = Vec::new();
     let mut known = 0;
     let mut total = 0;
@@ -73,10 +46,22 @@ fn nmtest_all_scenarios() {
                 _ => None,
             })
             .collect();
-        let mut prob = Problem::new(&OneCmt, vec![1.5, 1.1, 20.0]).with_schedule(sched);
-        prob.observations = obs.iter().map(|o| ObservationPoint { time: o.time, output: 0 }).collect();
+        let mut prob =
+            Problem::new(&OneCmt, vec![1.5, 1.1, 20.0, 0.0, 0.0, 0.0]).with_schedule(sched);
+        prob.observations = obs
+            .iter()
+            .map(|o| ObservationPoint {
+                time: o.time,
+                output: 0,
+            })
+            .collect();
         let sol = solve(&prob, Method::Bdf, &opts).unwrap();
-        let expected: Vec<f64> = subj.records.iter().filter(|r| r.evid == 0).map(|r| r.covariates[cp].unwrap()).collect();
+        let expected: Vec<f64> = subj
+            .records
+            .iter()
+            .filter(|r| r.evid == 0)
+            .map(|r| r.covariates[cp].unwrap())
+            .collect();
         let mut worst = (0.0f64, 0.0, 0.0, 0.0);
         for (i, (&got, &want)) in sol.outputs.iter().zip(&expected).enumerate() {
             total += 1;
@@ -86,7 +71,10 @@ fn nmtest_all_scenarios() {
                 worst = (rel, obs[i].time, got, want);
             }
             if !ok {
-                if windows.iter().any(|&(a, b)| obs[i].time >= a && obs[i].time < b) {
+                if windows
+                    .iter()
+                    .any(|&(a, b)| obs[i].time >= a && obs[i].time < b)
+                {
                     known += 1;
                 } else {
                     bad.push((subj.id.clone(), obs[i].time, got, want));
@@ -94,11 +82,23 @@ fn nmtest_all_scenarios() {
             }
         }
         if worst.0 > 0.0 {
-            eprintln!("subject {}: worst rel {:.3e} at t={} got {} want {}", subj.id, worst.0, worst.1, worst.2, worst.3);
+            eprintln!(
+                "subject {}: worst rel {:.3e} at t={} got {} want {}",
+                subj.id, worst.0, worst.1, worst.2, worst.3
+            );
         }
     }
-    eprintln!("{total} rows: {known} in documented SS-lag windows, {} unexplained", bad.len());
-    assert!(bad.is_empty(), "rows differing from NONMEM outside the documented convention: {bad:?}");
+    eprintln!(
+        "{total} rows: {known} in documented SS-lag windows, {} unexplained",
+        bad.len()
+    );
+    assert!(
+        bad.is_empty(),
+        "rows differing from NONMEM outside the documented convention: {bad:?}"
+    );
     assert_eq!(total, 7074);
-    assert_eq!(known, 260, "the documented convention difference covers exactly 260 rows");
+    assert_eq!(
+        known, 260,
+        "the documented convention difference covers exactly 260 rows"
+    );
 }
