@@ -280,14 +280,9 @@ impl DoseMapping {
     /// named at most once per attribute.
     fn check(&self, file: &str) -> Result<(), DataError> {
         let n = self.n_compartments;
-        let err = |reason: String| DataError::Mapping {
-            file: file.to_string(),
-            reason,
-        };
+        let err = |reason: String| DataError::Mapping { file: file.to_string(), reason };
         if n == 0 {
-            return Err(err(
-                "the model has no compartments (n_compartments = 0)".into()
-            ));
+            return Err(err("the model has no compartments (n_compartments = 0)".into()));
         }
         for (what, list) in [
             ("bioavailability", &self.bioavailability),
@@ -302,9 +297,7 @@ impl DoseMapping {
                     )));
                 }
                 if list[..i].iter().any(|(d, _)| d == c) {
-                    return Err(err(format!(
-                        "{what} is mapped twice for compartment {c}; keep one entry"
-                    )));
+                    return Err(err(format!("{what} is mapped twice for compartment {c}; keep one entry")));
                 }
             }
         }
@@ -328,9 +321,7 @@ pub struct Observation {
 }
 
 /// NONMEM column names, upper case.
-const NM_COLUMNS: [&str; 11] = [
-    "ID", "TIME", "AMT", "DV", "EVID", "CMT", "MDV", "RATE", "II", "ADDL", "SS",
-];
+const NM_COLUMNS: [&str; 11] = ["ID", "TIME", "AMT", "DV", "EVID", "CMT", "MDV", "RATE", "II", "ADDL", "SS"];
 
 /// Positions of the NONMEM columns in a row, and of the covariates.
 #[derive(Debug, Default)]
@@ -396,10 +387,7 @@ fn split_fields(line: &str) -> Result<Vec<String>, String> {
         }
     }
     if in_quotes {
-        return Err(format!(
-            "unterminated double quote in field {}; close the quote",
-            fields.len() + 1
-        ));
+        return Err(format!("unterminated double quote in field {}; close the quote", fields.len() + 1));
     }
     fields.push(finish_field(&cur, quoted));
     Ok(fields)
@@ -421,10 +409,7 @@ fn parse_num(s: &str) -> Result<Option<f64>, String> {
     }
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(Some(v)),
-        Ok(_) => Err(format!(
-            "`{}` is not a finite number; write a decimal number, or `.` for missing",
-            shorten(s)
-        )),
+        Ok(_) => Err(format!("`{}` is not a finite number; write a decimal number, or `.` for missing", shorten(s))),
         Err(_) => Err(format!(
             "`{}` is not a number; write a decimal number such as 1, 0.5 or 1e-3, or `.` for missing",
             shorten(s)
@@ -458,12 +443,7 @@ fn whole(v: f64, max: f64, what: &str) -> Result<f64, String> {
 }
 
 impl Layout {
-    fn from_header(
-        file: &str,
-        line: usize,
-        header: &str,
-        opts: &ReadOptions,
-    ) -> Result<Self, DataError> {
+    fn from_header(file: &str, line: usize, header: &str, opts: &ReadOptions) -> Result<Self, DataError> {
         let names = split_fields(header).map_err(|reason| DataError::Field {
             file: file.to_string(),
             line,
@@ -483,10 +463,7 @@ impl Layout {
             }
             let upper = name.to_uppercase();
             if seen.contains(&upper) {
-                return Err(DataError::DuplicateColumn {
-                    file: file.to_string(),
-                    column: name.clone(),
-                });
+                return Err(DataError::DuplicateColumn { file: file.to_string(), column: name.clone() });
             }
             seen.push(upper.clone());
             let ignored = opts.ignore.iter().any(|g| g.trim().to_uppercase() == upper);
@@ -497,10 +474,7 @@ impl Layout {
         }
         for k in [ID, TIME] {
             if layout.nm[k].is_none() {
-                return Err(DataError::MissingColumn {
-                    file: file.to_string(),
-                    column: NM_COLUMNS[k].to_string(),
-                });
+                return Err(DataError::MissingColumn { file: file.to_string(), column: NM_COLUMNS[k].to_string() });
             }
         }
         layout.names = names;
@@ -559,19 +533,12 @@ impl Layout {
 
         let id = fields[col(ID)].clone();
         if id.is_empty() || id == "." {
-            return Err(field_err(
-                col(ID),
-                "missing ID; every row needs a subject ID".into(),
-            ));
+            return Err(field_err(col(ID), "missing ID; every row needs a subject ID".into()));
         }
-        let time = num(TIME)?
-            .ok_or_else(|| field_err(col(TIME), "missing TIME; every row needs a time".into()))?;
+        let time = num(TIME)?.ok_or_else(|| field_err(col(TIME), "missing TIME; every row needs a time".into()))?;
         let amt = num(AMT)?.unwrap_or(0.0);
         if amt < 0.0 {
-            return Err(field_err(
-                col(AMT),
-                format!("AMT must not be negative, found {amt}"),
-            ));
+            return Err(field_err(col(AMT), format!("AMT must not be negative, found {amt}")));
         }
         let rate = num(RATE)?.unwrap_or(0.0);
         if rate < 0.0 && rate != -1.0 && rate != -2.0 {
@@ -585,16 +552,11 @@ impl Layout {
         }
         let ii = num(II)?.unwrap_or(0.0);
         if ii < 0.0 {
-            return Err(field_err(
-                col(II),
-                format!("II must not be negative, found {ii}"),
-            ));
+            return Err(field_err(col(II), format!("II must not be negative, found {ii}")));
         }
         let addl = match num(ADDL)? {
             None => 0,
-            Some(v) => {
-                whole(v, u32::MAX as f64, "ADDL").map_err(|r| field_err(col(ADDL), r))? as u32
-            }
+            Some(v) => whole(v, u32::MAX as f64, "ADDL").map_err(|r| field_err(col(ADDL), r))? as u32,
         };
         let ss = match num(SS)? {
             None => 0,
@@ -644,10 +606,7 @@ impl Layout {
         let mdv = match num(MDV)? {
             Some(v) => {
                 if v != 0.0 && v != 1.0 {
-                    return Err(field_err(
-                        col(MDV),
-                        format!("MDV must be 0 or 1, found {v}"),
-                    ));
+                    return Err(field_err(col(MDV), format!("MDV must be 0 or 1, found {v}")));
                 }
                 v == 1.0
             }
@@ -656,10 +615,7 @@ impl Layout {
         let mut covariates = Vec::with_capacity(self.covariates.len());
         for &c in &self.covariates {
             let v = parse_num(&fields[c]).map_err(|r| {
-                field_err(
-                    c,
-                    format!("{r}; covariates must be numeric (recode text values as numbers)"),
-                )
+                field_err(c, format!("{r}; covariates must be numeric (recode text values as numbers)"))
             })?;
             covariates.push(v);
         }
@@ -678,10 +634,7 @@ impl Layout {
         if is_dose {
             if addl > 0 && ii == 0.0 {
                 let c = self.nm[II].or(self.nm[ADDL]).unwrap_or(usize::MAX);
-                return Err(field_err(
-                    c,
-                    format!("ADDL = {addl} additional doses need an interdose interval II > 0"),
-                ));
+                return Err(field_err(c, format!("ADDL = {addl} additional doses need an interdose interval II > 0")));
             }
             if ss > 0 && ii == 0.0 {
                 if rate <= 0.0 {
@@ -717,23 +670,7 @@ impl Layout {
             }
         }
 
-        Ok((
-            id,
-            Record {
-                line,
-                time,
-                amt,
-                dv,
-                evid,
-                cmt,
-                mdv,
-                rate,
-                ii,
-                addl,
-                ss,
-                covariates,
-            },
-        ))
+        Ok((id, Record { line, time, amt, dv, evid, cmt, mdv, rate, ii, addl, ss, covariates }))
     }
 }
 
@@ -742,10 +679,7 @@ impl Dataset {
     pub fn from_path(path: impl AsRef<Path>, opts: &ReadOptions) -> Result<Dataset, DataError> {
         let path = path.as_ref();
         let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| DataError::Io {
-            file: file.clone(),
-            reason: e.to_string(),
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| DataError::Io { file: file.clone(), reason: e.to_string() })?;
         let text = String::from_utf8(bytes).map_err(|e| DataError::Io {
             file: file.clone(),
             reason: format!(
@@ -795,40 +729,23 @@ impl Dataset {
                     }
                     s.records.push(rec);
                 }
-                _ => subjects.push(Subject {
-                    id,
-                    records: vec![rec],
-                }),
+                _ => subjects.push(Subject { id, records: vec![rec] }),
             }
         }
         let Some(layout) = layout else {
-            return Err(DataError::Empty {
-                file: name.to_string(),
-            });
+            return Err(DataError::Empty { file: name.to_string() });
         };
         if subjects.is_empty() {
-            return Err(DataError::Empty {
-                file: name.to_string(),
-            });
+            return Err(DataError::Empty { file: name.to_string() });
         }
-        let covariate_names = layout
-            .covariates
-            .iter()
-            .map(|&c| layout.names[c].clone())
-            .collect();
-        Ok(Dataset {
-            file: name.to_string(),
-            covariate_names,
-            subjects,
-        })
+        let covariate_names = layout.covariates.iter().map(|&c| layout.names[c].clone()).collect();
+        Ok(Dataset { file: name.to_string(), covariate_names, subjects })
     }
 
     /// Index of covariate `name` (any case) in [`Dataset::covariate_names`].
     pub fn covariate(&self, name: &str) -> Option<usize> {
         let name = name.trim();
-        self.covariate_names
-            .iter()
-            .position(|c| c.to_uppercase() == name.to_uppercase())
+        self.covariate_names.iter().position(|c| c.to_uppercase() == name.to_uppercase())
     }
 
     /// Total number of records over all subjects.
@@ -881,11 +798,7 @@ impl Subject {
     /// mapped rate and RATE -2 an infusion over the mapped duration; F and
     /// lag come from the mapping (default 1 and 0). A mapped
     /// [`ColumnOrValue::Column`] is read on the dose record itself.
-    pub fn to_schedule(
-        &self,
-        ds: &Dataset,
-        map: &DoseMapping,
-    ) -> Result<(Schedule, Vec<Observation>), DataError> {
+    pub fn to_schedule(&self, ds: &Dataset, map: &DoseMapping) -> Result<(Schedule, Vec<Observation>), DataError> {
         map.check(&ds.file)?;
         let mut schedule = Schedule::new();
         let mut observations = Vec::new();
@@ -906,14 +819,7 @@ impl Subject {
                     schedule.events.push(Event::Reset { time: r.time });
                     schedule.events.push(Event::Dose(d));
                 }
-                e => {
-                    return Err(field(
-                        ds,
-                        r,
-                        "EVID",
-                        format!("EVID must be 0, 1, 2, 3 or 4, found {e}"),
-                    ))
-                }
+                e => return Err(field(ds, r, "EVID", format!("EVID must be 0, 1, 2, 3 or 4, found {e}"))),
             }
         }
         Ok((schedule, observations))
@@ -921,12 +827,7 @@ impl Subject {
 }
 
 fn field(ds: &Dataset, r: &Record, column: &str, reason: String) -> DataError {
-    DataError::Field {
-        file: ds.file.clone(),
-        line: r.line,
-        column: column.to_string(),
-        reason,
-    }
+    DataError::Field { file: ds.file.clone(), line: r.line, column: column.to_string(), reason }
 }
 
 fn obs_cmt(r: &Record, ds: &Dataset, map: &DoseMapping) -> Result<usize, DataError> {
@@ -948,12 +849,9 @@ fn obs_cmt(r: &Record, ds: &Dataset, map: &DoseMapping) -> Result<usize, DataErr
             }
             Ok(c)
         }
-        Some(c) if c > n => Err(field(
-            ds,
-            r,
-            "CMT",
-            format!("observation in compartment {c}, but the model has compartments 1..={n}"),
-        )),
+        Some(c) if c > n => {
+            Err(field(ds, r, "CMT", format!("observation in compartment {c}, but the model has compartments 1..={n}")))
+        }
         Some(c) => Ok(c),
     }
 }
@@ -977,14 +875,7 @@ fn dose(r: &Record, ds: &Dataset, map: &DoseMapping) -> Result<Dose, DataError> 
             }
             c
         }
-        Some(0) => {
-            return Err(field(
-                ds,
-                r,
-                "CMT",
-                format!("a dose needs a compartment 1..={n}, found CMT = 0"),
-            ))
-        }
+        Some(0) => return Err(field(ds, r, "CMT", format!("a dose needs a compartment 1..={n}, found CMT = 0"))),
         Some(c) if c > n => {
             return Err(field(
                 ds,
@@ -996,24 +887,12 @@ fn dose(r: &Record, ds: &Dataset, map: &DoseMapping) -> Result<Dose, DataError> 
         Some(c) => c,
     };
     if !(r.amt.is_finite() && r.amt >= 0.0) {
-        return Err(field(
-            ds,
-            r,
-            "AMT",
-            format!("AMT must be a number ≥ 0, found {}", r.amt),
-        ));
+        return Err(field(ds, r, "AMT", format!("AMT must be a number ≥ 0, found {}", r.amt)));
     }
     if !(r.ii.is_finite() && r.ii >= 0.0) {
-        return Err(field(
-            ds,
-            r,
-            "II",
-            format!("II must be a number ≥ 0, found {}", r.ii),
-        ));
+        return Err(field(ds, r, "II", format!("II must be a number ≥ 0, found {}", r.ii)));
     }
-    let lookup = |list: &[(usize, ColumnOrValue)]| {
-        list.iter().find(|(c, _)| *c == cmt).map(|(_, v)| v.clone())
-    };
+    let lookup = |list: &[(usize, ColumnOrValue)]| list.iter().find(|(c, _)| *c == cmt).map(|(_, v)| v.clone());
     let kind = if r.rate == 0.0 {
         DoseKind::Bolus
     } else if r.rate > 0.0 && r.rate.is_finite() {
@@ -1045,12 +924,7 @@ fn dose(r: &Record, ds: &Dataset, map: &DoseMapping) -> Result<Dose, DataError> 
         })?;
         DoseKind::Duration(resolve(&src, AttrKind::Duration, cmt, r, ds)?)
     } else {
-        return Err(field(
-            ds,
-            r,
-            "RATE",
-            format!("RATE must be ≥ 0, -1 or -2, found {}", r.rate),
-        ));
+        return Err(field(ds, r, "RATE", format!("RATE must be ≥ 0, -1 or -2, found {}", r.rate)));
     };
     let bioavailability = match lookup(&map.bioavailability) {
         Some(src) => resolve(&src, AttrKind::Bioavailability, cmt, r, ds)?,
@@ -1064,14 +938,7 @@ fn dose(r: &Record, ds: &Dataset, map: &DoseMapping) -> Result<Dose, DataError> 
         0 => SteadyState::No,
         1 => SteadyState::Reset,
         2 => SteadyState::Add,
-        s => {
-            return Err(field(
-                ds,
-                r,
-                "SS",
-                format!("SS must be 0, 1 or 2, found {s}"),
-            ))
-        }
+        s => return Err(field(ds, r, "SS", format!("SS must be 0, 1 or 2, found {s}"))),
     };
     Ok(Dose {
         time: r.time,
@@ -1087,13 +954,7 @@ fn dose(r: &Record, ds: &Dataset, map: &DoseMapping) -> Result<Dose, DataError> 
     })
 }
 
-fn resolve(
-    src: &ColumnOrValue,
-    kind: AttrKind,
-    cmt: usize,
-    r: &Record,
-    ds: &Dataset,
-) -> Result<Attr, DataError> {
+fn resolve(src: &ColumnOrValue, kind: AttrKind, cmt: usize, r: &Record, ds: &Dataset) -> Result<Attr, DataError> {
     match src {
         ColumnOrValue::Param(i) => Ok(Attr::Param(*i)),
         ColumnOrValue::Value(v) => {
@@ -1102,10 +963,7 @@ fn resolve(
                     ds,
                     r,
                     &format!("(mapped {} of compartment {cmt})", kind.name()),
-                    format!(
-                        "the mapping's fixed {} for compartment {cmt} must be {req}, found {v}",
-                        kind.name()
-                    ),
+                    format!("the mapping's fixed {} for compartment {cmt} must be {req}, found {v}", kind.name()),
                 )
             })?;
             Ok(Attr::Value(*v))
@@ -1120,18 +978,11 @@ fn resolve(
                         "the {} of compartment {cmt} is mapped to column `{name}`, which is not \
                          a covariate column of the dataset (covariates: {})",
                         kind.name(),
-                        if ds.covariate_names.is_empty() {
-                            "none".to_string()
-                        } else {
-                            ds.covariate_names.join(", ")
-                        }
+                        if ds.covariate_names.is_empty() { "none".to_string() } else { ds.covariate_names.join(", ") }
                     ),
                 ));
             };
-            let col = ds
-                .covariate_names
-                .get(k)
-                .map_or(name.as_str(), |s| s.as_str());
+            let col = ds.covariate_names.get(k).map_or(name.as_str(), |s| s.as_str());
             let Some(v) = r.covariates.get(k).copied().flatten() else {
                 return Err(field(
                     ds,
@@ -1149,10 +1000,7 @@ fn resolve(
                     ds,
                     r,
                     col,
-                    format!(
-                        "the {} of a dose into compartment {cmt} must be {req}, found {v}",
-                        kind.name()
-                    ),
+                    format!("the {} of a dose into compartment {cmt} must be {req}, found {v}", kind.name()),
                 )
             })?;
             Ok(Attr::Value(v))
@@ -1166,14 +1014,8 @@ mod tests {
 
     const NMTEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/nmtest.csv");
     const THEOPH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/theoph.csv");
-    const UDE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/ude_train.csv"
-    );
-    const ORAL: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/data/oral_1cpt.csv"
-    );
+    const UDE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ude_train.csv");
+    const ORAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/oral_1cpt.csv");
 
     fn opts() -> ReadOptions {
         ReadOptions::default()
@@ -1194,10 +1036,7 @@ mod tests {
     }
 
     fn subject<'a>(ds: &'a Dataset, id: &str) -> &'a Subject {
-        ds.subjects
-            .iter()
-            .find(|s| s.id == id)
-            .unwrap_or_else(|| panic!("no subject {id}"))
+        ds.subjects.iter().find(|s| s.id == id).unwrap_or_else(|| panic!("no subject {id}"))
     }
 
     fn doses(s: &Schedule) -> Vec<&Dose> {
@@ -1214,22 +1053,14 @@ mod tests {
     fn assert_names(err: &DataError, line: usize, column: &str) {
         let msg = err.to_string();
         assert!(msg.contains("test.csv"), "no file in: {msg}");
-        assert!(
-            msg.contains(&format!("line {line},")),
-            "no line {line} in: {msg}"
-        );
-        assert!(
-            msg.contains(&format!("`{column}`")),
-            "no column {column} in: {msg}"
-        );
+        assert!(msg.contains(&format!("line {line},")), "no line {line} in: {msg}");
+        assert!(msg.contains(&format!("`{column}`")), "no column {column} in: {msg}");
     }
 
     fn field_err(text: &str) -> (usize, String, String) {
         match parse(text) {
             Err(e @ DataError::Field { .. }) => {
-                let DataError::Field { line, column, .. } = &e else {
-                    unreachable!()
-                };
+                let DataError::Field { line, column, .. } = &e else { unreachable!() };
                 (*line, column.clone(), e.to_string())
             }
             other => panic!("expected a field error for {text:?}, got {other:?}"),
@@ -1241,10 +1072,7 @@ mod tests {
     #[test]
     fn shared_data_path_resolves() {
         assert!(Path::new(NMTEST).is_file(), "{NMTEST} not found");
-        assert!(Path::new(NMTEST)
-            .canonicalize()
-            .unwrap()
-            .ends_with("shared/data/nmtest.csv"));
+        assert!(Path::new(NMTEST).canonicalize().unwrap().ends_with("shared/data/nmtest.csv"));
     }
 
     #[test]
@@ -1258,17 +1086,11 @@ mod tests {
         let s1 = &ds.subjects[0];
         assert_eq!(s1.id, "1");
         let r = &s1.records[0];
-        assert_eq!(
-            (r.line, r.time, r.amt, r.evid, r.cmt, r.mdv),
-            (2, 0.0, 320.0, 1, Some(1), true)
-        );
+        assert_eq!((r.line, r.time, r.amt, r.evid, r.cmt, r.mdv), (2, 0.0, 320.0, 1, Some(1), true));
         assert_eq!(r.dv, None);
         assert_eq!(r.covariates, vec![Some(79.6)]);
         let r = &s1.records[1];
-        assert_eq!(
-            (r.time, r.dv, r.evid, r.cmt, r.mdv),
-            (0.0, Some(0.74), 0, Some(2), false)
-        );
+        assert_eq!((r.time, r.dv, r.evid, r.cmt, r.mdv), (0.0, Some(0.74), 0, Some(2), false));
         for s in &ds.subjects {
             assert_eq!(s.records.len(), 12);
             let (sched, obs) = s.to_schedule(&ds, &DoseMapping::new(2, 1, 2)).unwrap();
@@ -1290,10 +1112,7 @@ mod tests {
         assert_eq!(ds.n_records(), 298);
         assert!(ds.covariate_names.is_empty());
         let r = &ds.subjects[0].records[1];
-        assert_eq!(
-            (r.time, r.dv, r.evid, r.cmt),
-            (0.25, Some(0.634032), 0, Some(2))
-        );
+        assert_eq!((r.time, r.dv, r.evid, r.cmt), (0.25, Some(0.634032), 0, Some(2)));
         let amts: Vec<f64> = ds.subjects.iter().map(|s| s.records[0].amt).collect();
         assert!(amts.iter().all(|a| [50.0, 100.0, 200.0].contains(a)));
         for s in &ds.subjects {
@@ -1305,22 +1124,14 @@ mod tests {
 
     #[test]
     fn oral_1cpt_with_ss_as_covariate() {
-        let o = ReadOptions {
-            ignore: vec!["ss".into()],
-        };
+        let o = ReadOptions { ignore: vec!["ss".into()] };
         let ds = Dataset::from_path(ORAL, &o).unwrap();
         assert_eq!(ds.subjects.len(), 120);
         assert_eq!(ds.n_records(), 7920);
-        assert_eq!(
-            ds.covariate_names,
-            vec!["LNDV", "DOSE", "V", "CL", "KA", "SS", "SD"]
-        );
+        assert_eq!(ds.covariate_names, vec!["LNDV", "DOSE", "V", "CL", "KA", "SS", "SD"]);
         let ss = ds.covariate("SS").unwrap();
         let r = &ds.subjects[0].records[0];
-        assert_eq!(
-            (r.amt, r.evid, r.cmt, r.ss, r.ii),
-            (60000.0, 1, Some(1), 0, 0.0)
-        );
+        assert_eq!((r.amt, r.evid, r.cmt, r.ss, r.ii), (60000.0, 1, Some(1), 0, 0.0));
         assert_eq!(r.covariates[ss], Some(99.0));
         assert_eq!(r.covariates[ds.covariate("v").unwrap()], Some(86.51));
         // EVID 2 records are neither doses nor observations.
@@ -1340,14 +1151,8 @@ mod tests {
     fn oral_1cpt_ss_99_is_not_a_nonmem_flag() {
         let err = Dataset::from_path(ORAL, &opts()).unwrap_err();
         let msg = err.to_string();
-        assert!(
-            matches!(&err, DataError::Field { line: 2, column, .. } if column == "SS"),
-            "{err:?}"
-        );
-        assert!(
-            msg.contains("oral_1cpt.csv") && msg.contains("ReadOptions::ignore"),
-            "{msg}"
-        );
+        assert!(matches!(&err, DataError::Field { line: 2, column, .. } if column == "SS"), "{err:?}");
+        assert!(msg.contains("oral_1cpt.csv") && msg.contains("ReadOptions::ignore"), "{msg}");
     }
 
     #[test]
@@ -1355,10 +1160,7 @@ mod tests {
         let ds = Dataset::from_path(NMTEST, &opts()).unwrap();
         assert_eq!(ds.subjects.len(), 54);
         assert_eq!(ds.n_records(), 7157);
-        assert_eq!(
-            ds.covariate_names,
-            vec!["cp", "lagt", "bioav", "rat2", "dur2", "mode"]
-        );
+        assert_eq!(ds.covariate_names, vec!["cp", "lagt", "bioav", "rat2", "dur2", "mode"]);
         // No DV column: every observation has a missing DV, so MDV defaults to true.
         let r = &ds.subjects[0].records[2];
         assert_eq!((r.time, r.dv, r.mdv, r.evid), (1.0, None, true, 0));
@@ -1387,13 +1189,7 @@ mod tests {
         let (s, obs) = subject(&ds, "1").to_schedule(&ds, &map).unwrap();
         let d = doses(&s);
         assert_eq!(d.len(), 1);
-        assert_eq!(
-            *d[0],
-            Dose {
-                line: Some(2),
-                ..Dose::bolus(0.0, 0, 100.0).repeated(24.0, 3)
-            }
-        );
+        assert_eq!(*d[0], Dose { line: Some(2), ..Dose::bolus(0.0, 0, 100.0).repeated(24.0, 3) });
         assert!(obs.iter().all(|o| o.cmt == 2));
         assert_eq!(obs[0].line, 3);
 
@@ -1424,32 +1220,18 @@ mod tests {
         // 26: constant infusion at steady state, amount 0.
         let (s, _) = subject(&ds, "26").to_schedule(&ds, &map).unwrap();
         let d = doses(&s)[0];
-        assert_eq!(
-            (d.amount, d.kind, d.ss, d.ii),
-            (
-                0.0,
-                DoseKind::Rate(Attr::Value(100.0)),
-                SteadyState::Reset,
-                0.0
-            )
-        );
+        assert_eq!((d.amount, d.kind, d.ss, d.ii), (0.0, DoseKind::Rate(Attr::Value(100.0)), SteadyState::Reset, 0.0));
 
         // 21: EVID 4 -> reset then dose.
         let (s, _) = subject(&ds, "21").to_schedule(&ds, &map).unwrap();
         assert_eq!(s.events[0], Event::Reset { time: 0.0 });
-        assert!(
-            matches!(&s.events[1], Event::Dose(d) if d.ss == SteadyState::Reset && d.ii == 12.0)
-        );
+        assert!(matches!(&s.events[1], Event::Dose(d) if d.ss == SteadyState::Reset && d.ii == 12.0));
 
         // 23: EVID 3 at time 50 resets; 20: EVID 4 at time 50.
         let (s, _) = subject(&ds, "23").to_schedule(&ds, &map).unwrap();
         assert!(s.events.contains(&Event::Reset { time: 50.0 }));
         let (s, _) = subject(&ds, "20").to_schedule(&ds, &map).unwrap();
-        let k = s
-            .events
-            .iter()
-            .position(|e| *e == Event::Reset { time: 50.0 })
-            .unwrap();
+        let k = s.events.iter().position(|e| *e == Event::Reset { time: 50.0 }).unwrap();
         assert!(matches!(&s.events[k + 1], Event::Dose(d) if d.time == 50.0 && d.amount == 120.0));
 
         // SS = 2.
@@ -1467,23 +1249,13 @@ mod tests {
         let (s, _) = subject(&ds, "5").to_schedule(&ds, &pmap).unwrap();
         let d = doses(&s)[0];
         assert_eq!(d.kind, DoseKind::Duration(Attr::Param(4)));
-        assert_eq!(
-            (d.bioavailability, d.lag),
-            (Attr::Param(3), Attr::Value(0.5))
-        );
+        assert_eq!((d.bioavailability, d.lag), (Attr::Param(3), Attr::Value(0.5)));
 
         // Without a duration mapping RATE = -2 is an error naming line and column.
-        let err = subject(&ds, "5")
-            .to_schedule(&ds, &DoseMapping::new(2, 1, 2))
-            .unwrap_err();
+        let err = subject(&ds, "5").to_schedule(&ds, &DoseMapping::new(2, 1, 2)).unwrap_err();
         let line5 = subject(&ds, "5").records[0].line;
-        assert!(
-            matches!(&err, DataError::Field { line, column, .. } if *line == line5 && column == "RATE"),
-            "{err:?}"
-        );
-        assert!(err
-            .to_string()
-            .contains(&format!("nmtest.csv, line {line5}, column `RATE`")));
+        assert!(matches!(&err, DataError::Field { line, column, .. } if *line == line5 && column == "RATE"), "{err:?}");
+        assert!(err.to_string().contains(&format!("nmtest.csv, line {line5}, column `RATE`")));
     }
 
     // ---- parsing details --------------------------------------------------
@@ -1495,59 +1267,32 @@ mod tests {
         assert_eq!(ds.covariate_names, vec!["wt"]);
         let r = &ds.subjects[0].records;
         assert_eq!(r.len(), 3);
-        assert_eq!(
-            (r[0].line, r[0].time, r[0].amt, r[0].evid, r[0].mdv),
-            (4, 0.0, 100.0, 1, true)
-        );
-        assert_eq!(
-            (r[1].line, r[1].time, r[1].dv, r[1].evid, r[1].mdv),
-            (5, 0.5, Some(1e-3), 0, false)
-        );
+        assert_eq!((r[0].line, r[0].time, r[0].amt, r[0].evid, r[0].mdv), (4, 0.0, 100.0, 1, true));
+        assert_eq!((r[1].line, r[1].time, r[1].dv, r[1].evid, r[1].mdv), (5, 0.5, Some(1e-3), 0, false));
         assert_eq!(r[1].covariates, vec![Some(70.0)]);
-        assert_eq!(
-            (r[2].line, r[2].time, r[2].amt, r[2].dv, r[2].mdv),
-            (7, 1.0, 0.0, None, true)
-        );
+        assert_eq!((r[2].line, r[2].time, r[2].amt, r[2].dv, r[2].mdv), (7, 1.0, 0.0, None, true));
         assert_eq!(r[2].covariates, vec![None]);
         // CR-only line endings and a trailing comma.
         let ds = parse("ID,TIME,DV\r1,0,-1,\r1,2,.5").unwrap();
         assert_eq!(ds.subjects[0].records[0].dv, Some(-1.0));
         assert_eq!(ds.subjects[0].records[1].line, 3);
         // Quoted commas are part of the field.
-        assert_eq!(
-            split_fields(r#"a,"b,c",  "d""e" ,"#).unwrap(),
-            vec!["a", "b,c", "d\"e", ""]
-        );
+        assert_eq!(split_fields(r#"a,"b,c",  "d""e" ,"#).unwrap(), vec!["a", "b,c", "d\"e", ""]);
     }
 
     #[test]
     fn defaults_and_whole_numbers() {
         let ds = parse("ID,TIME,AMT,RATE,EVID,CMT,ADDL,SS,II,MDV,DV\n1,0,10,,1.0,2.0,1,0,12,1,.\n1,1,,,,,,,,,5\n1,2,,,,.,.,.,.,.,.\n").unwrap();
         let r = &ds.subjects[0].records;
-        assert_eq!(
-            (r[0].evid, r[0].cmt, r[0].addl, r[0].ii, r[0].rate),
-            (1, Some(2), 1, 12.0, 0.0)
-        );
-        assert_eq!(
-            (r[1].evid, r[1].cmt, r[1].mdv, r[1].dv),
-            (0, None, false, Some(5.0))
-        );
+        assert_eq!((r[0].evid, r[0].cmt, r[0].addl, r[0].ii, r[0].rate), (1, Some(2), 1, 12.0, 0.0));
+        assert_eq!((r[1].evid, r[1].cmt, r[1].mdv, r[1].dv), (0, None, false, Some(5.0)));
         assert_eq!((r[2].evid, r[2].mdv, r[2].amt, r[2].ss), (0, true, 0.0, 0));
         // EVID absent: AMT > 0 is a dose; MDV absent: dose -> true.
         let ds = parse("ID,TIME,AMT,DV\n1,0,5,.\n1,1,0,2\n").unwrap();
         let r = &ds.subjects[0].records;
-        assert_eq!(
-            (r[0].evid, r[0].mdv, r[1].evid, r[1].mdv),
-            (1, true, 0, false)
-        );
+        assert_eq!((r[0].evid, r[0].mdv, r[1].evid, r[1].mdv), (1, true, 0, false));
         // Whole-number columns reject fractions.
-        for (col, val) in [
-            ("EVID", "1.5"),
-            ("CMT", "1.5"),
-            ("ADDL", "0.5"),
-            ("SS", "1.5"),
-            ("MDV", "0.5"),
-        ] {
+        for (col, val) in [("EVID", "1.5"), ("CMT", "1.5"), ("ADDL", "0.5"), ("SS", "1.5"), ("MDV", "0.5")] {
             let text = format!("ID,TIME,AMT,II,{col}\n1,0,1,24,{val}\n");
             let (line, column, msg) = field_err(&text);
             assert_eq!((line, column.as_str()), (2, col), "{msg}");
@@ -1557,11 +1302,7 @@ mod tests {
     #[test]
     fn subjects_split_on_id_change_and_keep_file_order() {
         let ds = parse("ID,TIME\n b ,0\nb,1\na,0\nb,0\nb,3\n").unwrap();
-        let ids: Vec<(&str, usize)> = ds
-            .subjects
-            .iter()
-            .map(|s| (s.id.as_str(), s.records.len()))
-            .collect();
+        let ids: Vec<(&str, usize)> = ds.subjects.iter().map(|s| (s.id.as_str(), s.records.len())).collect();
         assert_eq!(ids, vec![("b", 2), ("a", 1), ("b", 2)]);
         // IDs are strings: "01" and "1" differ.
         assert_eq!(parse("ID,TIME\n1,0\n01,0\n").unwrap().subjects.len(), 2);
@@ -1569,19 +1310,14 @@ mod tests {
 
     #[test]
     fn ignore_option_turns_nonmem_columns_into_covariates() {
-        let o = ReadOptions {
-            ignore: vec!["Rate".into(), "dv".into()],
-        };
+        let o = ReadOptions { ignore: vec!["Rate".into(), "dv".into()] };
         let ds = Dataset::from_str("test.csv", "ID,TIME,RATE,DV\n1,0,-7,x1\n", &o);
         // a non-numeric covariate is an error naming it
         assert!(matches!(ds, Err(DataError::Field { ref column, .. }) if column == "DV"));
         let ds = Dataset::from_str("test.csv", "ID,TIME,RATE,DV\n1,0,-7,3\n", &o).unwrap();
         assert_eq!(ds.covariate_names, vec!["RATE", "DV"]);
         let r = &ds.subjects[0].records[0];
-        assert_eq!(
-            (r.rate, r.dv, r.covariates.clone()),
-            (0.0, None, vec![Some(-7.0), Some(3.0)])
-        );
+        assert_eq!((r.rate, r.dv, r.covariates.clone()), (0.0, None, vec![Some(-7.0), Some(3.0)]));
     }
 
     // ---- errors -----------------------------------------------------------
@@ -1598,39 +1334,22 @@ mod tests {
         std::fs::write(&p, b"ID,TIME,WT\n1,0,\xe9\n").unwrap();
         let err = Dataset::from_path(&p, &opts()).unwrap_err();
         std::fs::remove_dir_all(&dir).ok();
-        assert!(
-            matches!(&err, DataError::Io { reason, .. } if reason.contains("UTF-8")),
-            "{err:?}"
-        );
+        assert!(matches!(&err, DataError::Io { reason, .. } if reason.contains("UTF-8")), "{err:?}");
     }
 
     #[test]
     fn missing_and_duplicate_columns() {
         let err = parse("ID,AMT\n1,0\n").unwrap_err();
-        assert_eq!(
-            err,
-            DataError::MissingColumn {
-                file: "test.csv".into(),
-                column: "TIME".into()
-            }
-        );
+        assert_eq!(err, DataError::MissingColumn { file: "test.csv".into(), column: "TIME".into() });
         assert!(err.to_string().contains("test.csv") && err.to_string().contains("`TIME`"));
         let err = parse("time,dv\n1,0\n").unwrap_err();
         assert!(matches!(&err, DataError::MissingColumn { column, .. } if column == "ID"));
         // Ignoring a required column makes it missing.
-        let o = ReadOptions {
-            ignore: vec!["time".into()],
-        };
+        let o = ReadOptions { ignore: vec!["time".into()] };
         let err = Dataset::from_str("test.csv", "ID,TIME\n1,0\n", &o).unwrap_err();
         assert!(matches!(&err, DataError::MissingColumn { column, .. } if column == "TIME"));
         let err = parse("ID,Time,WT,TIME\n1,0,1,0\n").unwrap_err();
-        assert_eq!(
-            err,
-            DataError::DuplicateColumn {
-                file: "test.csv".into(),
-                column: "TIME".into()
-            }
-        );
+        assert_eq!(err, DataError::DuplicateColumn { file: "test.csv".into(), column: "TIME".into() });
         let msg = err.to_string();
         assert!(msg.contains("test.csv") && msg.contains("`TIME`"), "{msg}");
         let err = parse("ID,TIME,wt,WT\n1,0,1,0\n").unwrap_err();
@@ -1639,21 +1358,9 @@ mod tests {
 
     #[test]
     fn empty() {
-        for text in [
-            "",
-            "\n\n  \r\n",
-            "# only a comment\n",
-            "ID,TIME\n",
-            "ID,TIME\n\n# nothing\n",
-        ] {
+        for text in ["", "\n\n  \r\n", "# only a comment\n", "ID,TIME\n", "ID,TIME\n\n# nothing\n"] {
             let err = parse(text).unwrap_err();
-            assert_eq!(
-                err,
-                DataError::Empty {
-                    file: "test.csv".into()
-                },
-                "{text:?}"
-            );
+            assert_eq!(err, DataError::Empty { file: "test.csv".into() }, "{text:?}");
             assert!(err.to_string().contains("test.csv"));
         }
     }
@@ -1682,11 +1389,7 @@ mod tests {
         // (row after the header on line 2, expected column, expected text)
         let cases: &[(&str, &str, &str)] = &[
             ("1,0,100,1,1,0,0,0,0,1,.", "WT", "header has 12"),
-            (
-                "1,0,100,1,1,0,0,0,0,1,.,70,5",
-                "(extra field 13)",
-                "remove the extra",
-            ),
+            ("1,0,100,1,1,0,0,0,0,1,.,70,5", "(extra field 13)", "remove the extra"),
             ("1,x,100,1,1,0,0,0,0,1,.,70", "TIME", "not a number"),
             ("1,.,100,1,1,0,0,0,0,1,.,70", "TIME", "missing TIME"),
             ("1,inf,100,1,1,0,0,0,0,1,.,70", "TIME", "finite"),
@@ -1703,11 +1406,7 @@ mod tests {
             ("1,0,100,1,1,0,24,0,3,1,.,70", "SS", "SS must be"),
             ("1,0,100,1,1,0,24,0,0,2,.,70", "MDV", "MDV must be"),
             ("1,0,0,0,1,0,0,0,0,0,abc,70", "DV", "not a number"),
-            (
-                "1,0,0,0,1,0,0,0,0,0,1,M",
-                "WT",
-                "covariates must be numeric",
-            ),
+            ("1,0,0,0,1,0,0,0,0,0,1,M", "WT", "covariates must be numeric"),
             ("1,0,100,1,1,0,0,3,0,1,.,70", "II", "II > 0"),
             ("1,0,100,1,1,0,0,0,1,1,.,70", "II", "RATE > 0"),
             ("1,0,100,1,1,-2,0,0,1,1,.,70", "II", "RATE > 0"),
@@ -1752,14 +1451,10 @@ mod tests {
             .with_bioavailability(1, ColumnOrValue::Column("f".into()))
             .with_lag(1, ColumnOrValue::Column("lag".into()))
             .with_duration(1, ColumnOrValue::Column("d".into()));
-        let one =
-            |i: usize, map: &DoseMapping| -> Result<(Schedule, Vec<Observation>), DataError> {
-                let s = Subject {
-                    id: "1".into(),
-                    records: vec![ds.subjects[0].records[i].clone()],
-                };
-                s.to_schedule(&ds, map)
-            };
+        let one = |i: usize, map: &DoseMapping| -> Result<(Schedule, Vec<Observation>), DataError> {
+            let s = Subject { id: "1".into(), records: vec![ds.subjects[0].records[i].clone()] };
+            s.to_schedule(&ds, map)
+        };
         let expect = |i: usize, map: &DoseMapping, column: &str, text: &str| {
             let err = one(i, map).unwrap_err();
             assert!(matches!(err, DataError::Field { .. }), "{err:?}");
@@ -1776,9 +1471,7 @@ mod tests {
         expect(7, &map, "CMT", "observation in compartment 3");
         // EVID 4 without CMT goes to the default dose compartment...
         let (s, _) = one(8, &map).unwrap();
-        assert!(
-            matches!(&s.events[..], [Event::Reset { time }, Event::Dose(d)] if *time == 0.0 && d.cmt == 0)
-        );
+        assert!(matches!(&s.events[..], [Event::Reset { time }, Event::Dose(d)] if *time == 0.0 && d.cmt == 0));
         // ...which must exist.
         let mut bad = map.clone();
         bad.default_dose_cmt = 5;
@@ -1788,50 +1481,28 @@ mod tests {
         expect(3, &m, "tlag", "not a covariate column");
         // A non-finite or out-of-range fixed value.
         let m = DoseMapping::new(2, 1, 2).with_bioavailability(1, ColumnOrValue::Value(f64::NAN));
-        expect(
-            3,
-            &m,
-            "(mapped bioavailability F of compartment 1)",
-            "finite",
-        );
+        expect(3, &m, "(mapped bioavailability F of compartment 1)", "finite");
         let m = DoseMapping::new(2, 1, 2).with_rate(1, ColumnOrValue::Value(0.0));
         expect(2, &m, "(mapped modelled rate of compartment 1)", "> 0");
         // Default observation compartment must exist.
         let obs = "ID,TIME,DV\n1,0,1\n";
         let ods = parse(obs).unwrap();
-        let err = ods.subjects[0]
-            .to_schedule(&ods, &DoseMapping::new(2, 1, 3))
-            .unwrap_err();
+        let err = ods.subjects[0].to_schedule(&ods, &DoseMapping::new(2, 1, 3)).unwrap_err();
         assert_names(&err, 2, "CMT");
         // Hand-built records with out-of-grammar values fail cleanly.
         let mut r = ds.subjects[0].records[8].clone();
         r.ss = 7;
-        let s = Subject {
-            id: "x".into(),
-            records: vec![r.clone()],
-        };
-        assert!(
-            matches!(s.to_schedule(&ds, &map), Err(DataError::Field { column, .. }) if column == "SS")
-        );
+        let s = Subject { id: "x".into(), records: vec![r.clone()] };
+        assert!(matches!(s.to_schedule(&ds, &map), Err(DataError::Field { column, .. }) if column == "SS"));
         r.ss = 0;
         r.evid = 9;
-        let s = Subject {
-            id: "x".into(),
-            records: vec![r.clone()],
-        };
-        assert!(
-            matches!(s.to_schedule(&ds, &map), Err(DataError::Field { column, .. }) if column == "EVID")
-        );
+        let s = Subject { id: "x".into(), records: vec![r.clone()] };
+        assert!(matches!(s.to_schedule(&ds, &map), Err(DataError::Field { column, .. }) if column == "EVID"));
         r.evid = 1;
         r.rate = -5.0;
         r.covariates.clear();
-        let s = Subject {
-            id: "x".into(),
-            records: vec![r],
-        };
-        assert!(
-            matches!(s.to_schedule(&ds, &map), Err(DataError::Field { column, .. }) if column == "RATE")
-        );
+        let s = Subject { id: "x".into(), records: vec![r] };
+        assert!(matches!(s.to_schedule(&ds, &map), Err(DataError::Field { column, .. }) if column == "RATE"));
     }
 
     #[test]
@@ -1843,23 +1514,16 @@ mod tests {
             DoseMapping::new(2, 1, 2).with_lag(3, ColumnOrValue::Value(1.0)),
             DoseMapping::new(2, 1, 2).with_rate(0, ColumnOrValue::Value(1.0)),
             DoseMapping {
-                duration: vec![
-                    (1, ColumnOrValue::Value(1.0)),
-                    (1, ColumnOrValue::Value(2.0)),
-                ],
+                duration: vec![(1, ColumnOrValue::Value(1.0)), (1, ColumnOrValue::Value(2.0))],
                 ..DoseMapping::new(2, 1, 2)
             },
         ] {
             let err = s.to_schedule(&ds, &map).unwrap_err();
             assert!(matches!(err, DataError::Mapping { .. }), "{err:?}");
-            assert!(err
-                .to_string()
-                .starts_with("test.csv: invalid dose mapping"));
+            assert!(err.to_string().starts_with("test.csv: invalid dose mapping"));
         }
         // The builder replaces an earlier entry for the same compartment.
-        let m = DoseMapping::new(2, 1, 2)
-            .with_lag(1, ColumnOrValue::Value(1.0))
-            .with_lag(1, ColumnOrValue::Value(2.0));
+        let m = DoseMapping::new(2, 1, 2).with_lag(1, ColumnOrValue::Value(1.0)).with_lag(1, ColumnOrValue::Value(2.0));
         assert_eq!(m.lag, vec![(1, ColumnOrValue::Value(2.0))]);
     }
 
@@ -1869,10 +1533,7 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             self.0 >> 33
         }
         fn below(&mut self, n: usize) -> usize {
@@ -1944,9 +1605,7 @@ mod tests {
         for case in 0..3000 {
             let text: String = match case % 3 {
                 // Random pieces.
-                0 => (0..rng.below(200))
-                    .map(|_| PIECES[rng.below(PIECES.len())])
-                    .collect(),
+                0 => (0..rng.below(200)).map(|_| PIECES[rng.below(PIECES.len())]).collect(),
                 // A valid dataset truncated at a random character.
                 1 => valid.chars().take(rng.below(valid.len() + 1)).collect(),
                 // A valid dataset with random pieces spliced in.

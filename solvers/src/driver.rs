@@ -137,8 +137,7 @@ impl Rhs for ForwardRhs<'_> {
         let (e, tmp) = &mut *sc;
         for (j, d) in self.dirs.iter().enumerate() {
             let out = &mut ds[j * n..(j + 1) * n];
-            self.sys
-                .jvp(t, x, &seg.u, self.p, &s[j * n..(j + 1) * n], out);
+            self.sys.jvp(t, x, &seg.u, self.p, &s[j * n..(j + 1) * n], out);
             if let Dir::Param(i) = *d {
                 e[i] = 1.0;
                 self.sys.jvp_params(t, x, &seg.u, self.p, e, tmp);
@@ -159,14 +158,7 @@ impl Rhs for ForwardRhs<'_> {
         let seg = self.seg.borrow();
         let x = &z[..n];
         for j in 0..=self.dirs.len() {
-            self.sys.jvp(
-                t,
-                x,
-                &seg.u,
-                self.p,
-                &v[j * n..(j + 1) * n],
-                &mut out[j * n..(j + 1) * n],
-            );
+            self.sys.jvp(t, x, &seg.u, self.p, &v[j * n..(j + 1) * n], &mut out[j * n..(j + 1) * n]);
         }
     }
 }
@@ -190,15 +182,7 @@ fn new_state(n: usize, ninputs: usize, dirs: &[Dir], t: f64, x: Vec<f64>, u: Vec
         }
     }
     debug_assert_eq!(u.len(), ninputs);
-    FwdState {
-        t,
-        x,
-        s,
-        rates: vec![0.0; n],
-        drates: vec![0.0; n * k],
-        u,
-        active: Vec::new(),
-    }
+    FwdState { t, x, s, rates: vec![0.0; n], drates: vec![0.0; n * k], u, active: Vec::new() }
 }
 
 /// Runs `problem` forward from its `t0` to its horizon.
@@ -213,30 +197,10 @@ pub(crate) fn forward(
     let sys = problem.system;
     let p = &problem.params;
     let events = resolve(&problem.schedule, p, sys.nstates(), sys.ninputs())?;
-    let mut obs: Vec<(usize, Observation)> =
-        problem.observations.iter().copied().enumerate().collect();
+    let mut obs: Vec<(usize, Observation)> = problem.observations.iter().copied().enumerate().collect();
     obs.sort_by(|a, b| a.1.time.total_cmp(&b.1.time));
-    let mut st = new_state(
-        sys.nstates(),
-        sys.ninputs(),
-        dirs,
-        problem.t0,
-        problem.x0.clone(),
-        problem.u0.clone(),
-    );
-    let stats = integrate(
-        sys,
-        p,
-        method,
-        opts,
-        dirs,
-        &mut st,
-        &events,
-        &obs,
-        problem.horizon(),
-        sink,
-        tape,
-    )?;
+    let mut st = new_state(sys.nstates(), sys.ninputs(), dirs, problem.t0, problem.x0.clone(), problem.u0.clone());
+    let stats = integrate(sys, p, method, opts, dirs, &mut st, &events, &obs, problem.horizon(), sink, tape)?;
     Ok(RunEnd { x: st.x, stats })
 }
 
@@ -269,11 +233,7 @@ pub(crate) fn integrate(
         p,
         n,
         dirs,
-        seg: RefCell::new(Seg {
-            rates: st.rates.clone(),
-            drates: st.drates.clone(),
-            u: st.u.clone(),
-        }),
+        seg: RefCell::new(Seg { rates: st.rates.clone(), drates: st.drates.clone(), u: st.u.clone() }),
         scratch: RefCell::new((vec![0.0; m], vec![0.0; n])),
     };
     let mut stats = Stats::default();
@@ -301,11 +261,7 @@ pub(crate) fn integrate(
                 let mut tseg = tape.as_ref().map(|_| TapeSeg {
                     t0: st.t,
                     t1: t_stop,
-                    knots: vec![Knot {
-                        t: st.t,
-                        x: st.x.clone(),
-                        f: dz[..n].to_vec(),
-                    }],
+                    knots: vec![Knot { t: st.t, x: st.x.clone(), f: dz[..n].to_vec() }],
                     u: st.u.clone(),
                     obs: Vec::new(),
                     active: st.active.iter().map(|a| (a.1, a.3.clone())).collect(),
@@ -326,11 +282,7 @@ pub(crate) fn integrate(
                         for s in [0.5 * (t_prev + t_now), t_now] {
                             interp(s, &mut buf)?;
                             rhs.rhs(s, &buf, &mut fbuf);
-                            ts.knots.push(Knot {
-                                t: s,
-                                x: buf[..n].to_vec(),
-                                f: fbuf[..n].to_vec(),
-                            });
+                            ts.knots.push(Knot { t: s, x: buf[..n].to_vec(), f: fbuf[..n].to_vec() });
                         }
                     }
                     Ok(())
@@ -348,17 +300,7 @@ pub(crate) fn integrate(
             // Apply every event at this time, then take observations at it.
             st.t = st.t.max(t_ev);
             while ei < events.len() && events[ei].time == t_ev {
-                apply(
-                    sys,
-                    p,
-                    method,
-                    opts,
-                    dirs,
-                    &pdir,
-                    st,
-                    &events[ei],
-                    tape.as_deref_mut(),
-                )?;
+                apply(sys, p, method, opts, dirs, &pdir, st, &events[ei], tape.as_deref_mut())?;
                 ei += 1;
             }
             while oi < obs.len() && obs[oi].1.time <= t_ev {
@@ -386,14 +328,7 @@ pub(crate) fn integrate(
 }
 
 /// `f(t, x, u, θ) + R`.
-pub(crate) fn full_rhs(
-    sys: &dyn System,
-    t: f64,
-    x: &[f64],
-    u: &[f64],
-    p: &[f64],
-    rates: &[f64],
-) -> Vec<f64> {
+pub(crate) fn full_rhs(sys: &dyn System, t: f64, x: &[f64], u: &[f64], p: &[f64], rates: &[f64]) -> Vec<f64> {
     let mut f = vec![0.0; x.len()];
     sys.rhs(t, x, u, p, &mut f);
     for (a, r) in f.iter_mut().zip(rates) {
@@ -433,28 +368,15 @@ fn apply(
     let u_before = st.u.clone();
     let mut ss_sens = None;
     let timing = !ev.d_time.is_empty() && !dirs.is_empty();
-    let f_before = if timing {
-        full_rhs(sys, t, &st.x, &st.u, p, &st.rates)
-    } else {
-        Vec::new()
-    };
+    let f_before = if timing { full_rhs(sys, t, &st.x, &st.u, p, &st.rates) } else { Vec::new() };
     match &ev.action {
-        Action::Jump {
-            cmt,
-            amount,
-            d_amount,
-        } => {
+        Action::Jump { cmt, amount, d_amount } => {
             st.x[*cmt] += amount;
             let mut e = vec![0.0; n];
             e[*cmt] = 1.0;
             add_param_grad(&mut st.s, n, pdir, d_amount, &e);
         }
-        Action::RateOn {
-            id,
-            cmt,
-            rate,
-            d_rate,
-        } => {
+        Action::RateOn { id, cmt, rate, d_rate } => {
             st.active.push((*id, *cmt, *rate, d_rate.clone()));
             st.rates[*cmt] += rate;
             let mut e = vec![0.0; n];
@@ -550,18 +472,9 @@ fn period_events(spec: &SsSpec, horizon: f64) -> Vec<Timed> {
             seq: 0,
             record: 0,
             nominal: 0.0,
-            action: Action::Jump {
-                cmt: spec.cmt,
-                amount: spec.amount,
-                d_amount: spec.d_amount.clone(),
-            },
+            action: Action::Jump { cmt: spec.cmt, amount: spec.amount, d_amount: spec.d_amount.clone() },
         }),
-        Input::Infusion {
-            rate,
-            d_rate,
-            duration,
-            d_duration,
-        } => {
+        Input::Infusion { rate, d_rate, duration, d_duration } => {
             let c0 = (duration / spec.ii).ceil().max(1.0);
             let b = duration - (c0 - 1.0) * spec.ii;
             if c0 > 1.0 {
@@ -572,12 +485,7 @@ fn period_events(spec: &SsSpec, horizon: f64) -> Vec<Timed> {
                     seq: 0,
                     record: 0,
                     nominal: 0.0,
-                    action: Action::RateOn {
-                        id: 0,
-                        cmt: spec.cmt,
-                        rate: rate * (c0 - 1.0),
-                        d_rate: scaled,
-                    },
+                    action: Action::RateOn { id: 0, cmt: spec.cmt, rate: rate * (c0 - 1.0), d_rate: scaled },
                 });
             }
             ev.push(Timed {
@@ -586,12 +494,7 @@ fn period_events(spec: &SsSpec, horizon: f64) -> Vec<Timed> {
                 seq: 1,
                 record: 0,
                 nominal: 0.0,
-                action: Action::RateOn {
-                    id: 1,
-                    cmt: spec.cmt,
-                    rate: *rate,
-                    d_rate: d_rate.clone(),
-                },
+                action: Action::RateOn { id: 1, cmt: spec.cmt, rate: *rate, d_rate: d_rate.clone() },
             });
             if b < horizon {
                 ev.push(Timed {
@@ -641,28 +544,14 @@ pub(crate) fn steady_state(
     let mut last: Option<FwdState> = None;
     for _ in 0..50 {
         let mut st = new_state(n, u.len(), &dirs, 0.0, x.clone(), u.to_vec());
-        integrate(
-            sys,
-            p,
-            method,
-            opts,
-            &dirs,
-            &mut st,
-            &events,
-            &[],
-            spec.ii,
-            &mut NoObs,
-            None,
-        )?;
+        integrate(sys, p, method, opts, &dirs, &mut st, &events, &[], spec.ii, &mut NoObs, None)?;
         // Newton step on the free states: (I − P_x) dx = P(x) − x.
         let a = DMatrix::from_fn(nf, nf, |r, c| (r == c) as u8 as f64 - st.s[c * n + free[r]]);
         let res = DVector::from_fn(nf, |r, _| st.x[free[r]] - x[free[r]]);
         let scale = free.iter().map(|&i| st.x[i].abs()).fold(0.0, f64::max);
         let small = res.amax() <= 1e-3 * (opts.rtol * scale + opts.atol);
         let lu = a.clone().lu();
-        let dx = lu
-            .solve(&res)
-            .ok_or_else(|| fail("the periodic map's Jacobian is singular".into()))?;
+        let dx = lu.solve(&res).ok_or_else(|| fail("the periodic map's Jacobian is singular".into()))?;
         for (r, &i) in free.iter().enumerate() {
             x[i] += dx[r];
         }
@@ -673,9 +562,7 @@ pub(crate) fn steady_state(
         }
     }
     if !converged {
-        return Err(fail(
-            "Newton on the periodic state did not converge in 50 iterations".into(),
-        ));
+        return Err(fail("Newton on the periodic state did not converge in 50 iterations".into()));
     }
     let Some(last) = last else {
         return Err(fail("no iteration ran".into()));
@@ -683,14 +570,9 @@ pub(crate) fn steady_state(
     // dx_p/dθ = (I − P_x)⁻¹ P_θ on the free states.
     let mut s_p = vec![0.0; n * m];
     if want_sens {
-        let a = DMatrix::from_fn(nf, nf, |r, c| {
-            (r == c) as u8 as f64 - last.s[c * n + free[r]]
-        });
+        let a = DMatrix::from_fn(nf, nf, |r, c| (r == c) as u8 as f64 - last.s[c * n + free[r]]);
         let pth = DMatrix::from_fn(nf, m, |r, c| last.s[(nf + c) * n + free[r]]);
-        let sol = a
-            .lu()
-            .solve(&pth)
-            .ok_or_else(|| fail("the periodic map's Jacobian is singular".into()))?;
+        let sol = a.lu().solve(&pth).ok_or_else(|| fail("the periodic map's Jacobian is singular".into()))?;
         for c in 0..m {
             for (r, &i) in free.iter().enumerate() {
                 s_p[c * n + i] = sol[(r, c)];
@@ -698,29 +580,13 @@ pub(crate) fn steady_state(
         }
     }
     // From the last dose of the history to the record time.
-    let pdirs: Vec<Dir> = if want_sens {
-        (0..m).map(Dir::Param).collect()
-    } else {
-        Vec::new()
-    };
+    let pdirs: Vec<Dir> = if want_sens { (0..m).map(Dir::Param).collect() } else { Vec::new() };
     let mut st = new_state(n, u.len(), &pdirs, 0.0, x, u.to_vec());
     if want_sens {
         st.s.copy_from_slice(&s_p);
     }
     let events = period_events(spec, spec.phase);
-    integrate(
-        sys,
-        p,
-        method,
-        opts,
-        &pdirs,
-        &mut st,
-        &events,
-        &[],
-        spec.phase,
-        &mut NoObs,
-        None,
-    )?;
+    integrate(sys, p, method, opts, &pdirs, &mut st, &events, &[], spec.phase, &mut NoObs, None)?;
     for &i in &acc {
         st.x[i] = 0.0;
     }
@@ -730,8 +596,8 @@ pub(crate) fn steady_state(
     // The phase moves with the lag: add f(x) ∂phase/∂θ.
     let f = full_rhs(sys, spec.phase, &st.x, u, p, &st.rates);
     for &(i, g) in &spec.d_phase {
-        for r in 0..n {
-            st.s[i * n + r] += g * f[r];
+        for (s, fr) in st.s[i * n..(i + 1) * n].iter_mut().zip(&f) {
+            *s += g * fr;
         }
     }
     for &i in &acc {
@@ -775,10 +641,7 @@ fn constant_infusion(
     for _ in 0..100 {
         let f = full_rhs(sys, 0.0, &x, u, p, &rates);
         let res = DVector::from_fn(nf, |r, _| -f[free[r]]);
-        let dx = jac(&x)
-            .lu()
-            .solve(&res)
-            .ok_or("the Jacobian is singular at the steady state")?;
+        let dx = jac(&x).lu().solve(&res).ok_or("the Jacobian is singular at the steady state")?;
         for (r, &i) in free.iter().enumerate() {
             x[i] += dx[r];
         }
@@ -809,9 +672,7 @@ fn constant_infusion(
             }
         }
         let rhs = DVector::from_fn(nf, |r, _| -col[free[r]]);
-        let sol = j
-            .solve(&rhs)
-            .ok_or("the Jacobian is singular at the steady state")?;
+        let sol = j.solve(&rhs).ok_or("the Jacobian is singular at the steady state")?;
         for (r, &i) in free.iter().enumerate() {
             s[c * n + i] = sol[r];
         }

@@ -38,12 +38,7 @@ fn scaled(a: &Grad, s: f64) -> Grad {
 #[derive(Debug, Clone)]
 pub(crate) enum Input {
     Bolus,
-    Infusion {
-        rate: f64,
-        d_rate: Grad,
-        duration: f64,
-        d_duration: Grad,
-    },
+    Infusion { rate: f64, d_rate: Grad, duration: f64, d_duration: Grad },
 }
 
 /// A steady-state dose to be solved for at its record time.
@@ -69,18 +64,9 @@ pub(crate) struct SsSpec {
 #[derive(Debug, Clone)]
 pub(crate) enum Action {
     /// Add `amount` to state `cmt`.
-    Jump {
-        cmt: usize,
-        amount: f64,
-        d_amount: Grad,
-    },
+    Jump { cmt: usize, amount: f64, d_amount: Grad },
     /// Start infusion `id` into `cmt` at `rate`.
-    RateOn {
-        id: usize,
-        cmt: usize,
-        rate: f64,
-        d_rate: Grad,
-    },
+    RateOn { id: usize, cmt: usize, rate: f64, d_rate: Grad },
     /// End infusion `id` (ignored if a reset already ended it).
     RateOff { id: usize },
     /// Raise exogenous input `input` by `delta`.
@@ -117,61 +103,20 @@ struct Builder {
 impl Builder {
     fn push(&mut self, time: f64, d_time: Grad, action: Action) {
         let nominal = time - self.lag;
-        self.out.push(Timed {
-            time,
-            d_time,
-            seq: self.seq,
-            record: self.record,
-            nominal,
-            action,
-        });
+        self.out.push(Timed { time, d_time, seq: self.seq, record: self.record, nominal, action });
         self.seq += 1;
     }
-    fn dose(
-        &mut self,
-        time: f64,
-        d_time: &Grad,
-        cmt: usize,
-        amount: f64,
-        d_amount: &Grad,
-        input: &Input,
-    ) {
+    fn dose(&mut self, time: f64, d_time: &Grad, cmt: usize, amount: f64, d_amount: &Grad, input: &Input) {
         match input {
-            Input::Bolus => self.push(
-                time,
-                d_time.clone(),
-                Action::Jump {
-                    cmt,
-                    amount,
-                    d_amount: d_amount.clone(),
-                },
-            ),
-            Input::Infusion {
-                rate,
-                d_rate,
-                duration,
-                d_duration,
-            } => {
+            Input::Bolus => self.push(time, d_time.clone(), Action::Jump { cmt, amount, d_amount: d_amount.clone() }),
+            Input::Infusion { rate, d_rate, duration, d_duration } => {
                 if *duration <= 0.0 || amount == 0.0 {
                     return;
                 }
                 let id = self.next_id;
                 self.next_id += 1;
-                self.push(
-                    time,
-                    d_time.clone(),
-                    Action::RateOn {
-                        id,
-                        cmt,
-                        rate: *rate,
-                        d_rate: d_rate.clone(),
-                    },
-                );
-                self.push(
-                    time + duration,
-                    add(d_time, d_duration),
-                    Action::RateOff { id },
-                );
+                self.push(time, d_time.clone(), Action::RateOn { id, cmt, rate: *rate, d_rate: d_rate.clone() });
+                self.push(time + duration, add(d_time, d_duration), Action::RateOff { id });
             }
         }
     }
@@ -181,28 +126,14 @@ fn check(v: f64, what: &str, line: Option<usize>, ok: bool) -> Result<f64, Error
     if v.is_finite() && ok {
         Ok(v)
     } else {
-        Err(Error::InvalidDose {
-            line,
-            reason: format!("{what} is {v}"),
-        })
+        Err(Error::InvalidDose { line, reason: format!("{what} is {v}") })
     }
 }
 
 /// Expands `schedule` for parameters `p` into actions sorted by time (ties in
 /// record order). `nstates`/`ninputs` bound the targets.
-pub(crate) fn resolve(
-    schedule: &Schedule,
-    p: &[f64],
-    nstates: usize,
-    ninputs: usize,
-) -> Result<Vec<Timed>, Error> {
-    let mut b = Builder {
-        out: Vec::new(),
-        next_id: 0,
-        seq: 0,
-        record: 0,
-        lag: 0.0,
-    };
+pub(crate) fn resolve(schedule: &Schedule, p: &[f64], nstates: usize, ninputs: usize) -> Result<Vec<Timed>, Error> {
+    let mut b = Builder { out: Vec::new(), next_id: 0, seq: 0, record: 0, lag: 0.0 };
     for (record, ev) in schedule.events.iter().enumerate() {
         b.record = record;
         b.lag = 0.0;
@@ -212,31 +143,14 @@ pub(crate) fn resolve(
                 if e.input >= ninputs {
                     return Err(Error::InvalidDose {
                         line: None,
-                        reason: format!(
-                            "exposure targets input {} but the system has {ninputs}",
-                            e.input
-                        ),
+                        reason: format!("exposure targets input {} but the system has {ninputs}", e.input),
                     });
                 }
                 check(e.duration, "exposure duration", None, e.duration > 0.0)?;
                 for k in 0..=e.repeats {
                     let s = e.start + k as f64 * e.period;
-                    b.push(
-                        s,
-                        Vec::new(),
-                        Action::Input {
-                            input: e.input,
-                            delta: e.level,
-                        },
-                    );
-                    b.push(
-                        s + e.duration,
-                        Vec::new(),
-                        Action::Input {
-                            input: e.input,
-                            delta: -e.level,
-                        },
-                    );
+                    b.push(s, Vec::new(), Action::Input { input: e.input, delta: e.level });
+                    b.push(s + e.duration, Vec::new(), Action::Input { input: e.input, delta: -e.level });
                 }
             }
             Event::Dose(d) => {
@@ -244,18 +158,10 @@ pub(crate) fn resolve(
                 if d.cmt >= nstates {
                     return Err(Error::InvalidDose {
                         line,
-                        reason: format!(
-                            "dose into compartment {} but the model has {nstates} states",
-                            d.cmt + 1
-                        ),
+                        reason: format!("dose into compartment {} but the model has {nstates} states", d.cmt + 1),
                     });
                 }
-                let f = check(
-                    d.bioavailability.value(p),
-                    "bioavailability",
-                    line,
-                    d.bioavailability.value(p) >= 0.0,
-                )?;
+                let f = check(d.bioavailability.value(p), "bioavailability", line, d.bioavailability.value(p) >= 0.0)?;
                 let lag = check(d.lag.value(p), "lag time", line, d.lag.value(p) >= 0.0)?;
                 check(d.amount, "amount", line, d.amount >= 0.0)?;
                 let amount = f * d.amount;
@@ -267,61 +173,32 @@ pub(crate) fn resolve(
                         let rate = check(r.value(p), "infusion rate", line, r.value(p) > 0.0)?;
                         // duration = F·AMT / R
                         let duration = amount / rate;
-                        let d_duration = add(
-                            &scaled(&d_amount, 1.0 / rate),
-                            &attr_grad(&r, -amount / (rate * rate)),
-                        );
-                        Input::Infusion {
-                            rate,
-                            d_rate: attr_grad(&r, 1.0),
-                            duration,
-                            d_duration,
-                        }
+                        let d_duration = add(&scaled(&d_amount, 1.0 / rate), &attr_grad(&r, -amount / (rate * rate)));
+                        Input::Infusion { rate, d_rate: attr_grad(&r, 1.0), duration, d_duration }
                     }
                     DoseKind::Duration(dur) => {
-                        let duration =
-                            check(dur.value(p), "infusion duration", line, dur.value(p) > 0.0)?;
+                        let duration = check(dur.value(p), "infusion duration", line, dur.value(p) > 0.0)?;
                         // rate = F·AMT / D
                         let rate = amount / duration;
-                        let d_rate = add(
-                            &scaled(&d_amount, 1.0 / duration),
-                            &attr_grad(&dur, -amount / (duration * duration)),
-                        );
-                        Input::Infusion {
-                            rate,
-                            d_rate,
-                            duration,
-                            d_duration: attr_grad(&dur, 1.0),
-                        }
+                        let d_rate =
+                            add(&scaled(&d_amount, 1.0 / duration), &attr_grad(&dur, -amount / (duration * duration)));
+                        Input::Infusion { rate, d_rate, duration, d_duration: attr_grad(&dur, 1.0) }
                     }
                 };
                 check(d.ii, "II", line, d.ii >= 0.0)?;
                 if d.addl > 0 && d.ii <= 0.0 {
-                    return Err(Error::InvalidDose {
-                        line,
-                        reason: "ADDL > 0 needs II > 0".into(),
-                    });
+                    return Err(Error::InvalidDose { line, reason: "ADDL > 0 needs II > 0".into() });
                 }
                 let first = d.time + lag;
                 b.lag = lag;
                 if d.ss != SteadyState::No {
-                    steady_state(
-                        &mut b, d.time, lag, &d_lag, d.ii, d.cmt, amount, &d_amount, &input, d.ss,
-                        line,
-                    )?;
+                    steady_state(&mut b, d.time, lag, &d_lag, d.ii, d.cmt, amount, &d_amount, &input, d.ss, line)?;
                 }
                 // The record's own dose (constant-infusion steady state has none) and its ADDL repeats.
                 let constant = d.ss != SteadyState::No && d.ii == 0.0;
                 if !constant {
                     for k in 0..=d.addl {
-                        b.dose(
-                            first + k as f64 * d.ii,
-                            &d_lag,
-                            d.cmt,
-                            amount,
-                            &d_amount,
-                            &input,
-                        );
+                        b.dose(first + k as f64 * d.ii, &d_lag, d.cmt, amount, &d_amount, &input);
                     }
                 }
             }
@@ -351,10 +228,7 @@ fn steady_state(
     if ii == 0.0 {
         // Constant infusion to steady state (AMT = 0, RATE > 0, II = 0).
         let Input::Infusion { rate, d_rate, .. } = input else {
-            return Err(Error::InvalidDose {
-                line,
-                reason: "a steady-state bolus needs II > 0".into(),
-            });
+            return Err(Error::InvalidDose { line, reason: "a steady-state bolus needs II > 0".into() });
         };
         let spec = SsSpec {
             mode,
@@ -377,13 +251,7 @@ fn steady_state(
     let phase = t0 - s_m;
     let d_phase = scaled(d_lag, -1.0);
     let mut residual_ids = Vec::new();
-    if let Input::Infusion {
-        duration,
-        d_duration,
-        rate,
-        d_rate,
-    } = input
-    {
+    if let Input::Infusion { duration, d_duration, rate, d_rate } = input {
         // Infusions started at s_k (k ≥ m) that are still running at t0.
         let mut k = m;
         while t0 + lag - k as f64 * ii + duration > t0 {
@@ -392,11 +260,7 @@ fn steady_state(
             b.next_id += 1;
             residual_ids.push(id);
             let _ = (rate, d_rate);
-            b.push(
-                start + duration,
-                add(d_lag, d_duration),
-                Action::RateOff { id },
-            );
+            b.push(start + duration, add(d_lag, d_duration), Action::RateOff { id });
             k += 1;
         }
     }
@@ -416,14 +280,7 @@ fn steady_state(
     b.push(t0, Vec::new(), Action::SteadyState(Box::new(spec)));
     debug_assert_eq!(b.out.last().map(|e| e.seq), Some(seq_ss));
     for k in 1..m {
-        b.dose(
-            t0 + lag - k as f64 * ii,
-            d_lag,
-            cmt,
-            amount,
-            d_amount,
-            input,
-        );
+        b.dose(t0 + lag - k as f64 * ii, d_lag, cmt, amount, d_amount, input);
     }
     Ok(())
 }
@@ -446,10 +303,7 @@ fn cancel_pending(events: Vec<Timed>) -> Vec<Timed> {
         .into_iter()
         .filter(|e| {
             let is_start = matches!(e.action, Action::Jump { .. } | Action::RateOn { .. });
-            !(is_start
-                && resets
-                    .iter()
-                    .any(|&(tr, rec)| e.record < rec && e.nominal <= tr && e.time > tr))
+            !(is_start && resets.iter().any(|&(tr, rec)| e.record < rec && e.nominal <= tr && e.time > tr))
         })
         .collect()
 }

@@ -79,8 +79,7 @@ impl ObsSink for LossSink<'_> {
         let n = self.n;
         let mut gx = vec![0.0; n];
         let mut gp = vec![0.0; self.p.len()];
-        self.sys
-            .output_grad(obs.output, obs.time, x, self.p, &mut gx, &mut gp);
+        self.sys.output_grad(obs.output, obs.time, x, self.p, &mut gx, &mut gp);
         for (j, d) in self.dirs.iter().enumerate() {
             let mut v: f64 = (0..n).map(|r| gx[r] * s[j * n + r]).sum();
             if let Dir::Param(i) = *d {
@@ -133,10 +132,7 @@ pub fn gradient(
     };
     let nobs = problem.observations.len();
     let dirs: Vec<Dir> = match how {
-        GradientMethod::Forward => (0..m)
-            .map(Dir::Param)
-            .chain((0..n).map(Dir::State))
-            .collect(),
+        GradientMethod::Forward => (0..m).map(Dir::Param).chain((0..n).map(Dir::State)).collect(),
         _ => Vec::new(),
     };
     let mut sink = LossSink {
@@ -162,12 +158,7 @@ pub fn gradient(
     let mut tape = Tape::default();
     driver::forward(problem, method, opts, &dirs, &mut sink, Some(&mut tape))?;
     let (d_params, d_x0) = backward(problem, method, opts, &tape, &sink.weights)?;
-    Ok(Gradient {
-        loss: sink.total,
-        d_params,
-        d_x0,
-        predictions: sink.preds,
-    })
+    Ok(Gradient { loss: sink.total, d_params, d_x0, predictions: sink.preds })
 }
 
 /// Cubic Hermite interpolation of the stored trajectory.
@@ -190,8 +181,8 @@ fn hermite(knots: &[Knot], t: f64, out: &mut [f64]) {
     let h10 = s * (1.0 - s) * (1.0 - s);
     let h01 = s * s * (3.0 - 2.0 * s);
     let h11 = s * s * (s - 1.0);
-    for r in 0..out.len() {
-        out[r] = h00 * a.x[r] + h10 * h * a.f[r] + h01 * b.x[r] + h11 * h * b.f[r];
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = h00 * a.x[r] + h10 * h * a.f[r] + h01 * b.x[r] + h11 * h * b.f[r];
     }
 }
 
@@ -243,15 +234,7 @@ fn backward(
     let p = &problem.params[..];
     let (n, m) = (sys.nstates(), sys.nparams());
     let horizon = problem.horizon();
-    let rhs = AdjointRhs {
-        sys,
-        p,
-        n,
-        m,
-        horizon,
-        seg: RefCell::new(None),
-        scratch: RefCell::new(vec![0.0; n]),
-    };
+    let rhs = AdjointRhs { sys, p, n, m, horizon, seg: RefCell::new(None), scratch: RefCell::new(vec![0.0; n]) };
     let mut lam = vec![0.0; n];
     let mut grad = vec![0.0; m];
     let add_obs = |idx: usize, x: &[f64], t: f64, lam: &mut [f64], grad: &mut [f64]| {
@@ -275,13 +258,7 @@ fn backward(
         let mut dz = vec![0.0; 2 * n + m];
         for item in tape.items.iter().rev() {
             match item {
-                TapeItem::Obs(idx, x) => add_obs(
-                    *idx,
-                    x,
-                    problem.observations[*idx].time,
-                    &mut lam,
-                    &mut grad,
-                ),
+                TapeItem::Obs(idx, x) => add_obs(*idx, x, problem.observations[*idx].time, &mut lam, &mut grad),
                 TapeItem::Event(ev) => {
                     let t = ev.timed.time;
                     if !ev.timed.d_time.is_empty() {
@@ -345,13 +322,7 @@ fn backward(
                         }
                         if let Some(k) = obs_k {
                             let (idx, x) = &seg.obs[k];
-                            add_obs(
-                                *idx,
-                                x,
-                                problem.observations[*idx].time,
-                                &mut lam,
-                                &mut grad,
-                            );
+                            add_obs(*idx, x, problem.observations[*idx].time, &mut lam, &mut grad);
                         }
                     }
                     // ∂L/∂R_c = ∫ λ_c dt over the segment; chain to the parameters.

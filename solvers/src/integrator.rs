@@ -6,11 +6,14 @@
 //! for every diffsol method, so the drivers in [`crate::solve`] and
 //! [`crate::gradient`] are written once.
 
-use diffsol::{
-    NalgebraLU, NalgebraMat, NalgebraVec, OdeBuilder, OdeSolverMethod, OdeSolverStopReason,
-};
+use diffsol::{NalgebraLU, NalgebraMat, NalgebraVec, OdeBuilder, OdeSolverMethod, OdeSolverStopReason};
 
 use crate::solve::{Error, Method, Options};
+
+/// Dense output of the last step: `interp(s, out)` for `s` in the step.
+pub(crate) type Interp<'a> = dyn Fn(f64, &mut [f64]) -> Result<(), Error> + 'a;
+/// Called after every accepted step with `(t_prev, t_now, interp)`.
+pub(crate) type OnStep<'a> = dyn FnMut(f64, f64, &Interp) -> Result<(), Error> + 'a;
 
 /// Restart-and-advance access to a diffsol solver.
 pub(crate) trait Stepper {
@@ -22,15 +25,7 @@ pub(crate) trait Stepper {
     /// at any `s` in `[t_prev, t]`. Stops with an error carrying the time of
     /// failure, including a non-finite state (diffsol's explicit methods let
     /// NaN through silently).
-    fn advance(
-        &mut self,
-        t1: f64,
-        on_step: &mut dyn FnMut(
-            f64,
-            f64,
-            &dyn Fn(f64, &mut [f64]) -> Result<(), Error>,
-        ) -> Result<(), Error>,
-    ) -> Result<(), Error>;
+    fn advance(&mut self, t1: f64, on_step: &mut OnStep) -> Result<(), Error>;
     /// Current state.
     fn y(&self) -> &[f64];
     /// Number of accepted steps so far.
@@ -65,15 +60,7 @@ where
         *st.t = t;
     }
 
-    fn advance(
-        &mut self,
-        t1: f64,
-        on_step: &mut dyn FnMut(
-            f64,
-            f64,
-            &dyn Fn(f64, &mut [f64]) -> Result<(), Error>,
-        ) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+    fn advance(&mut self, t1: f64, on_step: &mut OnStep) -> Result<(), Error> {
         let t0 = self.solver.state().t;
         if t1 <= t0 {
             return Ok(());
@@ -95,36 +82,21 @@ where
         {
             let st = self.solver.state_mut();
             let span = t1 - t0;
-            if !(*st.h > 0.0) || *st.h > span {
+            if st.h.is_nan() || *st.h <= 0.0 || *st.h > span {
                 *st.h = span;
             }
         }
-        self.solver
-            .set_stop_time(t1)
-            .map_err(|e| diffsol_err(e, t0))?;
+        self.solver.set_stop_time(t1).map_err(|e| diffsol_err(e, t0))?;
         loop {
             let t_prev = self.solver.state().t;
-            let reason = self
-                .solver
-                .step()
-                .map_err(|e| diffsol_err(e, self.solver.state().t))?;
+            let reason = self.solver.step().map_err(|e| diffsol_err(e, self.solver.state().t))?;
             self.steps += 1;
             let t_now = self.solver.state().t;
-            if !self
-                .solver
-                .state()
-                .y
-                .batch_as_slice(0)
-                .iter()
-                .all(|v| v.is_finite())
-            {
+            if !self.solver.state().y.batch_as_slice(0).iter().all(|v| v.is_finite()) {
                 return Err(Error::NonFinite { t: t_now });
             }
             if self.steps > self.max_steps {
-                return Err(Error::MaxSteps {
-                    t: t_now,
-                    max_steps: self.max_steps,
-                });
+                return Err(Error::MaxSteps { t: t_now, max_steps: self.max_steps });
             }
             let solver = &self.solver;
             let interp = |s: f64, out: &mut [f64]| -> Result<(), Error> {
@@ -179,55 +151,26 @@ pub(crate) fn with_stepper<R>(
             |x: &[f64], _p: &[f64], t: f64, y: &mut [f64]| rhs.rhs(t, x, y),
             |x: &[f64], _p: &[f64], t: f64, v: &[f64], y: &mut [f64]| rhs.jvp(t, x, v, y),
         )
-        .init(
-            |_p: &[f64], _t: f64, y: &mut [f64]| y.iter_mut().for_each(|v| *v = 0.0),
-            n,
-        );
-    let problem = builder.build().map_err(|e| Error::Solver {
-        t: 0.0,
-        reason: e.to_string(),
-    })?;
+        .init(|_p: &[f64], _t: f64, y: &mut [f64]| y.iter_mut().for_each(|v| *v = 0.0), n);
+    let problem = builder.build().map_err(|e| Error::Solver { t: 0.0, reason: e.to_string() })?;
     let max_steps = opts.max_steps;
-    let mk = |e: diffsol::error::DiffsolError| Error::Solver {
-        t: 0.0,
-        reason: e.to_string(),
-    };
+    let mk = |e: diffsol::error::DiffsolError| Error::Solver { t: 0.0, reason: e.to_string() };
     match method {
         Method::Bdf => {
             let s = problem.bdf::<NalgebraLU<f64>>().map_err(mk)?;
-            body(&mut Wrap {
-                solver: s,
-                _eqn: std::marker::PhantomData,
-                steps: 0,
-                max_steps,
-            })
+            body(&mut Wrap { solver: s, _eqn: std::marker::PhantomData, steps: 0, max_steps })
         }
         Method::Esdirk34 => {
             let s = problem.esdirk34::<NalgebraLU<f64>>().map_err(mk)?;
-            body(&mut Wrap {
-                solver: s,
-                _eqn: std::marker::PhantomData,
-                steps: 0,
-                max_steps,
-            })
+            body(&mut Wrap { solver: s, _eqn: std::marker::PhantomData, steps: 0, max_steps })
         }
         Method::TrBdf2 => {
             let s = problem.tr_bdf2::<NalgebraLU<f64>>().map_err(mk)?;
-            body(&mut Wrap {
-                solver: s,
-                _eqn: std::marker::PhantomData,
-                steps: 0,
-                max_steps,
-            })
+            body(&mut Wrap { solver: s, _eqn: std::marker::PhantomData, steps: 0, max_steps })
         }
         Method::Tsit45 => {
             let s = problem.tsit45().map_err(mk)?;
-            body(&mut Wrap {
-                solver: s,
-                _eqn: std::marker::PhantomData,
-                steps: 0,
-                max_steps,
-            })
+            body(&mut Wrap { solver: s, _eqn: std::marker::PhantomData, steps: 0, max_steps })
         }
     }
 }

@@ -20,6 +20,4 @@ mod integrator;
 pub mod solve;
 
 pub use gradient::{gradient, Gradient, GradientMethod, Loss};
-pub use solve::{
-    solve, Error, Method, Observation as ObservationPoint, Options, Problem, Solution, Stats,
-};
+pub use solve::{solve, Error, Method, Observation as ObservationPoint, Options, Problem, Solution, Stats};

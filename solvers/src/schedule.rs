@@ -101,10 +101,7 @@ impl Dose {
     }
     /// A zero-order input of `amount` into `cmt` starting at `time` lasting `duration`.
     pub fn infusion(time: f64, cmt: usize, amount: f64, duration: f64) -> Self {
-        Dose {
-            kind: DoseKind::Duration(Attr::Value(duration)),
-            ..Dose::bolus(time, cmt, amount)
-        }
+        Dose { kind: DoseKind::Duration(Attr::Value(duration)), ..Dose::bolus(time, cmt, amount) }
     }
     /// Repeats the dose `addl` more times every `ii`.
     pub fn repeated(mut self, ii: f64, addl: u32) -> Self {

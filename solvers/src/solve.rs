@@ -15,17 +15,13 @@ pub enum Error {
         t: f64,
     },
     /// The right-hand side produced NaN or infinity.
-    #[error(
-        "the state became NaN or infinite at t = {t} (check parameters and the right-hand side)"
-    )]
+    #[error("the state became NaN or infinite at t = {t} (check parameters and the right-hand side)")]
     NonFinite {
         /// Model time of the failure.
         t: f64,
     },
     /// More steps than `Options::max_steps`.
-    #[error(
-        "more than {max_steps} steps by t = {t}; raise Options::max_steps or loosen tolerances"
-    )]
+    #[error("more than {max_steps} steps by t = {t}; raise Options::max_steps or loosen tolerances")]
     MaxSteps {
         /// Model time of the failure.
         t: f64,
@@ -76,12 +72,7 @@ pub enum Method {
 
 impl Method {
     /// All methods.
-    pub const ALL: [Method; 4] = [
-        Method::Bdf,
-        Method::Esdirk34,
-        Method::TrBdf2,
-        Method::Tsit45,
-    ];
+    pub const ALL: [Method; 4] = [Method::Bdf, Method::Esdirk34, Method::TrBdf2, Method::Tsit45];
     /// Parses `bdf`, `esdirk34`, `tr-bdf2`/`trbdf2`, `tsit45` (any case).
     pub fn parse(s: &str) -> Option<Method> {
         match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
@@ -116,11 +107,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            rtol: 1e-6,
-            atol: 1e-9,
-            max_steps: 1_000_000,
-        }
+        Options { rtol: 1e-6, atol: 1e-9, max_steps: 1_000_000 }
     }
 }
 
@@ -177,8 +164,7 @@ impl<'a> Problem<'a> {
     }
     /// Observes output `output` at each of `times`.
     pub fn observe(mut self, output: usize, times: &[f64]) -> Self {
-        self.observations
-            .extend(times.iter().map(|&time| Observation { time, output }));
+        self.observations.extend(times.iter().map(|&time| Observation { time, output }));
         self
     }
     /// Sets the initial state.
@@ -205,10 +191,7 @@ impl<'a> Problem<'a> {
             }
         }
         if self.x0.len() != s.nstates() || self.x0.iter().any(|v| !v.is_finite()) {
-            return Err(Error::InvalidProblem(format!(
-                "initial state must be {} finite values",
-                s.nstates()
-            )));
+            return Err(Error::InvalidProblem(format!("initial state must be {} finite values", s.nstates())));
         }
         if self.u0.len() != s.ninputs() {
             return Err(Error::InvalidProblem(format!(
@@ -229,11 +212,7 @@ impl<'a> Problem<'a> {
     }
 
     pub(crate) fn horizon(&self) -> f64 {
-        let last = self
-            .observations
-            .iter()
-            .map(|o| o.time)
-            .fold(self.t0, f64::max);
+        let last = self.observations.iter().map(|o| o.time).fold(self.t0, f64::max);
         self.t_end.map_or(last, |t| t.max(last))
     }
 }
@@ -310,11 +289,7 @@ pub fn solve(problem: &Problem, method: Method, options: &Options) -> Result<Sol
     };
     let dirs: Vec<Dir> = Vec::new();
     let run = {
-        let mut sink = Collect {
-            sys: problem.system,
-            p: &problem.params,
-            sol: &mut sol,
-        };
+        let mut sink = Collect { sys: problem.system, p: &problem.params, sol: &mut sol };
         driver::forward(problem, method, options, &dirs, &mut sink, None)?
     };
     sol.final_state = run.x;

@@ -83,15 +83,7 @@ pub trait System: Send + Sync {
         x[k]
     }
     /// Gradient of output `k`: adds `∂y/∂x` into `gx` and `∂y/∂θ` into `gp`.
-    fn output_grad(
-        &self,
-        k: usize,
-        _t: f64,
-        _x: &[f64],
-        _p: &[f64],
-        gx: &mut [f64],
-        _gp: &mut [f64],
-    ) {
+    fn output_grad(&self, k: usize, _t: f64, _x: &[f64], _p: &[f64], gx: &mut [f64], _gp: &mut [f64]) {
         gx[k] += 1.0;
     }
 
@@ -104,6 +96,9 @@ pub trait System: Send + Sync {
         (0..self.nparams()).map(|i| format!("p{i}")).collect()
     }
 }
+
+/// Perturbs `(x, θ)` by `±step` in one coordinate (finite differences).
+type Perturb<'a> = dyn Fn(&mut Vec<f64>, &mut Vec<f64>, f64) + 'a;
 
 /// The largest discrepancies found by [`check_derivatives`].
 #[derive(Debug, Clone, Copy)]
@@ -132,18 +127,11 @@ pub struct DerivativeReport {
 /// `jvp`, `vjp_state`, `jvp_params`, `vjp_params` and `output_grad` against
 /// them on every unit vector, so each entry is checked, not just a random
 /// projection.
-pub fn check_derivatives(
-    sys: &dyn System,
-    t: f64,
-    x: &[f64],
-    u: &[f64],
-    p: &[f64],
-    h: f64,
-) -> DerivativeReport {
+pub fn check_derivatives(sys: &dyn System, t: f64, x: &[f64], u: &[f64], p: &[f64], h: f64) -> DerivativeReport {
     let n = sys.nstates();
     let m = sys.nparams();
     let err = |a: f64, b: f64| (a - b).abs() / b.abs().max(1.0);
-    let fd_column = |which: &dyn Fn(&mut Vec<f64>, &mut Vec<f64>, f64)| {
+    let fd_column = |which: &Perturb| {
         let mut xp = x.to_vec();
         let mut pp = p.to_vec();
         let mut fp = vec![0.0; n];
@@ -230,11 +218,7 @@ pub fn check_derivatives(
             rep.output_err = rep.output_err.max(err(gp[j], fd));
         }
     }
-    rep.max_rel_err = rep
-        .jvp_err
-        .max(rep.vjp_state_err)
-        .max(rep.jvp_params_err)
-        .max(rep.vjp_params_err)
-        .max(rep.output_err);
+    rep.max_rel_err =
+        rep.jvp_err.max(rep.vjp_state_err).max(rep.jvp_params_err).max(rep.vjp_params_err).max(rep.output_err);
     rep
 }

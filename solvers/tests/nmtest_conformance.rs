@@ -21,11 +21,7 @@ fn nmtest_all_scenarios() {
         duration: vec![(2, ColumnOrValue::Column("dur2".into()))],
     };
     let cp = ds.covariate("cp").unwrap();
-    let opts = Options {
-        rtol: 1e-10,
-        atol: 1e-10,
-        ..Options::default()
-    };
+    let opts = Options { rtol: 1e-10, atol: 1e-10, ..Options::default() };
     let mut bad = Vec::new();
     let mut known = 0;
     let mut total = 0;
@@ -41,27 +37,16 @@ fn nmtest_all_scenarios() {
             .filter_map(|e| match e {
                 Event::Dose(d) if d.ss != SteadyState::No => {
                     let lag = d.lag.value(&[]);
-                    (lag > d.ii && d.ii > 0.0).then(|| (d.time, d.time + lag - d.ii))
+                    (lag > d.ii && d.ii > 0.0).then_some((d.time, d.time + lag - d.ii))
                 }
                 _ => None,
             })
             .collect();
-        let mut prob =
-            Problem::new(&OneCmt, vec![1.5, 1.1, 20.0, 0.0, 0.0, 0.0]).with_schedule(sched);
-        prob.observations = obs
-            .iter()
-            .map(|o| ObservationPoint {
-                time: o.time,
-                output: 0,
-            })
-            .collect();
+        let mut prob = Problem::new(&OneCmt, vec![1.5, 1.1, 20.0, 0.0, 0.0, 0.0]).with_schedule(sched);
+        prob.observations = obs.iter().map(|o| ObservationPoint { time: o.time, output: 0 }).collect();
         let sol = solve(&prob, Method::Bdf, &opts).unwrap();
-        let expected: Vec<f64> = subj
-            .records
-            .iter()
-            .filter(|r| r.evid == 0)
-            .map(|r| r.covariates[cp].unwrap())
-            .collect();
+        let expected: Vec<f64> =
+            subj.records.iter().filter(|r| r.evid == 0).map(|r| r.covariates[cp].unwrap()).collect();
         let mut worst = (0.0f64, 0.0, 0.0, 0.0);
         for (i, (&got, &want)) in sol.outputs.iter().zip(&expected).enumerate() {
             total += 1;
@@ -71,10 +56,7 @@ fn nmtest_all_scenarios() {
                 worst = (rel, obs[i].time, got, want);
             }
             if !ok {
-                if windows
-                    .iter()
-                    .any(|&(a, b)| obs[i].time >= a && obs[i].time < b)
-                {
+                if windows.iter().any(|&(a, b)| obs[i].time >= a && obs[i].time < b) {
                     known += 1;
                 } else {
                     bad.push((subj.id.clone(), obs[i].time, got, want));
@@ -88,17 +70,8 @@ fn nmtest_all_scenarios() {
             );
         }
     }
-    eprintln!(
-        "{total} rows: {known} in documented SS-lag windows, {} unexplained",
-        bad.len()
-    );
-    assert!(
-        bad.is_empty(),
-        "rows differing from NONMEM outside the documented convention: {bad:?}"
-    );
+    eprintln!("{total} rows: {known} in documented SS-lag windows, {} unexplained", bad.len());
+    assert!(bad.is_empty(), "rows differing from NONMEM outside the documented convention: {bad:?}");
     assert_eq!(total, 7074);
-    assert_eq!(
-        known, 260,
-        "the documented convention difference covers exactly 260 rows"
-    );
+    assert_eq!(known, 260, "the documented convention difference covers exactly 260 rows");
 }

@@ -45,15 +45,7 @@ impl System for OneCmt {
     fn output(&self, _k: usize, _t: f64, x: &[f64], p: &[f64]) -> f64 {
         x[1] / (p[2] / 1000.0)
     }
-    fn output_grad(
-        &self,
-        _k: usize,
-        _t: f64,
-        x: &[f64],
-        p: &[f64],
-        gx: &mut [f64],
-        gp: &mut [f64],
-    ) {
+    fn output_grad(&self, _k: usize, _t: f64, x: &[f64], p: &[f64], gx: &mut [f64], gp: &mut [f64]) {
         gx[1] += 1000.0 / p[2];
         gp[2] -= 1000.0 * x[1] / (p[2] * p[2]);
     }
