@@ -161,6 +161,29 @@ impl Rhs for ForwardRhs<'_> {
             self.sys.jvp(t, x, &seg.u, self.p, &v[j * n..(j + 1) * n], &mut out[j * n..(j + 1) * n]);
         }
     }
+    fn sparsity(&self) -> Option<Vec<(usize, usize)>> {
+        // The same block-diagonal approximation as `jvp`: one copy of the
+        // system's pattern per direction.
+        let pattern = self.sys.jacobian_sparsity()?;
+        let n = self.n;
+        let mut all = Vec::with_capacity(pattern.len() * (1 + self.dirs.len()));
+        for j in 0..=self.dirs.len() {
+            all.extend(pattern.iter().map(|&(r, c)| (r + j * n, c + j * n)));
+        }
+        Some(all)
+    }
+    fn jacobian_values(&self, t: f64, z: &[f64], values: &mut [f64]) -> bool {
+        let blocks = 1 + self.dirs.len();
+        let nnz = values.len() / blocks;
+        let seg = self.seg.borrow();
+        if !self.sys.jacobian_values(t, &z[..self.n], &seg.u, self.p, &mut values[..nnz]) {
+            return false;
+        }
+        for j in 1..blocks {
+            values.copy_within(0..nnz, j * nnz);
+        }
+        true
+    }
 }
 
 fn param_dir_index(dirs: &[Dir], m: usize) -> Vec<Option<usize>> {

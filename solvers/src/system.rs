@@ -59,6 +59,16 @@ pub trait System: Send + Sync {
         None
     }
 
+    /// Writes the values of `∂f/∂x` at the entries of
+    /// [`System::jacobian_sparsity`], in the same order (repeated entries
+    /// add), and returns `true`. The default returns `false`: the solver then
+    /// recovers the values from [`System::jvp`] by column colouring, which
+    /// costs one `jvp` per colour and suffers from dense rows (an
+    /// accumulator that sums over every state forces one colour per column).
+    fn jacobian_values(&self, _t: f64, _x: &[f64], _u: &[f64], _p: &[f64], _values: &mut [f64]) -> bool {
+        false
+    }
+
     /// Linear invariants the system promises: each row `c` satisfies
     /// `c · f(t, x, u, θ) = 0` for all arguments, so `c · x` changes only by
     /// doses (bolus amounts and infusion rates are added to states by the
