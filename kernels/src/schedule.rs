@@ -1,0 +1,254 @@
+//! Compact, GPU-friendly schedules: trains of identical doses and trains of
+//! exposure windows, expanded on the fly inside the integrators (no event
+//! lists in memory, so a million trajectories cost a few numbers each).
+
+/// Capacity of a [`Regimen`] (dose trains and window trains each).
+pub const MAX_TRAINS: usize = 4;
+
+/// `count` identical doses of `amount` into state `target`, every `interval`
+/// from `start`; a bolus when `duration` is 0, else a zero-order input of
+/// `amount/duration` over `duration`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct DoseTrain {
+    /// First dose time.
+    pub start: f64,
+    /// Interval between doses (ignored when `count` is 1).
+    pub interval: f64,
+    /// Number of doses.
+    pub count: u32,
+    /// Amount per dose.
+    pub amount: f64,
+    /// Dosed state.
+    pub target: u32,
+    /// Infusion duration (0 = bolus).
+    pub duration: f64,
+}
+
+/// `count` windows during which input `input` is raised by `level`:
+/// `[start + k·period, start + k·period + duration)`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WindowTrain {
+    /// Opening of the first window.
+    pub start: f64,
+    /// Period between openings.
+    pub period: f64,
+    /// Number of windows.
+    pub count: u32,
+    /// Window length.
+    pub duration: f64,
+    /// Level added while open.
+    pub level: f64,
+    /// Target input.
+    pub input: u32,
+}
+
+/// Up to [`MAX_TRAINS`] dose trains and window trains.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Regimen {
+    /// Dose trains (the first `n_doses` are used).
+    pub doses: [DoseTrain; MAX_TRAINS],
+    /// Number of dose trains in use.
+    pub n_doses: usize,
+    /// Window trains (the first `n_windows` are used).
+    pub windows: [WindowTrain; MAX_TRAINS],
+    /// Number of window trains in use.
+    pub n_windows: usize,
+}
+
+/// Errors in a regimen.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RegimenError {
+    /// More trains than [`MAX_TRAINS`].
+    #[error("a regimen holds at most {MAX_TRAINS} dose trains and {MAX_TRAINS} window trains")]
+    Full,
+    /// A non-finite or negative time, amount or duration.
+    #[error("invalid {what}: {value}")]
+    Invalid {
+        /// Which field.
+        what: &'static str,
+        /// Its value.
+        value: f64,
+    },
+}
+
+fn check(what: &'static str, value: f64, ok: bool) -> Result<(), RegimenError> {
+    if value.is_finite() && ok {
+        Ok(())
+    } else {
+        Err(RegimenError::Invalid { what, value })
+    }
+}
+
+impl Regimen {
+    /// An empty regimen.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds a dose train.
+    pub fn with_doses(mut self, d: DoseTrain) -> Result<Self, RegimenError> {
+        check("dose start", d.start, true)?;
+        check("dose interval", d.interval, d.interval > 0.0 || d.count <= 1)?;
+        check("dose amount", d.amount, d.amount >= 0.0)?;
+        check("infusion duration", d.duration, d.duration >= 0.0)?;
+        if self.n_doses == MAX_TRAINS {
+            return Err(RegimenError::Full);
+        }
+        self.doses[self.n_doses] = d;
+        self.n_doses += 1;
+        Ok(self)
+    }
+    /// Adds a window train.
+    pub fn with_windows(mut self, w: WindowTrain) -> Result<Self, RegimenError> {
+        check("window start", w.start, true)?;
+        check("window period", w.period, w.period > 0.0 || w.count <= 1)?;
+        check("window duration", w.duration, w.duration > 0.0)?;
+        check("window level", w.level, true)?;
+        if self.n_windows == MAX_TRAINS {
+            return Err(RegimenError::Full);
+        }
+        self.windows[self.n_windows] = w;
+        self.n_windows += 1;
+        Ok(self)
+    }
+    /// Oral/IV boluses of `amount` into `target` at `0, τ, 2τ, …` while `t < horizon`.
+    pub fn repeated_bolus(amount: f64, target: u32, tau: f64, horizon: f64) -> Result<Self, RegimenError> {
+        check("dosing interval", tau, tau > 0.0)?;
+        let count = (horizon / tau).ceil().max(1.0) as u32;
+        Regimen::new().with_doses(DoseTrain { start: 0.0, interval: tau, count, amount, target, duration: 0.0 })
+    }
+}
+
+/// Where a trajectory stands in its regimen.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Cursor {
+    next_start: [u32; MAX_TRAINS],
+    next_end: [u32; MAX_TRAINS],
+    win_open: [u32; MAX_TRAINS],
+    win_close: [u32; MAX_TRAINS],
+}
+
+#[inline]
+fn dose_start(d: &DoseTrain, k: u32) -> f64 {
+    d.start + k as f64 * d.interval
+}
+#[inline]
+fn dose_end(d: &DoseTrain, k: u32) -> f64 {
+    d.start + k as f64 * d.interval + d.duration
+}
+#[inline]
+fn win_open(w: &WindowTrain, k: u32) -> f64 {
+    w.start + k as f64 * w.period
+}
+#[inline]
+fn win_close(w: &WindowTrain, k: u32) -> f64 {
+    w.start + k as f64 * w.period + w.duration
+}
+
+impl Cursor {
+    /// Time of the next breakpoint (∞ if none).
+    #[inline]
+    pub(crate) fn next_time(&self, r: &Regimen) -> f64 {
+        let mut t = f64::INFINITY;
+        for (i, d) in r.doses[..r.n_doses].iter().enumerate() {
+            if self.next_start[i] < d.count {
+                t = t.min(dose_start(d, self.next_start[i]));
+            }
+            if d.duration > 0.0 && self.next_end[i] < self.next_start[i] {
+                t = t.min(dose_end(d, self.next_end[i]));
+            }
+        }
+        for (i, w) in r.windows[..r.n_windows].iter().enumerate() {
+            if self.win_open[i] < w.count {
+                t = t.min(win_open(w, self.win_open[i]));
+            }
+            if self.win_close[i] < self.win_open[i] {
+                t = t.min(win_close(w, self.win_close[i]));
+            }
+        }
+        t
+    }
+
+    /// Applies every breakpoint at or before `t`: boluses to `x`, infusion
+    /// rates to `rate`, window levels to `u`. Returns whether `x` jumped.
+    #[inline]
+    pub(crate) fn apply<const N: usize>(
+        &mut self,
+        r: &Regimen,
+        t: f64,
+        x: &mut [f64; N],
+        rate: &mut [f64; N],
+        u: &mut [f64],
+    ) -> bool {
+        let mut jumped = false;
+        for (i, d) in r.doses[..r.n_doses].iter().enumerate() {
+            let tg = d.target as usize;
+            while self.next_start[i] < d.count && dose_start(d, self.next_start[i]) <= t {
+                if d.duration > 0.0 {
+                    rate[tg] += d.amount / d.duration;
+                } else {
+                    x[tg] += d.amount;
+                    jumped = true;
+                }
+                self.next_start[i] += 1;
+            }
+            if d.duration > 0.0 {
+                while self.next_end[i] < self.next_start[i] && dose_end(d, self.next_end[i]) <= t {
+                    rate[tg] -= d.amount / d.duration;
+                    self.next_end[i] += 1;
+                }
+                if self.next_end[i] == self.next_start[i] {
+                    rate[tg] = 0.0; // no round-off residue once no infusion runs
+                }
+            }
+        }
+        for (i, w) in r.windows[..r.n_windows].iter().enumerate() {
+            let k = w.input as usize;
+            while self.win_open[i] < w.count && win_open(w, self.win_open[i]) <= t {
+                u[k] += w.level;
+                self.win_open[i] += 1;
+            }
+            while self.win_close[i] < self.win_open[i] && win_close(w, self.win_close[i]) <= t {
+                u[k] -= w.level;
+                self.win_close[i] += 1;
+            }
+        }
+        jumped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trains_expand_in_time_order() {
+        let r = Regimen::new()
+            .with_doses(DoseTrain { start: 0.0, interval: 12.0, count: 3, amount: 100.0, target: 0, duration: 0.0 })
+            .unwrap()
+            .with_doses(DoseTrain { start: 1.0, interval: 24.0, count: 2, amount: 60.0, target: 1, duration: 30.0 })
+            .unwrap();
+        let mut c = Cursor::default();
+        let (mut x, mut rate, mut u) = ([0.0; 2], [0.0; 2], [0.0; 0]);
+        let mut times = Vec::new();
+        let mut t = c.next_time(&r);
+        while t.is_finite() {
+            times.push(t);
+            c.apply(&r, t, &mut x, &mut rate, &mut u);
+            if t == 25.0 {
+                assert!((rate[1] - 4.0).abs() < 1e-15, "two overlapping infusions of 2 mg/h");
+            }
+            t = c.next_time(&r);
+        }
+        assert_eq!(times, vec![0.0, 1.0, 12.0, 24.0, 25.0, 31.0, 55.0]);
+        assert_eq!(x, [300.0, 0.0]);
+        assert_eq!(rate, [0.0, 0.0]);
+    }
+
+    #[test]
+    fn invalid_trains_are_refused() {
+        assert!(Regimen::repeated_bolus(100.0, 0, 0.0, 10.0).is_err());
+        assert!(Regimen::new().with_doses(DoseTrain { amount: -1.0, count: 1, ..Default::default() }).is_err());
+        assert_eq!(Regimen::repeated_bolus(1.0, 0, 6.0, 336.0).unwrap().doses[0].count, 56);
+        assert_eq!(Regimen::repeated_bolus(1.0, 0, 24.0, 336.0).unwrap().doses[0].count, 14);
+    }
+}
