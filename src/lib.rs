@@ -1,1 +1,44 @@
+//! # Insilico
+//!
+//! Hybrid mechanistic/neural ODE simulation for pharmacometrics and
+//! biomedicine. This root crate is a facade over the workspace's member
+//! crates plus the library code behind the `insilico` command-line tool.
+//!
+//! ## A tour by task
+//!
+//! | task | where |
+//! |---|---|
+//! | write a right-hand side, solve it under a dosing schedule | [`solvers`] ([`solvers::System`], [`solvers::solve`], [`solvers::Schedule`]) |
+//! | read a NONMEM-layout dataset | [`solvers::data::Dataset`] |
+//! | use a ready PK model or its closed form | [`mechanistic::pk`] |
+//! | simulate a dataset from a TOML config (what `insilico simulate` does) | [`simulate`] |
+//! | run reference problem P1 (what `insilico bench p1` does) | [`p1`] |
+//!
+//! ## Example: simulate the embedded quick-start config
+//! ```
+//! use insilico::simulate::{Simulation, EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME};
+//!
+//! let sim = Simulation::from_toml_str(EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME, None)?;
+//! let ds = sim.load_embedded_dataset()?;
+//! let preds = sim.run(&ds, &|| {})?;
+//! assert!(preds.rows.len() > 10);
+//! let mut csv = Vec::new();
+//! preds.write_csv(&mut csv).unwrap();
+//! assert!(csv.starts_with(b"ID,TIME,PRED\n"));
+//! # Ok::<(), insilico::Error>(())
+//! ```
 
+#![warn(missing_docs)]
+
+pub use insilico_kernels as kernels;
+pub use insilico_mechanistic as mechanistic;
+pub use insilico_models_zoo as models_zoo;
+pub use insilico_neural as neural;
+pub use insilico_solvers as solvers;
+pub use insilico_validation as validation;
+
+pub mod error;
+pub mod p1;
+pub mod simulate;
+
+pub use error::Error;

@@ -1,1 +1,252 @@
-fn main(){}
+//! The `insilico` command-line tool. See `insilico --help`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use insilico::p1;
+use insilico::simulate::{Simulation, EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME, EMBEDDED_DATA_NAME};
+use insilico::solvers::Method;
+
+/// Insilico: hybrid mechanistic/neural ODE simulation for pharmacometrics.
+#[derive(Debug, Parser)]
+#[command(name = "insilico", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Simulate a PK model over a NONMEM-layout dataset (one PRED per observation record).
+    ///
+    /// Without CONFIG, runs the embedded quick-start example
+    /// (examples/quickstart.toml with examples/quickstart.csv) and writes pred.csv.
+    Simulate {
+        /// TOML config naming the model, its parameters, the dataset and the dose mapping.
+        config: Option<PathBuf>,
+        /// Output CSV (ID,TIME,PRED).
+        #[arg(long, short, default_value = "pred.csv")]
+        out: PathBuf,
+    },
+    /// Run a reference benchmark (default: p1 with its default options).
+    Bench {
+        #[command(subcommand)]
+        problem: Option<BenchProblem>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchProblem {
+    /// P1: two-compartment oral PK, 10,000-regimen sweep, checked against the closed form.
+    P1(P1Args),
+}
+
+#[derive(Debug, clap::Args)]
+struct P1Args {
+    /// Output folder for bench.json and p1.csv.
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// bdf, esdirk34, tr-bdf2, tsit45, or all (each in turn; the top level of
+    /// bench.json and p1.csv then describe tsit45).
+    #[arg(long, default_value = "tsit45", value_parser = parse_methods)]
+    method: Methods,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Run only the first N solves of the sweep (quick checks).
+    #[arg(long)]
+    n: Option<usize>,
+}
+
+impl Default for P1Args {
+    fn default() -> Self {
+        P1Args { out: PathBuf::from("bench-out"), method: Methods(vec![Method::Tsit45]), threads: None, n: None }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Methods(Vec<Method>);
+
+fn parse_methods(s: &str) -> Result<Methods, String> {
+    if s.trim().eq_ignore_ascii_case("all") {
+        return Ok(Methods(Method::ALL.to_vec()));
+    }
+    Method::parse(s.trim()).map(|m| Methods(vec![m])).ok_or_else(|| {
+        let valid: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+        format!("unknown method `{s}` (valid: {}, all)", valid.join(", "))
+    })
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Simulate { config, out } => simulate(config.as_deref(), &out),
+        Command::Bench { problem } => match problem {
+            Some(BenchProblem::P1(args)) => bench_p1(&args),
+            None => bench_p1(&P1Args::default()),
+        },
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// A progress bar on stderr that only appears once the work has taken more
+/// than a second.
+struct LazyBar {
+    bar: ProgressBar,
+    start: Instant,
+    shown: AtomicBool,
+}
+
+impl LazyBar {
+    fn new(len: usize, what: &str) -> Self {
+        let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::hidden());
+        let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({elapsed}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(what.to_string());
+        LazyBar { bar, start: Instant::now(), shown: AtomicBool::new(false) }
+    }
+    fn inc(&self) {
+        self.bar.inc(1);
+        self.reveal();
+    }
+    fn set(&self, pos: usize) {
+        self.bar.set_position(pos as u64);
+        self.reveal();
+    }
+    fn reveal(&self) {
+        if self.start.elapsed() > Duration::from_secs(1) && !self.shown.swap(true, Ordering::Relaxed) {
+            self.bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
+    }
+    fn finish(&self) {
+        if self.shown.load(Ordering::Relaxed) {
+            self.bar.finish_and_clear();
+        }
+    }
+}
+
+fn simulate(config: Option<&Path>, out: &Path) -> Result<()> {
+    let (sim, ds) = match config {
+        Some(path) => {
+            let sim = Simulation::from_path(path)?;
+            let ds = sim.load_dataset()?;
+            (sim, ds)
+        }
+        None => {
+            let sim = Simulation::from_toml_str(EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME, None)?;
+            let ds = sim.load_embedded_dataset()?;
+            println!("No config given: running the embedded example {EMBEDDED_CONFIG_NAME} on {EMBEDDED_DATA_NAME}.");
+            (sim, ds)
+        }
+    };
+    println!("config  {}", sim.source);
+    println!("        {}", sim.describe());
+    println!("data    {}: {} subjects, {} records", ds.file, ds.subjects.len(), ds.n_records());
+    let start = Instant::now();
+    let bar = LazyBar::new(ds.subjects.len(), "subjects");
+    let preds = sim.run(&ds, &|| bar.inc());
+    bar.finish();
+    let preds = preds?;
+    let wall = start.elapsed().as_secs_f64();
+    preds.write_csv_file(out).context("cannot write the predictions")?;
+    println!(
+        "wrote   {}: {} rows (ID,TIME,PRED), {} subjects solved in {:.3} s on {} threads",
+        out.display(),
+        preds.rows.len(),
+        preds.subjects,
+        wall,
+        rayon::current_num_threads()
+    );
+    if config.is_none() {
+        println!(
+            "Next: `insilico simulate examples/nmtest.toml --out pred.csv` reproduces NONMEM's \
+             event-grammar suite; see README.md for the config format."
+        );
+    }
+    Ok(())
+}
+
+fn bench_p1(args: &P1Args) -> Result<()> {
+    let mut builder = rayon::ThreadPoolBuilder::new();
+    if let Some(t) = args.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        builder = builder.num_threads(t);
+    }
+    let pool = builder.build().context("cannot start the worker threads")?;
+    pool.install(|| bench_p1_in_pool(args))
+}
+
+fn bench_p1_in_pool(args: &P1Args) -> Result<()> {
+    let threads = rayon::current_num_threads();
+    let mut cases = p1::sweep();
+    if let Some(n) = args.n {
+        if n == 0 {
+            bail!("--n must be at least 1");
+        }
+        cases.truncate(n);
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create the output folder {}", args.out.display()))?;
+    println!(
+        "P1: two-compartment oral PK, {} solves (of the 10,000-regimen sweep), rtol {:e}, atol {:e}, {} threads",
+        cases.len(),
+        p1::RTOL,
+        p1::ATOL,
+        threads
+    );
+    let (cf, reference) = p1::run_closed_form(&cases)?;
+    let mut runs = Vec::new();
+    for &method in &args.method.0 {
+        let bar = LazyBar::new(cases.len(), method.name());
+        let run = p1::run_method(&cases, method, &reference, &|done| bar.set(done));
+        bar.finish();
+        runs.push(run?);
+    }
+    println!();
+    println!(
+        "{:<12} {:>7} {:>9} {:>10} {:>12} {:>10}",
+        "method", "solves", "wall s", "solves/s", "max rel err", "x closed"
+    );
+    for r in runs.iter().chain(std::iter::once(&cf)) {
+        println!(
+            "{:<12} {:>7} {:>9.3} {:>10.0} {:>12.3e} {:>10.1}",
+            r.method,
+            r.n_solves,
+            r.wall_s,
+            r.solves_per_s(),
+            r.max_rel_err,
+            r.wall_s / cf.wall_s.max(f64::MIN_POSITIVE)
+        );
+    }
+    let primary =
+        runs.iter().find(|r| r.method == Method::Tsit45.name()).or_else(|| runs.first()).context("no method ran")?;
+    let json = p1::bench_json(primary, &runs, &cf, threads);
+    let json_path = args.out.join("bench.json");
+    let text = serde_json::to_string_pretty(&json).context("cannot format bench.json")?;
+    std::fs::write(&json_path, text + "\n").with_context(|| format!("cannot write {}", json_path.display()))?;
+    let csv_path = args.out.join("p1.csv");
+    let f = std::fs::File::create(&csv_path).with_context(|| format!("cannot create {}", csv_path.display()))?;
+    p1::write_csv(std::io::BufWriter::new(f), &cases, &primary.metrics)
+        .with_context(|| format!("cannot write {}", csv_path.display()))?;
+    println!();
+    println!(
+        "wrote {} and {} ({} rows, method {})",
+        json_path.display(),
+        csv_path.display(),
+        cases.len(),
+        primary.method
+    );
+    Ok(())
+}

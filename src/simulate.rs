@@ -1,0 +1,611 @@
+//! `insilico simulate`: predictions of a PK model over a NONMEM-layout
+//! dataset, configured in TOML.
+//!
+//! # The config file
+//!
+//! ```toml
+//! model = "pk-1cmt-oral"      # pk-{1,2,3}cmt-{oral,iv}, optionally with the suffix -mm
+//! data = "../../shared/data/nmtest.csv"   # relative to the config file's directory
+//! ignore_columns = []         # optional: NONMEM-named columns to read as plain covariates
+//! output_scale = 1000.0       # optional (default 1): PRED = output_scale * central / V
+//! method = "bdf"              # optional: bdf (default) | esdirk34 | tr-bdf2 | tsit45
+//! rtol = 1e-8                 # optional (default 1e-8)
+//! atol = 1e-10                # optional (default 1e-10), in amount units
+//! max_steps = 1000000         # optional (default 1,000,000 per subject)
+//!
+//! [params]                    # every parameter of the model by name, nothing else
+//! ka = 1.5                    # (names compared case-insensitively)
+//! CL = 1.1
+//! V = 20
+//!
+//! [dosing]                    # optional
+//! dose_cmt = 1                # CMT of dose records without one (default 1: depot, or central for iv)
+//! obs_cmt = 2                 # CMT of observations without one (default: central)
+//!
+//! [dosing.bioavailability]    # optional, per compartment: F (default 1)
+//! 2 = "bioav"                 # a string: read from this dataset column on the dose record
+//! [dosing.lag]                # optional, per compartment: lag time (default 0)
+//! central = "lagt"            # a compartment by number (NONMEM CMT) or by state name
+//! [dosing.rate]               # optional: modelled rate of RATE = -1 doses
+//! 2 = "rat2"
+//! [dosing.duration]           # optional: modelled duration of RATE = -2 doses
+//! 2 = 2.5                     # a number: a fixed value
+//! ```
+//!
+//! Compartments are the model's dosable states, numbered as NONMEM's `CMT`
+//! (1-based, in the order of the model's states; see
+//! [`crate::mechanistic`]): for oral models `depot` = 1, `central` = 2,
+//! `peripheral1` = 3, `peripheral2` = 4; for IV models `central` = 1,
+//! `peripheral1` = 2, `peripheral2` = 3. A key of a `[dosing.*]` table is
+//! such a number or state name.
+//!
+//! Unknown keys anywhere, unknown or missing parameters, an unknown model or
+//! method, a compartment or column that does not exist: each is an error
+//! naming the config file and the key.
+//!
+//! # The output
+//!
+//! One row per observation record (EVID 0) in dataset order: `ID,TIME,PRED`,
+//! where PRED is the model's concentration output `output_scale · central / V`
+//! (V1 for multi-compartment models) at TIME. An observation at the time of
+//! a dose sees the dose. The observation's CMT does not change PRED (the
+//! model has one output, as a NONMEM `$ERROR` block that ignores CMT).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::mechanistic::PkModel;
+use crate::solvers::data::{ColumnOrValue, Dataset, DoseMapping, ReadOptions};
+use crate::solvers::{solve, Method, ObservationPoint, Options, Problem, System};
+
+/// The quick-start config run by `insilico simulate` without arguments
+/// (`examples/quickstart.toml`).
+pub const EMBEDDED_CONFIG: &str = include_str!("../examples/quickstart.toml");
+/// Name used for [`EMBEDDED_CONFIG`] in messages.
+pub const EMBEDDED_CONFIG_NAME: &str = "examples/quickstart.toml (embedded)";
+/// The dataset of the quick-start config (`examples/quickstart.csv`).
+pub const EMBEDDED_DATA: &str = include_str!("../examples/quickstart.csv");
+/// Name used for [`EMBEDDED_DATA`] in messages.
+pub const EMBEDDED_DATA_NAME: &str = "examples/quickstart.csv (embedded)";
+
+/// Default relative tolerance of `simulate`.
+pub const DEFAULT_RTOL: f64 = 1e-8;
+/// Default absolute tolerance of `simulate` (amount units).
+pub const DEFAULT_ATOL: f64 = 1e-10;
+
+/// The config file as written (see the [module documentation](self)).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    model: String,
+    data: String,
+    params: toml::Table,
+    #[serde(default)]
+    ignore_columns: Vec<String>,
+    output_scale: Option<f64>,
+    method: Option<String>,
+    rtol: Option<f64>,
+    atol: Option<f64>,
+    max_steps: Option<usize>,
+    #[serde(default)]
+    dosing: RawDosing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDosing {
+    dose_cmt: Option<usize>,
+    obs_cmt: Option<usize>,
+    #[serde(default)]
+    bioavailability: BTreeMap<String, Source>,
+    #[serde(default)]
+    lag: BTreeMap<String, Source>,
+    #[serde(default)]
+    rate: BTreeMap<String, Source>,
+    #[serde(default)]
+    duration: BTreeMap<String, Source>,
+}
+
+/// A dose attribute: a fixed number or a dataset column.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Source {
+    Value(f64),
+    Column(String),
+}
+
+/// A validated `simulate` config: the model with its parameters, where the
+/// data is, how doses map onto the model, and the solver settings.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    /// Config file name, for messages.
+    pub source: String,
+    /// The model (its output scale set from the config).
+    pub model: PkModel,
+    /// Parameters in the model's order ([`System::param_names`]).
+    pub params: Vec<f64>,
+    /// The dataset's path, resolved against the config file's directory.
+    pub data: PathBuf,
+    /// Dataset reading options (`ignore_columns`).
+    pub read_options: ReadOptions,
+    /// Compartments and modelled dose attributes.
+    pub mapping: DoseMapping,
+    /// Integration method.
+    pub method: Method,
+    /// Tolerances and step limit.
+    pub options: Options,
+}
+
+/// One output row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// Subject ID as written in the dataset.
+    pub id: String,
+    /// Observation time.
+    pub time: f64,
+    /// Model prediction.
+    pub pred: f64,
+}
+
+/// The result of [`Simulation::run`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictions {
+    /// Number of subjects simulated.
+    pub subjects: usize,
+    /// One row per observation record, in dataset order.
+    pub rows: Vec<Prediction>,
+}
+
+impl Predictions {
+    /// Writes `ID,TIME,PRED` rows (numbers in Rust's shortest round-trip form).
+    pub fn write_csv<W: Write>(&self, mut w: W) -> std::io::Result<()> {
+        writeln!(w, "ID,TIME,PRED")?;
+        for r in &self.rows {
+            let id = if r.id.contains([',', '"', '\n', '\r']) {
+                format!("\"{}\"", r.id.replace('"', "\"\""))
+            } else {
+                r.id.clone()
+            };
+            writeln!(w, "{id},{},{}", r.time, r.pred)?;
+        }
+        w.flush()
+    }
+
+    /// Writes the rows to the file at `path` (see [`Predictions::write_csv`]).
+    pub fn write_csv_file(&self, path: &Path) -> Result<(), Error> {
+        let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        self.write_csv(std::io::BufWriter::new(f)).map_err(|e| Error::io(path, e))
+    }
+}
+
+fn fmt_list<S: AsRef<str>>(items: &[S]) -> String {
+    items.iter().map(|s| s.as_ref()).collect::<Vec<_>>().join(", ")
+}
+
+impl Simulation {
+    /// Reads and validates the config file at `path`; the dataset path is
+    /// resolved against the file's directory.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Simulation, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let dir = path.parent().unwrap_or_else(|| Path::new(""));
+        Self::from_toml_str(&text, &path.display().to_string(), Some(dir))
+    }
+
+    /// Parses and validates a config from `text`. `name` is the file name
+    /// used in messages; a relative `data` path is resolved against
+    /// `base_dir` (the current directory when `None`).
+    pub fn from_toml_str(text: &str, name: &str, base_dir: Option<&Path>) -> Result<Simulation, Error> {
+        let cfg_err = |reason: String| Error::Config { file: name.to_string(), reason };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| cfg_err(e.to_string()))?;
+
+        let model = PkModel::from_name(raw.model.trim()).map_err(|e| cfg_err(format!("key `model`: {e}")))?;
+        let output_scale = raw.output_scale.unwrap_or(1.0);
+        if !(output_scale.is_finite() && output_scale > 0.0) {
+            return Err(cfg_err(format!("key `output_scale` must be a finite number > 0, found {output_scale}")));
+        }
+        let model = model.with_output_scale(output_scale);
+
+        // Parameters by name.
+        let names = model.param_names();
+        let expected = fmt_list(&names);
+        let mut params: Vec<Option<f64>> = vec![None; names.len()];
+        for (key, value) in &raw.params {
+            let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(key.trim())) else {
+                return Err(cfg_err(format!(
+                    "unknown parameter `{key}` in [params] for model {model} (its parameters are {expected})"
+                )));
+            };
+            let v = match value {
+                toml::Value::Float(v) => *v,
+                toml::Value::Integer(v) => *v as f64,
+                other => {
+                    return Err(cfg_err(format!(
+                        "parameter `{key}` in [params] must be a number, found a {}",
+                        other.type_str()
+                    )))
+                }
+            };
+            if params[i].is_some() {
+                return Err(cfg_err(format!(
+                    "parameter `{}` is given twice in [params] (names are compared case-insensitively)",
+                    names[i]
+                )));
+            }
+            params[i] = Some(v);
+        }
+        let missing: Vec<&str> =
+            names.iter().zip(&params).filter(|(_, v)| v.is_none()).map(|(n, _)| n.as_str()).collect();
+        if !missing.is_empty() {
+            return Err(cfg_err(format!(
+                "missing parameter{} `{}` in [params] for model {model} (its parameters are {expected})",
+                if missing.len() > 1 { "s" } else { "" },
+                missing.join("`, `")
+            )));
+        }
+        let params: Vec<f64> = params.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+        model.validate_params(&params).map_err(|e| cfg_err(format!("[params]: {e}")))?;
+
+        // Solver settings.
+        let method = match &raw.method {
+            None => Method::Bdf,
+            Some(m) => Method::parse(m.trim()).ok_or_else(|| {
+                cfg_err(format!(
+                    "key `method`: unknown method `{m}` (valid: {})",
+                    fmt_list(&Method::ALL.map(|m| m.name()))
+                ))
+            })?,
+        };
+        let mut options = Options {
+            rtol: raw.rtol.unwrap_or(DEFAULT_RTOL),
+            atol: raw.atol.unwrap_or(DEFAULT_ATOL),
+            ..Options::default()
+        };
+        for (key, v) in [("rtol", options.rtol), ("atol", options.atol)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(cfg_err(format!("key `{key}` must be a finite number > 0, found {v}")));
+            }
+        }
+        if let Some(m) = raw.max_steps {
+            if m == 0 {
+                return Err(cfg_err("key `max_steps` must be at least 1".into()));
+            }
+            options.max_steps = m;
+        }
+
+        // Dose mapping.
+        let n = model.n_compartments();
+        let states = model.state_names();
+        let central = model.central() + 1;
+        let cmt_key = |table: &str, key: &str| -> Result<usize, Error> {
+            let k = key.trim();
+            let by_number = k.parse::<usize>().ok().filter(|c| (1..=n).contains(c));
+            let by_name = states[..n].iter().position(|s| s.eq_ignore_ascii_case(k)).map(|i| i + 1);
+            by_number.or(by_name).ok_or_else(|| {
+                let named: Vec<String> =
+                    states[..n].iter().enumerate().map(|(i, s)| format!("{} = {s}", i + 1)).collect();
+                cfg_err(format!(
+                    "[dosing.{table}]: `{key}` is not a compartment of model {model} \
+                     (use a number or a name: {})",
+                    named.join(", ")
+                ))
+            })
+        };
+        let check_cmt = |key: &str, c: usize| -> Result<usize, Error> {
+            if (1..=n).contains(&c) {
+                Ok(c)
+            } else {
+                Err(cfg_err(format!("[dosing] {key} = {c}: model {model} has compartments 1..={n}")))
+            }
+        };
+        let mut mapping = DoseMapping::new(
+            n,
+            check_cmt("dose_cmt", raw.dosing.dose_cmt.unwrap_or(1))?,
+            check_cmt("obs_cmt", raw.dosing.obs_cmt.unwrap_or(central))?,
+        );
+        let tables = [
+            ("bioavailability", &raw.dosing.bioavailability),
+            ("lag", &raw.dosing.lag),
+            ("rate", &raw.dosing.rate),
+            ("duration", &raw.dosing.duration),
+        ];
+        for (table, entries) in tables {
+            let mut list: Vec<(usize, ColumnOrValue)> = Vec::new();
+            for (key, src) in entries {
+                let c = cmt_key(table, key)?;
+                if list.iter().any(|(d, _)| *d == c) {
+                    return Err(cfg_err(format!(
+                        "[dosing.{table}]: compartment {c} ({}) is given twice",
+                        states[c - 1]
+                    )));
+                }
+                let src = match src {
+                    Source::Value(v) => {
+                        let ok = match table {
+                            "bioavailability" | "lag" => v.is_finite() && *v >= 0.0,
+                            _ => v.is_finite() && *v > 0.0,
+                        };
+                        if !ok {
+                            return Err(cfg_err(format!(
+                                "[dosing.{table}] {key} = {v}: must be a finite number {}",
+                                if matches!(table, "bioavailability" | "lag") { "≥ 0" } else { "> 0" }
+                            )));
+                        }
+                        ColumnOrValue::Value(*v)
+                    }
+                    Source::Column(col) if col.trim().is_empty() => {
+                        return Err(cfg_err(format!("[dosing.{table}] {key}: empty column name")))
+                    }
+                    Source::Column(col) => ColumnOrValue::Column(col.trim().to_string()),
+                };
+                list.push((c, src));
+            }
+            match table {
+                "bioavailability" => mapping.bioavailability = list,
+                "lag" => mapping.lag = list,
+                "rate" => mapping.rate = list,
+                _ => mapping.duration = list,
+            }
+        }
+
+        let data = raw.data.trim();
+        if data.is_empty() {
+            return Err(cfg_err("key `data` is empty: name the dataset file".into()));
+        }
+        let data = match base_dir {
+            Some(dir) => dir.join(data),
+            None => PathBuf::from(data),
+        };
+        Ok(Simulation {
+            source: name.to_string(),
+            model,
+            params,
+            data,
+            read_options: ReadOptions { ignore: raw.ignore_columns },
+            mapping,
+            method,
+            options,
+        })
+    }
+
+    /// Reads the dataset named by the config and checks that every column
+    /// the dose mapping names exists in it.
+    pub fn load_dataset(&self) -> Result<Dataset, Error> {
+        let ds = Dataset::from_path(&self.data, &self.read_options)?;
+        self.check_columns(&ds)?;
+        Ok(ds)
+    }
+
+    /// Parses the embedded quick-start dataset ([`EMBEDDED_DATA`]) with this
+    /// config's reading options.
+    pub fn load_embedded_dataset(&self) -> Result<Dataset, Error> {
+        let ds = Dataset::from_str(EMBEDDED_DATA_NAME, EMBEDDED_DATA, &self.read_options)?;
+        self.check_columns(&ds)?;
+        Ok(ds)
+    }
+
+    /// Checks that the columns named in the dose mapping are covariate
+    /// columns of `ds`.
+    pub fn check_columns(&self, ds: &Dataset) -> Result<(), Error> {
+        let m = &self.mapping;
+        let lists =
+            [("bioavailability", &m.bioavailability), ("lag", &m.lag), ("rate", &m.rate), ("duration", &m.duration)];
+        for (table, list) in lists {
+            for (c, src) in list {
+                if let ColumnOrValue::Column(col) = src {
+                    if ds.covariate(col).is_none() {
+                        return Err(Error::Config {
+                            file: self.source.clone(),
+                            reason: format!(
+                                "[dosing.{table}] compartment {c} reads column `{col}`, which is not a \
+                                 covariate column of {} (covariate columns: {})",
+                                ds.file,
+                                if ds.covariate_names.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    fmt_list(&ds.covariate_names)
+                                }
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Simulates every subject of `ds` (in parallel on rayon's current pool)
+    /// and returns one prediction per observation record, in dataset order.
+    /// `progress` is called once per finished subject (from any thread).
+    pub fn run(&self, ds: &Dataset, progress: &(dyn Fn() + Sync)) -> Result<Predictions, Error> {
+        let per_subject: Vec<Vec<Prediction>> = ds
+            .subjects
+            .par_iter()
+            .map(|subj| {
+                let out = self.run_subject(ds, subj);
+                progress();
+                out
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Predictions { subjects: ds.subjects.len(), rows: per_subject.into_iter().flatten().collect() })
+    }
+
+    /// Simulates one subject of `ds`: its predictions in record order.
+    pub fn run_subject(&self, ds: &Dataset, subj: &crate::solvers::data::Subject) -> Result<Vec<Prediction>, Error> {
+        let (schedule, obs) = subj.to_schedule(ds, &self.mapping)?;
+        let t0 = subj.records.iter().map(|r| r.time).fold(0.0f64, f64::min);
+        let model: &dyn System = &self.model;
+        let mut prob = Problem::new(model, self.params.clone()).with_schedule(schedule);
+        prob.t0 = t0;
+        prob.observations = obs.iter().map(|o| ObservationPoint { time: o.time, output: 0 }).collect();
+        let sol = solve(&prob, self.method, &self.options).map_err(|error| Error::Solve {
+            file: ds.file.clone(),
+            subject: subj.id.clone(),
+            error,
+        })?;
+        Ok(obs
+            .iter()
+            .zip(&sol.outputs)
+            .map(|(o, &pred)| Prediction { id: subj.id.clone(), time: o.time, pred })
+            .collect())
+    }
+
+    /// One line describing the model, parameters and solver settings.
+    pub fn describe(&self) -> String {
+        let params: Vec<String> =
+            self.model.param_names().iter().zip(&self.params).map(|(n, v)| format!("{n}={v}")).collect();
+        format!(
+            "model {} ({}), output scale {}, method {}, rtol {:e}, atol {:e}",
+            self.model,
+            params.join(", "),
+            self.model.output_scale,
+            self.method.name(),
+            self.options.rtol,
+            self.options.atol
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+model = "pk-1cmt-oral"
+data = "d.csv"
+[params]
+ka = 1.5
+CL = 1.1
+V = 20
+"#;
+
+    fn parse(text: &str) -> Result<Simulation, Error> {
+        Simulation::from_toml_str(text, "test.toml", Some(Path::new("/cfg")))
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_defaults() {
+        let s = parse(BASE).unwrap();
+        assert_eq!(s.model.name(), "pk-1cmt-oral");
+        assert_eq!(s.params, vec![1.5, 1.1, 20.0]);
+        assert_eq!(s.data, PathBuf::from("/cfg/d.csv"));
+        assert_eq!(s.method, Method::Bdf);
+        assert_eq!(s.options.rtol, 1e-8);
+        assert_eq!(s.options.atol, 1e-10);
+        assert_eq!(s.model.output_scale, 1.0);
+        assert_eq!(s.mapping.n_compartments, 2);
+        assert_eq!(s.mapping.default_dose_cmt, 1);
+        assert_eq!(s.mapping.default_obs_cmt, 2);
+    }
+
+    #[test]
+    fn iv_defaults_to_central() {
+        let s = parse("model = \"pk-2cmt-iv\"\ndata = \"x.csv\"\n[params]\ncl=1\nv1=2\nq=3\nv2=4\n").unwrap();
+        assert_eq!(s.mapping.n_compartments, 2);
+        assert_eq!(s.mapping.default_dose_cmt, 1);
+        assert_eq!(s.mapping.default_obs_cmt, 1);
+        assert_eq!(s.params, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn dosing_tables_by_number_and_name() {
+        let s = parse(&format!(
+            "{BASE}\n[dosing.bioavailability]\n2 = \"bioav\"\ndepot = 0.5\n[dosing.lag]\ncentral = \"lagt\"\n[dosing.duration]\n2 = 3\n"
+        ))
+        .unwrap();
+        assert!(s.mapping.bioavailability.contains(&(2, ColumnOrValue::Column("bioav".into()))));
+        assert!(s.mapping.bioavailability.contains(&(1, ColumnOrValue::Value(0.5))));
+        assert_eq!(s.mapping.lag, vec![(2, ColumnOrValue::Column("lagt".into()))]);
+        assert_eq!(s.mapping.duration, vec![(2, ColumnOrValue::Value(3.0))]);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let e = err(&BASE.replace("V = 20", "V = 20\nVc = 3"));
+        assert!(e.contains("test.toml") && e.contains("unknown parameter `Vc`") && e.contains("ka, CL, V"), "{e}");
+        let e = err(&BASE.replace("V = 20", ""));
+        assert!(e.contains("test.toml") && e.contains("missing parameter `V`"), "{e}");
+        let e = err(&BASE.replace("pk-1cmt-oral", "pk-9cmt"));
+        assert!(e.contains("test.toml") && e.contains("unknown PK model `pk-9cmt`"), "{e}");
+        let e = err(&BASE.replace("V = 20", "V = -20"));
+        assert!(e.contains("test.toml") && e.contains("V = -20"), "{e}");
+        let e = err(&BASE.replace("V = 20", "V = \"big\""));
+        assert!(e.contains("parameter `V`") && e.contains("must be a number"), "{e}");
+        let e = err(&format!("method = \"rk4\"\n{BASE}"));
+        assert!(e.contains("unknown method `rk4`") && e.contains("tsit45"), "{e}");
+        let e = err(&format!("colour = 1\n{BASE}"));
+        assert!(e.contains("test.toml") && e.contains("colour"), "{e}");
+        let e = err(&format!("{BASE}\n[dosing.lag]\nperipheral1 = 1\n"));
+        assert!(e.contains("peripheral1") && e.contains("1 = depot, 2 = central"), "{e}");
+        let e = err(&format!("{BASE}\n[dosing.rate]\n2 = 0\n"));
+        assert!(e.contains("[dosing.rate]") && e.contains("> 0"), "{e}");
+        let e = err(&format!("{BASE}\n[dosing]\nobs_cmt = 3\n"));
+        assert!(e.contains("obs_cmt = 3"), "{e}");
+        let e = err(&format!("{BASE}\nrtol = 0\n"));
+        assert!(e.contains("rtol"), "{e}");
+        let e = err("model = \"pk-1cmt-oral\"\n[params]\nka=1\n");
+        assert!(e.contains("test.toml") && e.contains("data"), "{e}");
+        let e = err("this is not toml");
+        assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn missing_column_is_named() {
+        let s = parse(&format!("{BASE}\n[dosing.lag]\n2 = \"nolag\"\n")).unwrap();
+        let ds = Dataset::from_str("d.csv", "ID,TIME,AMT,ALAG\n1,0,10,1\n", &ReadOptions::default()).unwrap();
+        let e = s.check_columns(&ds).unwrap_err().to_string();
+        assert!(e.contains("test.toml") && e.contains("`nolag`") && e.contains("ALAG"), "{e}");
+    }
+
+    #[test]
+    fn embedded_default_runs_in_order() {
+        let s = Simulation::from_toml_str(EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME, None).unwrap();
+        let ds = s.load_embedded_dataset().unwrap();
+        let p = s.run(&ds, &|| {}).unwrap();
+        assert_eq!(p.subjects, 4);
+        let n_obs = ds.subjects.iter().flat_map(|s| &s.records).filter(|r| r.evid == 0).count();
+        assert_eq!(p.rows.len(), n_obs);
+        let ids: Vec<&str> = p.rows.iter().map(|r| r.id.as_str()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        assert!(p.rows.iter().all(|r| r.pred.is_finite() && r.pred >= 0.0));
+        // Subject 1: lag 0.25 h, so the first sample (0.5 h) sees absorption.
+        assert!(p.rows[0].pred > 0.0);
+    }
+
+    #[test]
+    fn csv_format() {
+        let p = Predictions {
+            subjects: 1,
+            rows: vec![
+                Prediction { id: "a".into(), time: 0.5, pred: 1.25 },
+                Prediction { id: "b,c".into(), time: 2.0, pred: 0.0 },
+            ],
+        };
+        let mut out = Vec::new();
+        p.write_csv(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "ID,TIME,PRED\na,0.5,1.25\n\"b,c\",2,0\n");
+    }
+
+    #[test]
+    fn solver_failure_names_the_subject() {
+        // max_steps = 1 cannot finish.
+        let s = parse(&format!("max_steps = 1\n{BASE}")).unwrap();
+        let ds = Dataset::from_str("d.csv", "ID,TIME,AMT,DV\n7,0,10,.\n7,24,0,1\n", &ReadOptions::default()).unwrap();
+        let e = s.run(&ds, &|| {}).unwrap_err().to_string();
+        assert!(e.contains("d.csv") && e.contains("`7`"), "{e}");
+    }
+}
