@@ -202,8 +202,8 @@ fn bench_p1_in_pool(args: &P1Args) -> Result<()> {
     println!(
         "P1: two-compartment oral PK, {} solves (of the 10,000-regimen sweep), rtol {:e}, atol {:e}, {} threads",
         cases.len(),
-        p1::RTOL,
-        p1::ATOL,
+        p1::options().rtol,
+        p1::options().atol,
         threads
     );
     let (cf, reference) = p1::run_closed_form(&cases)?;
@@ -220,13 +220,14 @@ fn bench_p1_in_pool(args: &P1Args) -> Result<()> {
         "method", "solves", "wall s", "solves/s", "max rel err", "x closed"
     );
     for r in runs.iter().chain(std::iter::once(&cf)) {
+        let err = if r.method == cf.method { "(reference)".to_string() } else { format!("{:.3e}", r.max_rel_err) };
         println!(
-            "{:<12} {:>7} {:>9.3} {:>10.0} {:>12.3e} {:>10.1}",
+            "{:<12} {:>7} {:>9.3} {:>10.0} {:>12} {:>10.1}",
             r.method,
             r.n_solves,
             r.wall_s,
             r.solves_per_s(),
-            r.max_rel_err,
+            err,
             r.wall_s / cf.wall_s.max(f64::MIN_POSITIVE)
         );
     }

@@ -1,16 +1,19 @@
-//! Reference problem P1 (`../shared/benchmarks/PROBLEMS.md`): two-compartment
-//! oral PK, a sweep of 10,000 regimens, every solve checked against the
+//! Reference problem P1 (`../shared/benchmarks/PROBLEMS.md`) as a benchmark:
+//! the 10,000-regimen sweep solved in parallel, timed, and checked against the
 //! closed form. This is what `insilico bench p1` runs.
 //!
-//! * Model `pk-2cmt-oral`, parameters ka = 1.2 /h, CL = 5·s L/h, V1 = 30 L,
-//!   Q = 10 L/h, V2 = 50 L; C = central / V1 (mg/L).
-//! * Regimen: an oral bolus of D mg into the depot at 0, τ, 2τ, ... while
-//!   t < 336 h.
-//! * Output: C on the grid 0, 0.5, ..., 336 (673 points); from it Cmax, AUC
-//!   (trapezoid) and Ctrough (minimum) over [312, 336].
-//! * Sweep: D in 50 values linearly spaced over [50, 1000] (outermost), τ in
-//!   {6, 8, 12, 24}, s in 50 values log-spaced over [0.5, 2] (innermost).
-//! * Tolerances rtol = 1e-6, atol = 1e-9.
+//! The problem itself (model, parameters, regimens, grid, tolerances,
+//! closed form, metrics) is defined once, in [`crate::validation::p1`], and
+//! re-exported here:
+//!
+//! * model `pk-2cmt-oral`, ka = 1.2 /h, CL = 5·s L/h, V1 = 30 L, Q = 10 L/h,
+//!   V2 = 50 L; C = central / V1 (mg/L);
+//! * an oral bolus of D mg into the depot at 0, τ, 2τ, ... while t < 336 h;
+//! * C on the grid 0, 0.5, ..., 336 (673 points); Cmax, AUC (trapezoid) and
+//!   Ctrough (minimum) over [312, 336];
+//! * D in 50 values linearly spaced over [50, 1000] (outermost), τ in
+//!   {6, 8, 12, 24}, s in 50 values log-spaced over [0.5, 2] (innermost);
+//! * rtol = 1e-6, atol = 1e-9.
 //!
 //! # Example
 //! ```
@@ -22,7 +25,7 @@
 //! let c = p1::solve_case(&cases[0], Method::Tsit45).unwrap();
 //! let reference = p1::closed_form_case(&cases[0]).unwrap();
 //! assert_eq!(c.len(), 673);
-//! let m = p1::Metrics::from_grid(&c);
+//! let m = p1::metrics(&c);
 //! assert!(m.cmax > m.ctrough && m.auc > 0.0);
 //! assert!(p1::max_rel_err(&c, &reference) < 1e-4);
 //! ```
@@ -33,122 +36,24 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::error::Error;
-use crate::mechanistic::{Absorption, ClosedFormDose, Elimination, LinearPkSolution, PkModel};
-use crate::solvers::{solve, Dose, Method, Options, Problem, Schedule};
+use crate::mechanistic::PkModel;
+use crate::solvers::{solve, Method};
 
-/// Horizon (h).
-pub const HORIZON: f64 = 336.0;
-/// Grid spacing (h).
-pub const GRID_STEP: f64 = 0.5;
-/// Number of grid points (0, 0.5, ..., 336).
-pub const N_GRID: usize = 673;
-/// Start of the last-day window over which the metrics are taken (h).
-pub const WINDOW_START: f64 = 312.0;
-/// Relative tolerance of P1.
-pub const RTOL: f64 = 1e-6;
-/// Absolute tolerance of P1 (amounts, mg).
-pub const ATOL: f64 = 1e-9;
-/// Base parameters `[ka, CL, V1, Q, V2]` (CL is scaled per case).
-pub const BASE_PARAMS: [f64; 5] = [1.2, 5.0, 30.0, 10.0, 50.0];
-/// Dosing intervals of the sweep (h).
-pub const TAUS: [f64; 4] = [6.0, 8.0, 12.0, 24.0];
-/// Number of dose levels and of CL scales in the sweep.
-pub const N_LEVELS: usize = 50;
+pub use crate::validation::p1::{
+    closed_form, grid, max_rel_err, metrics, model, options, sweep, Metrics, Regimen, BASE_PARAMS, HORIZON, NGRID, TAUS,
+};
 
-/// One regimen of the sweep.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Case {
-    /// Dose (mg).
-    pub dose: f64,
-    /// Dosing interval (h).
-    pub tau: f64,
-    /// Factor applied to the base CL.
-    pub cl_scale: f64,
-}
-
-/// Cmax, AUC and Ctrough over the last day [312, 336].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Metrics {
-    /// Maximum concentration (mg/L).
-    pub cmax: f64,
-    /// Trapezoid AUC (mg·h/L).
-    pub auc: f64,
-    /// Minimum concentration (mg/L).
-    pub ctrough: f64,
-}
-
-impl Metrics {
-    /// The metrics of concentrations `c` on the P1 grid (length [`N_GRID`]).
-    pub fn from_grid(c: &[f64]) -> Metrics {
-        let first = (WINDOW_START / GRID_STEP) as usize;
-        let w = c.get(first..).unwrap_or(&[]);
-        let cmax = w.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let ctrough = w.iter().copied().fold(f64::INFINITY, f64::min);
-        let auc = w.windows(2).map(|p| 0.5 * GRID_STEP * (p[0] + p[1])).sum();
-        Metrics { cmax, auc, ctrough }
-    }
-}
-
-/// The model of P1 (`pk-2cmt-oral`, output C = central / V1 in mg/L).
-pub fn model() -> PkModel {
-    PkModel { compartments: 2, absorption: Absorption::Oral, elimination: Elimination::Linear, output_scale: 1.0 }
-}
-
-/// The sweep's 10,000 regimens in order: D outermost, then τ, then the CL scale.
-pub fn sweep() -> Vec<Case> {
-    let n = N_LEVELS;
-    let mut cases = Vec::with_capacity(n * TAUS.len() * n);
-    for i in 0..n {
-        let dose = 50.0 + 950.0 * i as f64 / (n - 1) as f64;
-        for &tau in &TAUS {
-            for j in 0..n {
-                let cl_scale = 0.5 * 4f64.powf(j as f64 / (n - 1) as f64);
-                cases.push(Case { dose, tau, cl_scale });
-            }
-        }
-    }
-    cases
-}
-
-/// The output grid 0, 0.5, ..., 336.
-pub fn grid() -> Vec<f64> {
-    (0..N_GRID).map(|k| k as f64 * GRID_STEP).collect()
-}
-
-/// Parameters `[ka, CL, V1, Q, V2]` of `case`.
-pub fn params(case: &Case) -> Vec<f64> {
-    let mut p = BASE_PARAMS.to_vec();
-    p[1] *= case.cl_scale;
-    p
-}
-
-/// Dose times 0, τ, 2τ, ... < 336.
-pub fn dose_times(tau: f64) -> Vec<f64> {
-    let mut t = Vec::new();
-    let mut k = 0u32;
-    while f64::from(k) * tau < HORIZON {
-        t.push(f64::from(k) * tau);
-        k += 1;
-    }
-    t
-}
-
-/// The regimen of `case` as a schedule: a bolus into the depot repeated
-/// every τ (ADDL) while t < 336.
-pub fn schedule(case: &Case) -> Schedule {
-    let n = dose_times(case.tau).len() as u32;
-    Schedule::new().dose(Dose::bolus(0.0, 0, case.dose).repeated(case.tau, n.saturating_sub(1)))
-}
+/// One regimen of the sweep (an alias of [`Regimen`]).
+pub type Case = Regimen;
 
 /// Solves `case` with `method` at P1's tolerances: C (mg/L) on the grid.
 pub fn solve_case(case: &Case, method: Method) -> Result<Vec<f64>, Error> {
-    solve_case_on(&model(), &grid(), case, method)
+    solve_case_with(&model(), case, method)
 }
 
-fn solve_case_on(model: &PkModel, grid: &[f64], case: &Case, method: Method) -> Result<Vec<f64>, Error> {
-    let opts = Options { rtol: RTOL, atol: ATOL, ..Options::default() };
-    let prob = Problem::new(model, params(case)).with_schedule(schedule(case)).observe(0, grid);
-    let sol = solve(&prob, method, &opts).map_err(|e| {
+fn solve_case_with(model: &PkModel, case: &Case, method: Method) -> Result<Vec<f64>, Error> {
+    let prob = crate::validation::p1::problem(model, case);
+    let sol = solve(&prob, method, &options()).map_err(|e| {
         Error::Bench(format!(
             "P1 case D = {}, tau = {}, CL scale = {} with {}: {e}",
             case.dose,
@@ -160,25 +65,13 @@ fn solve_case_on(model: &PkModel, grid: &[f64], case: &Case, method: Method) -> 
     Ok(sol.outputs)
 }
 
-/// The closed-form C (mg/L) of `case` on the grid.
+/// The closed-form C (mg/L) of `case` on the grid ([`closed_form`] with this
+/// crate's error type).
 pub fn closed_form_case(case: &Case) -> Result<Vec<f64>, Error> {
-    closed_form_on(&model(), &grid(), case)
-}
-
-fn closed_form_on(model: &PkModel, grid: &[f64], case: &Case) -> Result<Vec<f64>, Error> {
-    let ctx = || format!("P1 closed form, D = {}, tau = {}, CL scale = {}", case.dose, case.tau, case.cl_scale);
-    let sol = LinearPkSolution::new(model, &params(case)).map_err(|error| Error::Model { context: ctx(), error })?;
-    let doses: Vec<ClosedFormDose> =
-        dose_times(case.tau).into_iter().map(|t| ClosedFormDose::bolus(t, 0, case.dose)).collect();
-    let mut c = vec![0.0; grid.len()];
-    sol.concentrations_at_times(&doses, grid, &mut c).map_err(|error| Error::Model { context: ctx(), error })?;
-    Ok(c)
-}
-
-/// Largest relative error of `c` against `reference` over the points where
-/// the reference is positive.
-pub fn max_rel_err(c: &[f64], reference: &[f64]) -> f64 {
-    c.iter().zip(reference).filter(|(_, &r)| r > 0.0).map(|(&x, &r)| (x - r).abs() / r).fold(0.0, f64::max)
+    closed_form(case).map_err(|error| Error::Model {
+        context: format!("P1 closed form, D = {}, tau = {}, CL scale = {}", case.dose, case.tau, case.cl_scale),
+        error,
+    })
 }
 
 /// The outcome of one sweep with one method.
@@ -207,14 +100,12 @@ impl Run {
 /// The closed-form reference over `cases`: its run (timed) and the grid
 /// concentrations of every case.
 pub fn run_closed_form(cases: &[Case]) -> Result<(Run, Vec<Vec<f64>>), Error> {
-    let model = model();
-    let grid = grid();
     let start = Instant::now();
     let out: Vec<(Vec<f64>, Metrics)> = cases
         .par_iter()
         .map(|case| {
-            let c = closed_form_on(&model, &grid, case)?;
-            let m = Metrics::from_grid(&c);
+            let c = closed_form_case(case)?;
+            let m = metrics(&c);
             Ok((c, m))
         })
         .collect::<Result<_, Error>>()?;
@@ -237,14 +128,13 @@ pub fn run_method(
         return Err(Error::Bench(format!("{} reference grids for {} cases", reference.len(), cases.len())));
     }
     let model = model();
-    let grid = grid();
     let done = AtomicUsize::new(0);
     let start = Instant::now();
     let out: Vec<(Vec<f64>, Metrics)> = cases
         .par_iter()
         .map(|case| {
-            let c = solve_case_on(&model, &grid, case, method)?;
-            let m = Metrics::from_grid(&c);
+            let c = solve_case_with(&model, case, method)?;
+            let m = metrics(&c);
             progress(done.fetch_add(1, Ordering::Relaxed) + 1);
             Ok((c, m))
         })
@@ -295,8 +185,8 @@ pub fn bench_json(primary: &Run, all: &[Run], closed_form: &Run, threads: usize)
         "solves_per_s": primary.solves_per_s(),
         "closed_form_wall_s": closed_form.wall_s,
         "ratio_to_closed_form": primary.wall_s / closed_form.wall_s.max(f64::MIN_POSITIVE),
-        "rtol": RTOL,
-        "atol": ATOL,
+        "rtol": options().rtol,
+        "atol": options().atol,
     });
     if all.len() > 1 {
         doc["runs"] = all.iter().map(one).collect();
@@ -309,30 +199,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sweep_definition() {
+    fn sweep_order_and_grid() {
         let s = sweep();
         assert_eq!(s.len(), 10_000);
-        assert_eq!(s[0], Case { dose: 50.0, tau: 6.0, cl_scale: 0.5 });
-        assert_eq!(s[49].cl_scale, 2.0);
+        assert_eq!((s[0].dose, s[0].tau), (50.0, 6.0));
+        assert!((s[0].cl_scale - 0.5).abs() < 1e-15 && (s[49].cl_scale - 2.0).abs() < 1e-15);
         assert_eq!(s[50].tau, 8.0);
-        assert_eq!(s[200].dose, 50.0 + 950.0 / 49.0);
-        assert_eq!(s[9_999], Case { dose: 1000.0, tau: 24.0, cl_scale: 2.0 });
+        assert!((s[200].dose - (50.0 + 950.0 / 49.0)).abs() < 1e-12);
+        assert_eq!((s[9_999].dose, s[9_999].tau), (1000.0, 24.0));
         let g = grid();
-        assert_eq!((g.len(), g[0], g[672]), (673, 0.0, 336.0));
-        assert_eq!(dose_times(6.0).len(), 56);
-        assert_eq!(dose_times(24.0).last(), Some(&312.0));
-        assert_eq!(dose_times(7.0).last(), Some(&329.0));
-    }
-
-    #[test]
-    fn metrics_on_a_known_profile() {
-        let mut c = vec![0.0; N_GRID];
-        for (k, v) in c.iter_mut().enumerate().skip(624) {
-            *v = if k % 2 == 0 { 2.0 } else { 4.0 };
-        }
-        let m = Metrics::from_grid(&c);
-        assert_eq!((m.cmax, m.ctrough), (4.0, 2.0));
-        assert!((m.auc - 3.0 * 24.0).abs() < 1e-12);
+        assert_eq!((g.len(), g[0], g[672]), (NGRID, 0.0, HORIZON));
+        assert_eq!(s[0].dose_times().len(), 56);
+        assert_eq!(s[9_999].dose_times().last(), Some(&312.0));
     }
 
     #[test]
