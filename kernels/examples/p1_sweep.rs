@@ -32,7 +32,9 @@ fn main() {
         let _ =
             solve_summaries(&TwoCmtOral, stepper, &batch, &times, 336.0, &Tolerances::default(), (312.0, 336.0), 1.0);
         let wall_s = t.elapsed().as_secs_f64();
-        println!("{stepper:?}: grid {wall:.3} s, summaries {wall_s:.3} s, max rel err {err:.2e}");
+        let steps: u64 = r.stats.iter().map(|s| s.steps as u64).sum();
+        let rej: u64 = r.stats.iter().map(|s| s.rejected as u64).sum();
+        println!("{stepper:?}: grid {wall:.3} s, summaries {wall_s:.3} s, max rel err {err:.2e}, mean steps {:.0}, mean rejected {:.0}", steps as f64 / 1e4, rej as f64 / 1e4);
     }
     println!("exact linear path: {t_exact:.3} s");
 }

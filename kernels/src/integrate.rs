@@ -255,6 +255,9 @@ fn initial_step<const N: usize>(y: &[f64; N], f: &[f64; N], tol: &Tolerances) ->
     }
 }
 
+/// `p` are the raw parameters (the model's derived constants are computed
+/// here once).
+///
 /// Integrates one trajectory of `model` from `t = 0` and state `x0` under
 /// `regimen` to `t_end`, reporting the output at each of the sorted `times`
 /// (an output at a breakpoint sees the dose given then).
@@ -271,6 +274,10 @@ pub fn integrate<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
     obs: &mut O,
 ) -> TrajectoryStats {
     let mut st = TrajectoryStats::default();
+    let mut derived = [0.0; 64];
+    let nd = model.nderived().min(64);
+    model.prepare(p, &mut derived[..nd]);
+    let p = &derived[..nd];
     let mut x = *x0;
     let mut rate = [0.0; N];
     let mut u = [0.0; MAX_INPUTS];

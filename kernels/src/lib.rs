@@ -29,6 +29,8 @@
 // hide that correspondence.
 #![allow(clippy::needless_range_loop)]
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod ensemble;
 pub mod integrate;
 pub mod linear;
@@ -37,5 +39,5 @@ pub mod schedule;
 
 pub use ensemble::{solve_grid, solve_summaries, Batch, BatchError, GridResult, Summary, SummaryObserver};
 pub use integrate::{integrate, Observer, Status, Stepper, Tolerances, TrajectoryStats};
-pub use model::{jacobian_fd_error, BatchModel, CudaSource, TwoCmtOral};
+pub use model::{jacobian_fd_error, BatchModel, CudaSource, HybridOneCmt, TwoCmtOral};
 pub use schedule::{DoseTrain, Regimen, RegimenError, WindowTrain};

@@ -132,6 +132,10 @@ pub fn solve_linear<const N: usize, M: LinearModel<N>, O: Observer + ?Sized>(
     t_end: f64,
     obs: &mut O,
 ) {
+    let mut derived = [0.0; 64];
+    let nd = model.nderived().min(64);
+    model.prepare(p, &mut derived[..nd]);
+    let p = &derived[..nd];
     let mut a = [[0.0; N]; N];
     model.jacobian(&[0.0; N], p, &[], &mut a);
     let mut cache = Cache { a, entries: Vec::new() };
