@@ -27,6 +27,7 @@
 
 pub mod coupling;
 pub mod fast;
+pub mod fit;
 pub mod mlp;
 pub mod residual;
 
