@@ -219,8 +219,11 @@ __device__ __forceinline__ void observe(Obs& o, int k, double t, double y) {
     o.tp = t; o.yp = y; o.has_prev = true;
 }
 
+// The stepper is a template parameter: each kernel holds only its own
+// method's work arrays (fewer registers, no dead branch).
+template <int stepper>
 __device__ void run(long long i, long long n, const double* P, const double* X0, const double* DTR, int nds, const double* WTR, int nws,
-                    const double* times, int nt, double t_end, double rtol, double atol, unsigned max_steps, int stepper,
+                    const double* times, int nt, double t_end, double rtol, double atol, unsigned max_steps,
                     const double* w, Obs& ob, int* status, unsigned* steps_out, unsigned* rej_out) {
     double raw[NPARAMS > 0 ? NPARAMS : 1], p[NDERIVED > 0 ? NDERIVED : 1];
     for (int j = 0; j < NPARAMS; ++j) raw[j] = P[(long long)j * n + i];
@@ -257,9 +260,9 @@ __device__ void run(long long i, long long n, const double* P, const double* X0,
     double f0[NSTATES];
     evalf(x, p, u, w, rate, f0);
     double h = initial_step(x, f0, rtol, atol);
-    double k[7][NSTATES], y[NSTATES], ynew[NSTATES], e[NSTATES], fnew[NSTATES];
-    double jac[NSTATES * NSTATES], g[4][NSTATES];
-    int piv[NSTATES];
+    double k[stepper == 0 ? 7 : 3][NSTATES], y[NSTATES], ynew[NSTATES], e[NSTATES], fnew[NSTATES];
+    double jac[stepper == 0 ? 1 : NSTATES * NSTATES], g[stepper == 0 ? 1 : 4][NSTATES];
+    int piv[stepper == 0 ? 1 : NSTATES];
     for (;;) {
         double t_seg = fmin(next_time(r), t_end);
         while (t < t_seg) {
@@ -268,7 +271,7 @@ __device__ void run(long long i, long long n, const double* P, const double* X0,
             double hs = last ? t_seg - t : h;
             if (hs <= 1e-14 * fmax(fabs(t), 1.0) && !last) { st = 2; goto done; }
             double err;
-            if (stepper == 0) {
+            if constexpr (stepper == 0) {
                 for (int q = 0; q < NSTATES; ++q) k[0][q] = f0[q];
                 for (int q = 0; q < NSTATES; ++q) y[q] = x[q] + hs * C2 * k[0][q];
                 evalf(y, p, u, w, rate, k[1]);
@@ -329,7 +332,7 @@ __device__ void run(long long i, long long n, const double* P, const double* X0,
             while (gi < nt && times[gi] <= t_new && times[gi] < t_seg) {
                 double th = (times[gi] - t) / hs;
                 double xo[NSTATES];
-                if (stepper == 0) {
+                if constexpr (stepper == 0) {
                     double t2 = th * th, t3 = t2 * th, t4 = t3 * th;
                     double bd[7] = {
                         -1.05308849772902 * t4 + 2.91325546182191 * t3 - 2.76370619727483 * t2 + th,
@@ -370,32 +373,35 @@ done:
     status[i] = st; steps_out[i] = nsteps; rej_out[i] = nrej;
 }
 
-extern "C" __global__ void integrate_grid(long long n, const double* P, const double* X0, const double* DTR, int nds, const double* WTR, int nws,
-        const double* times, int nt, double t_end, double rtol, double atol, unsigned max_steps, int stepper, const double* w,
-        double* out, int* status, unsigned* steps, unsigned* rej) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    Obs ob; ob.mode = 0; ob.grid = out; ob.n = n; ob.i = i; ob.has_prev = false;
-    run(i, n, P, X0, DTR, nds, WTR, nws, times, nt, t_end, rtol, atol, max_steps, stepper, w, ob, status, steps, rej);
-}
-
-extern "C" __global__ void integrate_summary(long long n, const double* P, const double* X0, const double* DTR, int nds, const double* WTR, int nws,
-        const double* times, int nt, double t_end, double rtol, double atol, unsigned max_steps, int stepper, const double* w,
-        double wa, double wb, double thr, double* out, int* status, unsigned* steps, unsigned* rej) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    Obs ob; ob.mode = 1; ob.grid = 0; ob.n = n; ob.i = i; ob.a = wa; ob.b = wb; ob.thr = thr;
-    ob.mx = -__longlong_as_double(0x7ff0000000000000LL); ob.mn = __longlong_as_double(0x7ff0000000000000LL); ob.auc = 0.0; ob.above = 0.0; ob.last = __longlong_as_double(0x7ff8000000000000LL); ob.has_prev = false;
-    run(i, n, P, X0, DTR, nds, WTR, nws, times, nt, t_end, rtol, atol, max_steps, stepper, w, ob, status, steps, rej);
+#define GRID_ARGS long long n, const double* P, const double* X0, const double* DTR, int nds, const double* WTR, int nws, \
+        const double* times, int nt, double t_end, double rtol, double atol, unsigned max_steps, const double* w
+#define GRID_BODY(S) \
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; \
+    if (i >= n) return; \
+    Obs ob; ob.mode = 0; ob.grid = out; ob.n = n; ob.i = i; ob.has_prev = false; \
+    run<S>(i, n, P, X0, DTR, nds, WTR, nws, times, nt, t_end, rtol, atol, max_steps, w, ob, status, steps, rej);
+#define SUMMARY_BODY(S) \
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; \
+    if (i >= n) return; \
+    Obs ob; ob.mode = 1; ob.grid = 0; ob.n = n; ob.i = i; ob.a = wa; ob.b = wb; ob.thr = thr; \
+    ob.mx = -__longlong_as_double(0x7ff0000000000000LL); ob.mn = __longlong_as_double(0x7ff0000000000000LL); \
+    ob.auc = 0.0; ob.above = 0.0; ob.last = __longlong_as_double(0x7ff8000000000000LL); ob.has_prev = false; \
+    run<S>(i, n, P, X0, DTR, nds, WTR, nws, times, nt, t_end, rtol, atol, max_steps, w, ob, status, steps, rej); \
     out[0 * n + i] = ob.mx; out[1 * n + i] = ob.mn; out[2 * n + i] = ob.auc; out[3 * n + i] = ob.above; out[4 * n + i] = ob.last;
-}
+
+extern "C" __global__ void integrate_grid_tsit5(GRID_ARGS, double* out, int* status, unsigned* steps, unsigned* rej) { GRID_BODY(0) }
+extern "C" __global__ void integrate_grid_rosenbrock(GRID_ARGS, double* out, int* status, unsigned* steps, unsigned* rej) { GRID_BODY(1) }
+extern "C" __global__ void integrate_summary_tsit5(GRID_ARGS, double wa, double wb, double thr, double* out, int* status, unsigned* steps, unsigned* rej) { SUMMARY_BODY(0) }
+extern "C" __global__ void integrate_summary_rosenbrock(GRID_ARGS, double wa, double wb, double thr, double* out, int* status, unsigned* steps, unsigned* rej) { SUMMARY_BODY(1) }
 "#;
 
 /// A compiled ensemble kernel for one model on one GPU.
 pub struct GpuEnsemble {
     stream: Arc<CudaStream>,
-    grid_fn: CudaFunction,
-    summary_fn: CudaFunction,
+    /// Grid kernels, indexed by stepper (Tsit5, Rosenbrock).
+    grid_fn: [CudaFunction; 2],
+    /// Summary kernels, indexed by stepper.
+    summary_fn: [CudaFunction; 2],
     /// Device name.
     pub device: String,
     /// Seconds NVRTC took to compile the kernel.
@@ -442,8 +448,9 @@ impl GpuEnsemble {
         let compile_s = t0.elapsed().as_secs_f64();
         let ctx = CudaContext::new(0).map_err(drv)?;
         let module = ctx.load_module(ptx).map_err(drv)?;
-        let grid_fn = module.load_function("integrate_grid").map_err(drv)?;
-        let summary_fn = module.load_function("integrate_summary").map_err(drv)?;
+        let load = |name: &str| module.load_function(name).map_err(drv);
+        let grid_fn = [load("integrate_grid_tsit5")?, load("integrate_grid_rosenbrock")?];
+        let summary_fn = [load("integrate_summary_tsit5")?, load("integrate_summary_rosenbrock")?];
         Ok(GpuEnsemble { stream: ctx.default_stream(), grid_fn, summary_fn, device, compile_s })
     }
 
@@ -541,11 +548,11 @@ impl GpuEnsemble {
         let (nl, nt, st) = (n as i64, times.len() as i32, stepper_code(stepper));
         s.synchronize().map_err(drv)?;
         let tk = std::time::Instant::now();
-        let mut b = s.launch_builder(&self.grid_fn);
+        let mut b = s.launch_builder(&self.grid_fn[st]);
         b.arg(&nl).arg(&up.p).arg(&up.x0).arg(&up.dtr).arg(&up.nds).arg(&up.wtr).arg(&up.nws);
-        b.arg(&up.times).arg(&nt).arg(&t_end).arg(&tol.rtol).arg(&tol.atol).arg(&tol.max_steps).arg(&st).arg(&up.w);
+        b.arg(&up.times).arg(&nt).arg(&t_end).arg(&tol.rtol).arg(&tol.atol).arg(&tol.max_steps).arg(&up.w);
         b.arg(&mut out).arg(&mut status).arg(&mut steps).arg(&mut rej);
-        // SAFETY: the argument list matches `integrate_grid`'s signature, every
+        // SAFETY: the argument list matches `integrate_grid_*`'s signature, every
         // buffer holds at least the `n` (or `n × nt`) elements the kernel indexes.
         unsafe { b.launch(Self::config(n)) }.map_err(drv)?;
         s.synchronize().map_err(drv)?;
@@ -595,12 +602,12 @@ impl GpuEnsemble {
         let (nl, nt, st) = (n as i64, times.len() as i32, stepper_code(stepper));
         s.synchronize().map_err(drv)?;
         let tk = std::time::Instant::now();
-        let mut b = s.launch_builder(&self.summary_fn);
+        let mut b = s.launch_builder(&self.summary_fn[st]);
         b.arg(&nl).arg(&up.p).arg(&up.x0).arg(&up.dtr).arg(&up.nds).arg(&up.wtr).arg(&up.nws);
-        b.arg(&up.times).arg(&nt).arg(&t_end).arg(&tol.rtol).arg(&tol.atol).arg(&tol.max_steps).arg(&st).arg(&up.w);
+        b.arg(&up.times).arg(&nt).arg(&t_end).arg(&tol.rtol).arg(&tol.atol).arg(&tol.max_steps).arg(&up.w);
         b.arg(&window.0).arg(&window.1).arg(&threshold);
         b.arg(&mut out).arg(&mut status).arg(&mut steps).arg(&mut rej);
-        // SAFETY: the argument list matches `integrate_summary`'s signature and
+        // SAFETY: the argument list matches `integrate_summary_*`'s signature and
         // every buffer holds the `n` (or `5 n`) elements the kernel indexes.
         unsafe { b.launch(Self::config(n)) }.map_err(drv)?;
         s.synchronize().map_err(drv)?;
@@ -623,7 +630,7 @@ impl GpuEnsemble {
     }
 }
 
-fn stepper_code(s: Stepper) -> i32 {
+fn stepper_code(s: Stepper) -> usize {
     match s {
         Stepper::Tsit5 => 0,
         Stepper::Rosenbrock => 1,
