@@ -9,6 +9,11 @@
 //!   [`Stepper::Rosenbrock`] steps between breakpoints, dense output.
 //! * [`solve_grid`] / [`solve_summaries`] — a [`Batch`] in parallel on all
 //!   cores (rayon), identical results for any thread count.
+//! * [`generators`] — grids, Latin hypercubes, Sobol points and seeded
+//!   log-normal virtual populations, random access (chunking-independent).
+//! * [`reductions`] — Cmax, Ctrough, AUC, time above a threshold, final
+//!   value per trajectory, in one pass ([`reductions::solve_reductions`]).
+//! * [`organoid`] — a small organoid drug-response model with a toxicity proxy.
 //! * [`linear`] — the exact matrix-exponential path for linear models: the
 //!   limit every integrator is measured against.
 //!
@@ -32,9 +37,12 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod ensemble;
+pub mod generators;
 pub mod integrate;
 pub mod linear;
 pub mod model;
+pub mod organoid;
+pub mod reductions;
 pub mod schedule;
 
 pub use ensemble::{solve_grid, solve_summaries, Batch, BatchError, GridResult, Summary, SummaryObserver};
