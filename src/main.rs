@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+mod fit_cli;
+
 use insilico::p1;
 use insilico::simulate::{Simulation, EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME, EMBEDDED_DATA_NAME};
 use insilico::solvers::Method;
@@ -29,8 +31,25 @@ enum Command {
     Simulate {
         /// TOML config naming the model, its parameters, the dataset and the dose mapping.
         config: Option<PathBuf>,
-        /// Output CSV (ID,TIME,PRED).
+        /// Output CSV (ID,TIME,PRED; with --fitted: ID,TIME,PRED,IPRED).
         #[arg(long, short, default_value = "pred.csv")]
+        out: PathBuf,
+        /// Output folder of `insilico fit` (CONFIG is then the fit config): predict with the fitted model.
+        #[arg(long)]
+        fitted: Option<PathBuf>,
+        /// With --fitted: the dataset to predict (default: the fit config's dataset).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Fit a PK or hybrid PK/neural model to a NONMEM-layout dataset.
+    ///
+    /// Without CONFIG, fits the embedded Theophylline example (examples/theoph.toml)
+    /// per subject and as a population, and writes the results to fit-out/.
+    Fit {
+        /// TOML fit config (see examples/theoph.toml, examples/p4_hybrid.toml).
+        config: Option<PathBuf>,
+        /// Output folder: fit.json, model.json, predictions.csv, PNG plots.
+        #[arg(long, default_value = "fit-out")]
         out: PathBuf,
     },
     /// Run a reference benchmark (default: p1 with its default options).
@@ -85,7 +104,11 @@ fn parse_methods(s: &str) -> Result<Methods, String> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Simulate { config, out } => simulate(config.as_deref(), &out),
+        Command::Simulate { config, out, fitted: Some(dir), data } => {
+            fit_cli::simulate_fitted(config.as_deref(), &dir, data.as_deref(), &out)
+        }
+        Command::Simulate { config, out, .. } => simulate(config.as_deref(), &out),
+        Command::Fit { config, out } => fit_cli::fit(config.as_deref(), &out),
         Command::Bench { problem } => match problem {
             Some(BenchProblem::P1(args)) => bench_p1(&args),
             None => bench_p1(&P1Args::default()),

@@ -150,6 +150,110 @@ pub fn run_method(
     })
 }
 
+/// How a P1 sweep is solved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum P1Method {
+    /// The batched integrators of `insilico-kernels` (one trajectory per
+    /// task, all cores): the default.
+    Batched(crate::kernels::Stepper),
+    /// The exact matrix-exponential path of `insilico-kernels` (no
+    /// truncation error; checked against the independent superposition
+    /// closed form like every other method).
+    ClosedForm,
+    /// One diffsol solve per regimen through the segment-by-segment solve layer.
+    Diffsol(Method),
+}
+
+impl P1Method {
+    /// Every method, batched first.
+    pub fn all() -> Vec<P1Method> {
+        let mut v = vec![
+            P1Method::Batched(crate::kernels::Stepper::Tsit5),
+            P1Method::Batched(crate::kernels::Stepper::Rosenbrock),
+            P1Method::ClosedForm,
+        ];
+        v.extend(Method::ALL.iter().map(|&m| P1Method::Diffsol(m)));
+        v
+    }
+    /// Parses `batched` (Tsit5), `batched-rosenbrock`, `closed-form`,
+    /// `diffsol` (diffsol's Tsit45), or a diffsol method name.
+    pub fn parse(s: &str) -> Option<P1Method> {
+        use crate::kernels::Stepper;
+        match s.trim().to_ascii_lowercase().as_str() {
+            "batched" | "batched-tsit5" => Some(P1Method::Batched(Stepper::Tsit5)),
+            "batched-rosenbrock" => Some(P1Method::Batched(Stepper::Rosenbrock)),
+            "closed-form" | "closedform" | "expm" => Some(P1Method::ClosedForm),
+            "diffsol" => Some(P1Method::Diffsol(Method::Tsit45)),
+            other => Method::parse(other).map(P1Method::Diffsol),
+        }
+    }
+    /// Name used in tables and bench.json.
+    pub fn name(&self) -> String {
+        use crate::kernels::Stepper;
+        match self {
+            P1Method::Batched(Stepper::Tsit5) => "batched".into(),
+            P1Method::Batched(Stepper::Rosenbrock) => "batched-rosenbrock".into(),
+            P1Method::ClosedForm => "closed-form".into(),
+            P1Method::Diffsol(m) => format!("diffsol-{}", m.name()),
+        }
+    }
+}
+
+/// The cases as a batch of the kernels' two-compartment model.
+fn batch_of(cases: &[Case]) -> Result<crate::kernels::Batch<4>, Error> {
+    use crate::kernels::{Batch, Regimen};
+    let rows: Vec<Vec<f64>> = cases.iter().map(|c| c.params()).collect();
+    let regimens = cases
+        .iter()
+        .map(|c| Regimen::repeated_bolus(c.dose, 0, c.tau, HORIZON))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::Bench(format!("P1 regimen: {e}")))?;
+    Batch::from_rows(&rows, regimens).map_err(|e| Error::Bench(format!("P1 batch: {e}")))
+}
+
+/// Solves every case with `method` on rayon's current pool (timed: the
+/// solves and their metrics) and checks each C against `reference` (the
+/// grids from [`run_closed_form`]).
+pub fn run_p1(
+    cases: &[Case],
+    method: P1Method,
+    reference: &[Vec<f64>],
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Run, Error> {
+    use crate::kernels::{linear::solve_linear_grid, solve_grid, Status, Tolerances, TwoCmtOral};
+    let m = match method {
+        P1Method::Diffsol(m) => {
+            let mut run = run_method(cases, m, reference, progress)?;
+            run.method = method.name();
+            return Ok(run);
+        }
+        P1Method::Batched(_) | P1Method::ClosedForm => method,
+    };
+    if reference.len() != cases.len() {
+        return Err(Error::Bench(format!("{} reference grids for {} cases", reference.len(), cases.len())));
+    }
+    let batch = batch_of(cases)?;
+    let times = grid();
+    let opts = options();
+    let tol = Tolerances { rtol: opts.rtol, atol: opts.atol, ..Tolerances::default() };
+    let start = Instant::now();
+    let values = match m {
+        P1Method::Batched(stepper) => {
+            let r = solve_grid(&TwoCmtOral, stepper, &batch, &times, HORIZON, &tol);
+            if let Some((i, st)) = r.stats.iter().enumerate().find(|(_, s)| s.status != Status::Ok) {
+                return Err(Error::Bench(format!("P1 case {i} failed in the batched integrator: {:?}", st.status)));
+            }
+            r.values
+        }
+        _ => solve_linear_grid(&TwoCmtOral, &batch, &times, HORIZON),
+    };
+    let metrics: Vec<Metrics> = values.par_chunks(NGRID).map(metrics).collect();
+    let wall_s = start.elapsed().as_secs_f64();
+    progress(cases.len());
+    let max_rel_err = values.par_chunks(NGRID).zip(reference).map(|(c, r)| max_rel_err(c, r)).reduce(|| 0.0, f64::max);
+    Ok(Run { method: method.name(), n_solves: cases.len(), wall_s, max_rel_err, metrics })
+}
+
 /// Writes `D,tau,cl_scale,cmax,auc,ctrough`, one row per case in sweep order.
 pub fn write_csv<W: std::io::Write>(mut w: W, cases: &[Case], metrics: &[Metrics]) -> std::io::Result<()> {
     writeln!(w, "D,tau,cl_scale,cmax,auc,ctrough")?;
@@ -225,6 +329,22 @@ mod tests {
                 assert!((a.auc - b.auc).abs() < 1e-3 * b.auc);
             }
         }
+    }
+
+    #[test]
+    fn batched_and_exact_paths_match_the_closed_form() {
+        let cases: Vec<Case> = sweep().into_iter().step_by(97).collect();
+        let (_, reference) = run_closed_form(&cases).unwrap();
+        for m in [P1Method::Batched(crate::kernels::Stepper::Tsit5), P1Method::ClosedForm] {
+            let run = run_p1(&cases, m, &reference, &|_| {}).unwrap();
+            assert!(run.max_rel_err <= 1e-5, "{}: {}", m.name(), run.max_rel_err);
+        }
+        // The exact path agrees with the independent superposition to round-off.
+        let exact = run_p1(&cases, P1Method::ClosedForm, &reference, &|_| {}).unwrap();
+        assert!(exact.max_rel_err < 1e-10, "{}", exact.max_rel_err);
+        assert_eq!(P1Method::parse("batched"), Some(P1Method::Batched(crate::kernels::Stepper::Tsit5)));
+        assert_eq!(P1Method::parse("diffsol"), Some(P1Method::Diffsol(Method::Tsit45)));
+        assert_eq!(P1Method::parse("nope"), None);
     }
 
     #[test]

@@ -150,9 +150,9 @@ __device__ __forceinline__ bool apply(Regimen& r, double t, double* x, double* r
     return jumped;
 }
 
-__device__ __forceinline__ void evalf(const double* x, const double* p, const double* u, const double* w, const double* rate, double* dx) {
+__device__ __forceinline__ void evalf(const double* x, const double* p, const double* u, const double* w, const double* rate, bool infusing, double* dx) {
     model_rhs(x, p, u, w, dx);
-    for (int i = 0; i < NSTATES; ++i) dx[i] += rate[i];
+    if (infusing) for (int i = 0; i < NSTATES; ++i) dx[i] += rate[i];
 }
 
 __device__ __forceinline__ double err_norm(const double* e, const double* y0, const double* y1, double rtol, double atol) {
@@ -256,9 +256,11 @@ __device__ void run(long long i, long long n, const double* P, const double* X0,
     double t = 0.0;
     int gi = 0;
     apply(r, t, x, rate, u);
+    bool infusing = false;
+    for (int q = 0; q < NSTATES; ++q) infusing = infusing || rate[q] != 0.0;
     while (gi < nt && times[gi] <= t) { observe(ob, gi, times[gi], model_output(x, p, w)); gi++; }
     double f0[NSTATES];
-    evalf(x, p, u, w, rate, f0);
+    evalf(x, p, u, w, rate, infusing, f0);
     double h = initial_step(x, f0, rtol, atol);
     double k[stepper == 0 ? 7 : 3][NSTATES], y[NSTATES], ynew[NSTATES], e[NSTATES], fnew[NSTATES];
     double jac[stepper == 0 ? 1 : NSTATES * NSTATES], g[stepper == 0 ? 1 : 4][NSTATES];
@@ -274,18 +276,18 @@ __device__ void run(long long i, long long n, const double* P, const double* X0,
             if constexpr (stepper == 0) {
                 for (int q = 0; q < NSTATES; ++q) k[0][q] = f0[q];
                 for (int q = 0; q < NSTATES; ++q) y[q] = x[q] + hs * C2 * k[0][q];
-                evalf(y, p, u, w, rate, k[1]);
+                evalf(y, p, u, w, rate, infusing, k[1]);
                 for (int q = 0; q < NSTATES; ++q) y[q] = x[q] + hs * ((C3 - A32) * k[0][q] + A32 * k[1][q]);
-                evalf(y, p, u, w, rate, k[2]);
+                evalf(y, p, u, w, rate, infusing, k[2]);
                 for (int q = 0; q < NSTATES; ++q) y[q] = x[q] + hs * ((C4 - A42 - A43) * k[0][q] + A42 * k[1][q] + A43 * k[2][q]);
-                evalf(y, p, u, w, rate, k[3]);
+                evalf(y, p, u, w, rate, infusing, k[3]);
                 for (int q = 0; q < NSTATES; ++q) y[q] = x[q] + hs * ((C5 - A52 - A53 - A54) * k[0][q] + A52 * k[1][q] + A53 * k[2][q] + A54 * k[3][q]);
-                evalf(y, p, u, w, rate, k[4]);
+                evalf(y, p, u, w, rate, infusing, k[4]);
                 for (int q = 0; q < NSTATES; ++q) y[q] = x[q] + hs * ((1.0 - A62 - A63 - A64 - A65) * k[0][q] + A62 * k[1][q] + A63 * k[2][q] + A64 * k[3][q] + A65 * k[4][q]);
-                evalf(y, p, u, w, rate, k[5]);
+                evalf(y, p, u, w, rate, infusing, k[5]);
                 for (int q = 0; q < NSTATES; ++q)
                     ynew[q] = x[q] + hs * (B_[0] * k[0][q] + B_[1] * k[1][q] + B_[2] * k[2][q] + B_[3] * k[3][q] + B_[4] * k[4][q] + B_[5] * k[5][q]);
-                evalf(ynew, p, u, w, rate, k[6]);
+                evalf(ynew, p, u, w, rate, infusing, k[6]);
                 for (int q = 0; q < NSTATES; ++q) {
                     double s = 0.0;
                     for (int j = 0; j < 7; ++j) s += BT_[j] * k[j][q];
@@ -304,11 +306,11 @@ __device__ void run(long long i, long long n, const double* P, const double* X0,
                 for (int q = 0; q < NSTATES; ++q) g[0][q] = f0[q];
                 lu_solve(jac, piv, g[0]);
                 for (int q = 0; q < NSTATES; ++q) y[q] = x[q] + RA21 * g[0][q];
-                evalf(y, p, u, w, rate, k[1]);
+                evalf(y, p, u, w, rate, infusing, k[1]);
                 for (int q = 0; q < NSTATES; ++q) g[1][q] = k[1][q] + RC21 * g[0][q] / hs;
                 lu_solve(jac, piv, g[1]);
                 for (int q = 0; q < NSTATES; ++q) y[q] = x[q] + RA31 * g[0][q] + RA32 * g[1][q];
-                evalf(y, p, u, w, rate, k[2]);
+                evalf(y, p, u, w, rate, infusing, k[2]);
                 for (int q = 0; q < NSTATES; ++q) g[2][q] = k[2][q] + (RC31 * g[0][q] + RC32 * g[1][q]) / hs;
                 lu_solve(jac, piv, g[2]);
                 for (int q = 0; q < NSTATES; ++q) g[3][q] = k[2][q] + (RC41 * g[0][q] + RC42 * g[1][q] + RC43 * g[2][q]) / hs;
@@ -318,7 +320,7 @@ __device__ void run(long long i, long long n, const double* P, const double* X0,
                     e[q] = RE_[0] * g[0][q] + RE_[1] * g[1][q] + RE_[2] * g[2][q] + RE_[3] * g[3][q];
                 }
                 err = err_norm(e, x, ynew, rtol, atol);
-                if (err <= 1.0) evalf(ynew, p, u, w, rate, fnew);
+                if (err <= 1.0) evalf(ynew, p, u, w, rate, infusing, fnew);
             }
             bool finite = isfinite(err);
             for (int q = 0; q < NSTATES; ++q) finite = finite && isfinite(ynew[q]);
@@ -326,8 +328,7 @@ __device__ void run(long long i, long long n, const double* P, const double* X0,
                 if (hs <= 1e-14 * fmax(fabs(t), 1.0)) { st = 3; goto done; }
                 h = 0.25 * hs; nrej++; continue;
             }
-            double qe = stepper == 0 ? 0.2 : 0.25;
-            if (err > 1.0) { h = hs * fmax(0.9 * pow(err, -qe), 0.2); nrej++; continue; }
+            if (err > 1.0) { h = hs * fmax(0.9 * (1.0 / sqrt(sqrt(err))), 0.2); nrej++; continue; }
             double t_new = last ? t_seg : t + hs;
             while (gi < nt && times[gi] <= t_new && times[gi] < t_seg) {
                 double th = (times[gi] - t) / hs;
@@ -358,12 +359,14 @@ __device__ void run(long long i, long long n, const double* P, const double* X0,
             for (int q = 0; q < NSTATES; ++q) { x[q] = ynew[q]; f0[q] = fnew[q]; }
             t = t_new;
             nsteps++;
-            double grow = fmin(fmax(0.9 * pow(fmax(err, 1e-10), -qe), 0.2), 5.0);
+            double grow = fmin(fmax(0.9 * (1.0 / sqrt(sqrt(fmax(err, 1e-10)))), 0.2), 5.0);
             if (!last) h = hs * grow; else h = fmin(fmax(h, hs * grow), h * 5.0);
         }
         if (t >= t_end) break;
         bool jumped = apply(r, t, x, rate, u);
-        evalf(x, p, u, w, rate, f0);
+        infusing = false;
+        for (int q = 0; q < NSTATES; ++q) infusing = infusing || rate[q] != 0.0;
+        evalf(x, p, u, w, rate, infusing, f0);
         if (jumped) h = fmin(h, initial_step(x, f0, rtol, atol));
         while (gi < nt && times[gi] <= t) { observe(ob, gi, times[gi], model_output(x, p, w)); gi++; }
     }
