@@ -18,7 +18,9 @@ fn bench(c: &mut Criterion) {
             b.iter(|| net.forward(black_box(&w), black_box(&x), &mut ws, &mut y))
         });
         c.bench_function(&format!("vjp (forward+backward, input+params) {name}"), |b| {
-            b.iter(|| net.vjp(black_box(&w), black_box(&x), black_box(&gy), &mut ws, &mut y, Some(&mut gx), Some(&mut gw)))
+            b.iter(|| {
+                net.vjp(black_box(&w), black_box(&x), black_box(&gy), &mut ws, &mut y, Some(&mut gx), Some(&mut gw))
+            })
         });
         net.forward(&w, &x, &mut ws, &mut y);
         c.bench_function(&format!("backward only {name}"), |b| {

@@ -4,7 +4,9 @@
 //! `solvers::gradient` (adjoint and forward).
 use criterion::{criterion_group, criterion_main, Criterion};
 use insilico_mechanistic::PkModel;
-use insilico_neural::fit::{subjects_from_dataset, Engine, ErrorModel, FitSpec, Model, Objective, ParamSpec, Stage, Transform};
+use insilico_neural::fit::{
+    subjects_from_dataset, Engine, ErrorModel, FitSpec, Model, Objective, ParamSpec, Stage, Transform,
+};
 use insilico_neural::{Activation, Channel, Feature, FluxResidual, Mlp};
 use insilico_solvers::{Dataset, DoseMapping, Options, ReadOptions};
 
@@ -15,11 +17,21 @@ fn bench(c: &mut Criterion) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ude_train.csv");
     let ds = Dataset::from_path(path, &ReadOptions::default()).unwrap();
     let subjects = subjects_from_dataset(&ds, &DoseMapping::new(2, 1, 2)).unwrap();
-    let model = Model { system: &h, fast: Some(&h), n_weights: h.net().n_params(), weights_init: h.net().init(1, 0.5), weight_prior_sd: None };
+    let model = Model {
+        system: &h,
+        fast: Some(&h),
+        n_weights: h.net().n_params(),
+        weights_init: h.net().init(1, 0.5),
+        weight_prior_sd: None,
+    };
     let mut cl = ParamSpec::new("CL", 0.0);
     cl.fixed = true;
     cl.transform = Transform::Identity;
-    for (name, engine, rtol) in [("fast rtol 1e-6", Engine::Fast, 1e-6), ("fast rtol 1e-8", Engine::Fast, 1e-8), ("generic rtol 1e-6", Engine::Generic, 1e-6)] {
+    for (name, engine, rtol) in [
+        ("fast rtol 1e-6", Engine::Fast, 1e-6),
+        ("fast rtol 1e-8", Engine::Fast, 1e-8),
+        ("generic rtol 1e-6", Engine::Generic, 1e-6),
+    ] {
         let spec = FitSpec {
             params: vec![ParamSpec::new("ka", 1.0), cl.clone(), ParamSpec::new("V", 20.0)],
             error: ErrorModel::Proportional,

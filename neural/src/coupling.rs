@@ -351,6 +351,7 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
 
     /// `gx = (∂f/∂x)ᵀ w` (overwritten) and `gp += (∂f/∂θ)ᵀ w` (accumulated)
     /// with one network pass: what an adjoint needs at every stage.
+    #[allow(clippy::too_many_arguments)]
     pub fn vjp_both(&self, t: f64, x: &[f64], u: &[f64], p: &[f64], wv: &[f64], gx: &mut [f64], gp: &mut [f64]) {
         let (n, m0) = (self.core.n, self.core.m0);
         let (p0, w) = p.split_at(m0);
@@ -611,6 +612,7 @@ impl<S: System, R: Residual> RateModulation<S, R> {
     }
 
     /// Fills `pm` with the modulated parameters and `g` with the network outputs.
+    #[allow(clippy::too_many_arguments)]
     fn modulated(&self, t: f64, x: &[f64], u: &[f64], p: &[f64], phi: &mut [f64], g: &mut [f64], pm: &mut [f64]) {
         let (p0, w) = p.split_at(self.core.m0);
         self.core.features(t, x, u, p0, phi);
@@ -895,7 +897,7 @@ impl<S: System, R: Residual> Additive<S, R> {
             }
             let pw: &[f64] = pw;
             let mut cot = |_: &[f64], gy: &mut [f64]| gy.copy_from_slice(pw);
-            let (o0, ow) = match out_p.as_deref_mut() {
+            let (o0, ow) = match out_p {
                 Some(o) => {
                     let (a, b) = o.split_at_mut(m0);
                     (Some(a), Some(b))

@@ -81,7 +81,7 @@ impl Transform {
             Transform::Identity => v,
         }
     }
-    fn from_phi(self, v: f64) -> f64 {
+    fn to_theta(self, v: f64) -> f64 {
         match self {
             Transform::Log => v.exp(),
             Transform::Identity => v,
@@ -382,7 +382,9 @@ impl<'a> Objective<'a> {
         if model.weights_init.len() != model.n_weights {
             return Err(FitError::Spec("initial weights have the wrong length".into()));
         }
-        if spec.sigma_init.len() != spec.error.sigma_names().len() || spec.sigma_init.iter().any(|s| !(*s > 0.0)) {
+        if spec.sigma_init.len() != spec.error.sigma_names().len()
+            || spec.sigma_init.iter().any(|s| s.is_nan() || *s <= 0.0)
+        {
             return Err(FitError::Spec(format!(
                 "error model {:?} needs {} positive sigma values",
                 spec.error,
@@ -394,7 +396,7 @@ impl<'a> Objective<'a> {
                 return Err(FitError::Spec(format!("parameter {} has initial value {}", p.name, p.init)));
             }
             if let Some((o, _)) = p.eta {
-                if !(o > 0.0) {
+                if o.is_nan() || o <= 0.0 {
                     return Err(FitError::Spec(format!("parameter {}: omega must be > 0", p.name)));
                 }
             }
@@ -432,18 +434,7 @@ impl<'a> Objective<'a> {
             };
             plans.push(plan);
         }
-        Ok(Objective {
-            model,
-            spec,
-            subjects,
-            plans,
-            free_params,
-            eta_params,
-            n_sigma_free,
-            n_shared,
-            x0,
-            with_eta,
-        })
+        Ok(Objective { model, spec, subjects, plans, free_params, eta_params, n_sigma_free, n_shared, x0, with_eta })
     }
 
     /// Length of the optimiser vector.
@@ -513,7 +504,7 @@ impl<'a> Objective<'a> {
         let mut theta: Vec<f64> = self.spec.params.iter().map(|p| p.init).collect();
         let mut o = 0;
         for &k in &self.free_params {
-            theta[k] = self.spec.params[k].transform.from_phi(phi[o]);
+            theta[k] = self.spec.params[k].transform.to_theta(phi[o]);
             o += 1;
         }
         let sigma: Vec<f64> = if self.spec.sigma_fixed {
@@ -585,7 +576,8 @@ impl<'a> Objective<'a> {
             }
             None => {
                 let prob = problem(sys, p.to_vec(), &self.x0, s);
-                let fail = |e: insilico_solvers::Error| FitError::Solve { subject: s.id.clone(), reason: e.to_string() };
+                let fail =
+                    |e: insilico_solvers::Error| FitError::Solve { subject: s.id.clone(), reason: e.to_string() };
                 if want_grad {
                     let g = gradient(&prob, Method::Tsit45, &self.spec.options, &loss, GradientMethod::Auto)
                         .map_err(fail)?;
@@ -731,6 +723,7 @@ impl<'a> Objective<'a> {
 
     /// Predictions for every subject: `(PRED, IPRED)` (IPRED uses each
     /// subject's η when the objective carries them).
+    #[allow(clippy::type_complexity)]
     pub fn predictions(&self, phi: &[f64]) -> Result<Vec<(Vec<f64>, Vec<f64>)>, FitError> {
         let (theta, sigma, _, w_off) = self.decode(phi);
         (0..self.subjects.len())
@@ -838,7 +831,8 @@ pub fn fit(
                         iteration += 1;
                         current = f;
                         tr.history.push(HistoryPoint { iteration, loss: f, validation: None });
-                        let stop = match tr.check(val_obj.as_ref(), x, n_shared, iteration, check_every, spec.patience) {
+                        let stop = match tr.check(val_obj.as_ref(), x, n_shared, iteration, check_every, spec.patience)
+                        {
                             Ok(s) => s,
                             Err(e) => {
                                 failure = Some(e);
@@ -899,7 +893,11 @@ pub fn fit(
         wall_s: start.elapsed().as_secs_f64(),
         phi_names: obj.names(),
         phi,
-        engine_used: if obj.all_fast() { "fast (DOPRI5 discrete adjoint)".into() } else { "generic (solvers::gradient, auto)".into() },
+        engine_used: if obj.all_fast() {
+            "fast (DOPRI5 discrete adjoint)".into()
+        } else {
+            "generic (solvers::gradient, auto)".into()
+        },
     })
 }
 
@@ -924,7 +922,7 @@ impl Tracker {
         patience: usize,
     ) -> Result<bool, FitError> {
         let Some(vo) = val else { return Ok(false) };
-        if it % every != 0 {
+        if !it.is_multiple_of(every) {
             return Ok(false);
         }
         let v = vo.data_loss_typical(&phi[..n_shared])?;
@@ -951,6 +949,7 @@ fn b1f(b: f64, t: usize) -> f64 {
 /// Compact L-BFGS (memory 10) with Armijo backtracking. `f` returns value
 /// and gradient; `on_iter(x, f)` is called after each accepted step and
 /// returns false to stop. Stops on a tiny gradient or no progress.
+#[allow(clippy::type_complexity)]
 pub fn lbfgs(
     f: &mut dyn FnMut(&[f64]) -> Result<(f64, Vec<f64>), FitError>,
     x: &mut [f64],
@@ -979,7 +978,11 @@ pub fn lbfgs(
                 d[j] -= alpha[i] * y_hist[i][j];
             }
         }
-        let gamma = if k > 0 { dotv(&s_hist[k - 1], &y_hist[k - 1]) / dotv(&y_hist[k - 1], &y_hist[k - 1]) } else { 1.0 / gnorm.max(1.0) };
+        let gamma = if k > 0 {
+            dotv(&s_hist[k - 1], &y_hist[k - 1]) / dotv(&y_hist[k - 1], &y_hist[k - 1])
+        } else {
+            1.0 / gnorm.max(1.0)
+        };
         d.iter_mut().for_each(|v| *v *= gamma);
         for i in 0..k {
             let rho = 1.0 / dotv(&y_hist[i], &s_hist[i]);

@@ -82,7 +82,7 @@ impl Activation {
 #[inline(always)]
 pub fn exp_fast(x: f64) -> f64 {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 · 2^52: rounds to an integer
     let x = x.clamp(-700.0, 700.0);
@@ -411,6 +411,7 @@ impl Mlp {
     /// `gx = (∂y/∂x)ᵀ gy` (overwritten, if given) and `gw += (∂y/∂w)ᵀ gy`
     /// (accumulated, if given): a forward pass followed by [`Mlp::backward`].
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub fn vjp(
         &self,
         w: &[f64],

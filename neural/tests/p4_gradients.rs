@@ -95,8 +95,13 @@ fn whole_objective_gradient_matches_fd_with_random_effects() {
     let h = hybrid();
     let subjects = data();
     let subs: Vec<_> = subjects.iter().take(6).collect();
-    let model =
-        Model { system: &h, fast: Some(&h), n_weights: h.net().n_params(), weights_init: h.net().init(5, 0.5), weight_prior_sd: Some(3.0) };
+    let model = Model {
+        system: &h,
+        fast: Some(&h),
+        n_weights: h.net().n_params(),
+        weights_init: h.net().init(5, 0.5),
+        weight_prior_sd: Some(3.0),
+    };
     let sp = spec(Engine::Fast);
     let obj = Objective::new(&model, &sp, subs.clone(), true).unwrap();
     let mut phi = obj.initial();

@@ -1,0 +1,1140 @@
+//! `insilico fit` and `insilico simulate --fitted`: fitting PK and hybrid
+//! PK/neural models to NONMEM-layout data from a TOML config.
+//!
+//! # The config file
+//! ```toml
+//! name = "p4-hybrid"                      # optional label
+//! model = "pk-1cmt-oral"                  # any PK model name (see insilico_mechanistic)
+//! data = "../../shared/data/ude_train.csv" # relative to the config file
+//! modes = ["population"]                  # any of: individual (each subject alone), pooled, population (random effects)
+//! error = "proportional"                  # additive | proportional | combined | log
+//! sigma = [0.1]                           # initial σ (two for combined: additive, proportional)
+//! rtol = 1e-5                             # solver tolerances (amounts)
+//! atol = 1e-6
+//! engine = "auto"                         # auto | fast | generic
+//! seed = 1                                # validation split and network initialisation
+//! validation_fraction = 0.0               # subjects held out for early stopping
+//! patience = 10                           # validation checks without improvement before a stage stops
+//! check_every = 10
+//! standard_errors = true                  # SEs from the inverse Hessian (mechanistic models)
+//!
+//! [params.ka]                             # every model parameter, by name
+//! init = 1.0
+//! transform = "log"                       # log (default) | identity
+//! fixed = false
+//! prior = [0.0, 1.0]                      # optional Gaussian prior (mean, sd) on the transformed scale
+//! omega = 0.3                             # optional log-normal random effect (initial sd)
+//! omega_fixed = false
+//!
+//! [neural]                                # optional: a learned flux (see insilico_neural::FluxResidual)
+//! from = "central"                        # source state
+//! to = "eliminated"                       # sink state (omit: out of the system)
+//! hidden = [16, 16]
+//! activation = "tanh"
+//! feature_scale = 5.0                     # the network sees C / feature_scale
+//! rate_scale = 0.2                        # flux = rate_scale · A_from · softplus(nn)
+//! init_scale = 0.5                        # output-layer scale of the seeded initialisation
+//! weight_prior_sd = 3.0                   # optional Gaussian prior on the weights
+//!
+//! [[stages]]                              # optimisers, in order
+//! method = "adam"
+//! iterations = 300
+//! lr = 0.01
+//! [[stages]]
+//! method = "lbfgs"
+//! iterations = 200
+//!
+//! [heldout]                               # optional: extrapolation check against a reference model
+//! reference_model = "pk-1cmt-oral-mm"     # fitted (pooled) to the same data, then simulated
+//! regimens = [ { name = "400 mg", amount = 400, times = [1, 2, 4, 8, 12, 24, 36] } ]
+//! ```
+//!
+//! # Outputs (`--out DIR`)
+//! * `fit.json`: for each mode, named estimates (with standard errors where
+//!   computed), σ, ω, per-subject random effects, loss history, number of
+//!   gradient evaluations, wall time, time per full-data gradient, and the
+//!   held-out errors; the top level repeats the last mode.
+//! * `model.json`: the fitted model in reloadable form (estimates, network
+//!   widths and weights, per-subject η), read by `simulate --fitted`.
+//! * `predictions.csv`: `ID,TIME,DV,PRED,IPRED` for every fitted observation.
+//! * PNG plots: `loss.png`, `obs_vs_pred.png`, `subjects.png` and, with a
+//!   network, `rate.png` (the learned rate constant against its input).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::mechanistic::PkModel;
+use crate::neural::fast::FastRhs;
+use crate::neural::fit::{
+    self, subjects_from_dataset, Engine, ErrorModel, FitResult, FitSpec, FitSubject, Model, Objective, ParamSpec,
+    Progress, Stage, Transform,
+};
+use crate::neural::{Activation, Channel, Feature, FluxResidual, Mlp};
+use crate::plots;
+use crate::solvers::{Dataset, Dose, DoseMapping, Options, ReadOptions, Schedule, System};
+
+/// The embedded default of `insilico fit` without arguments.
+pub const EMBEDDED_FIT_CONFIG: &str = include_str!("../examples/theoph.toml");
+/// Name used for [`EMBEDDED_FIT_CONFIG`] in messages.
+pub const EMBEDDED_FIT_NAME: &str = "examples/theoph.toml (embedded)";
+/// The dataset of the embedded default.
+pub const EMBEDDED_FIT_DATA: &str = include_str!("../../shared/data/theoph.csv");
+
+/// Errors of `fit` and `simulate --fitted`.
+#[derive(Debug, thiserror::Error)]
+pub enum FitCmdError {
+    /// The config is malformed.
+    #[error("{file}: {reason}")]
+    Config {
+        /// Config file.
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or mapping the dataset failed.
+    #[error(transparent)]
+    Data(#[from] crate::solvers::DataError),
+    /// The fit failed.
+    #[error("{file}: fit ({mode}): {error}")]
+    Fit {
+        /// Config file.
+        file: String,
+        /// Mode being fitted.
+        mode: String,
+        /// The error.
+        error: fit::FitError,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> FitCmdError {
+    FitCmdError::Io { path: path.display().to_string(), reason: e.to_string() }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawParam {
+    init: f64,
+    transform: Option<String>,
+    fixed: Option<bool>,
+    prior: Option<[f64; 2]>,
+    omega: Option<f64>,
+    omega_fixed: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawNeural {
+    from: String,
+    to: Option<String>,
+    hidden: Vec<usize>,
+    activation: Option<String>,
+    feature_scale: Option<f64>,
+    rate_scale: Option<f64>,
+    init_scale: Option<f64>,
+    weight_prior_sd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegimen {
+    name: String,
+    amount: f64,
+    ii: Option<f64>,
+    doses: Option<u32>,
+    times: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeldout {
+    reference_model: String,
+    regimens: Vec<RawRegimen>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawFit {
+    name: Option<String>,
+    model: String,
+    data: String,
+    #[serde(default)]
+    ignore_columns: Vec<String>,
+    output_scale: Option<f64>,
+    modes: Option<Vec<String>>,
+    error: Option<String>,
+    sigma: Option<Vec<f64>>,
+    sigma_fixed: Option<bool>,
+    rtol: Option<f64>,
+    atol: Option<f64>,
+    max_steps: Option<usize>,
+    engine: Option<String>,
+    seed: Option<u64>,
+    validation_fraction: Option<f64>,
+    patience: Option<usize>,
+    check_every: Option<usize>,
+    standard_errors: Option<bool>,
+    dose_cmt: Option<usize>,
+    obs_cmt: Option<usize>,
+    params: BTreeMap<String, RawParam>,
+    neural: Option<RawNeural>,
+    stages: Option<Vec<Stage>>,
+    heldout: Option<RawHeldout>,
+}
+
+/// A validated fit config.
+#[derive(Debug, Clone)]
+pub struct FitConfig {
+    /// Config file name (for messages).
+    pub source: String,
+    /// Dataset path (resolved against the config's directory).
+    pub data: PathBuf,
+    raw: RawFit,
+    pk: PkModel,
+    spec: FitSpec,
+    modes: Vec<String>,
+    net: Option<(Mlp, RawNeural, usize, Option<usize>)>,
+}
+
+/// The built model: a PK model or a PK model with a learned flux.
+pub enum Built {
+    /// Mechanistic only.
+    Pk(PkModel),
+    /// With a learned flux.
+    Hybrid(Box<FluxResidual<PkModel, Mlp>>),
+}
+
+impl Built {
+    /// As a [`System`].
+    pub fn system(&self) -> &dyn System {
+        match self {
+            Built::Pk(m) => m,
+            Built::Hybrid(h) => h.as_ref(),
+        }
+    }
+    fn fast(&self) -> Option<&dyn FastRhs> {
+        match self {
+            Built::Pk(_) => None,
+            Built::Hybrid(h) => Some(h.as_ref()),
+        }
+    }
+    /// Number of network weights (0 for a mechanistic model).
+    pub fn n_weights_public(&self) -> usize {
+        self.n_weights()
+    }
+    fn n_weights(&self) -> usize {
+        match self {
+            Built::Pk(_) => 0,
+            Built::Hybrid(h) => h.net().n_params(),
+        }
+    }
+}
+
+impl FitConfig {
+    /// Reads a config file.
+    pub fn from_path(path: &Path) -> Result<FitConfig, FitCmdError> {
+        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+        Self::from_toml_str(&text, &path.display().to_string(), path.parent())
+    }
+
+    /// Parses a config; relative data paths resolve against `base`.
+    pub fn from_toml_str(text: &str, name: &str, base: Option<&Path>) -> Result<FitConfig, FitCmdError> {
+        let cfg = |reason: String| FitCmdError::Config { file: name.to_string(), reason };
+        let raw: RawFit = toml::from_str(text).map_err(|e| cfg(e.to_string()))?;
+        let pk = PkModel::from_name(raw.model.trim()).map_err(|e| cfg(format!("key `model`: {e}")))?;
+        let scale = raw.output_scale.unwrap_or(1.0);
+        if !(scale.is_finite() && scale > 0.0) {
+            return Err(cfg(format!("key `output_scale` must be > 0, found {scale}")));
+        }
+        let pk = pk.with_output_scale(scale);
+        let names = pk.param_names();
+        let mut params = Vec::new();
+        for n in &names {
+            let Some((_, rp)) = raw.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)) else {
+                return Err(cfg(format!("missing [params.{n}] (model {} has parameters {})", pk, names.join(", "))));
+            };
+            let transform = match rp.transform.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
+                None => Transform::Log,
+                Some(t) if t == "log" => Transform::Log,
+                Some(t) if t == "identity" || t == "none" => Transform::Identity,
+                Some(t) => return Err(cfg(format!("[params.{n}] transform `{t}`: use log or identity"))),
+            };
+            let fixed = rp.fixed.unwrap_or(false);
+            if !rp.init.is_finite() || (transform == Transform::Log && rp.init <= 0.0 && !fixed) {
+                return Err(cfg(format!(
+                    "[params.{n}] init = {}: must be finite and > 0 for a log transform",
+                    rp.init
+                )));
+            }
+            if let Some(o) = rp.omega {
+                if !(o.is_finite() && o > 0.0) {
+                    return Err(cfg(format!("[params.{n}] omega = {o}: must be > 0")));
+                }
+            }
+            if let Some([_, sd]) = rp.prior {
+                if !(sd.is_finite() && sd > 0.0) {
+                    return Err(cfg(format!("[params.{n}] prior sd = {sd}: must be > 0")));
+                }
+            }
+            params.push(ParamSpec {
+                name: n.clone(),
+                init: rp.init,
+                transform: if fixed { Transform::Identity } else { transform },
+                fixed,
+                prior: rp.prior.map(|[m, s]| (m, s)),
+                eta: rp.omega.map(|o| (o, rp.omega_fixed.unwrap_or(false))),
+            });
+        }
+        for k in raw.params.keys() {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                return Err(cfg(format!("unknown parameter [params.{k}] (model {} has {})", pk, names.join(", "))));
+            }
+        }
+        let error = match &raw.error {
+            None => ErrorModel::Proportional,
+            Some(e) => ErrorModel::parse(e)
+                .ok_or_else(|| cfg(format!("key `error`: `{e}` (use additive, proportional, combined or log)")))?,
+        };
+        let sigma = raw.sigma.clone().unwrap_or_else(|| match error {
+            ErrorModel::Combined => vec![0.1, 0.1],
+            _ => vec![0.1],
+        });
+        if sigma.len() != error.sigma_names().len() || sigma.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(cfg(format!(
+                "key `sigma`: error model `{}` needs {} positive value(s) ({})",
+                raw.error.as_deref().unwrap_or("proportional"),
+                error.sigma_names().len(),
+                error.sigma_names().join(", ")
+            )));
+        }
+        let engine = match raw.engine.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
+            None => Engine::Auto,
+            Some(e) if e == "auto" => Engine::Auto,
+            Some(e) if e == "fast" => Engine::Fast,
+            Some(e) if e == "generic" => Engine::Generic,
+            Some(e) => return Err(cfg(format!("key `engine`: `{e}` (use auto, fast or generic)"))),
+        };
+        let options = Options {
+            rtol: raw.rtol.unwrap_or(1e-6),
+            atol: raw.atol.unwrap_or(1e-8),
+            max_steps: raw.max_steps.unwrap_or(100_000),
+        };
+        if !(options.rtol > 0.0 && options.atol > 0.0) {
+            return Err(cfg("keys `rtol` and `atol` must be > 0".into()));
+        }
+        let stages = raw.stages.clone().unwrap_or_else(|| vec![Stage::Lbfgs { iterations: 300 }]);
+        for s in &stages {
+            if let Stage::Adam { lr, .. } = s {
+                if !(lr.is_finite() && *lr > 0.0) {
+                    return Err(cfg(format!("[[stages]] adam lr = {lr}: must be > 0")));
+                }
+            }
+        }
+        let modes = raw.modes.clone().unwrap_or_else(|| vec!["pooled".into()]);
+        for m in &modes {
+            if !matches!(m.as_str(), "individual" | "pooled" | "population") {
+                return Err(cfg(format!("key `modes`: `{m}` (use individual, pooled or population)")));
+            }
+        }
+        if modes.iter().any(|m| m == "population") && params.iter().all(|p| p.eta.is_none()) {
+            return Err(cfg("mode `population` needs at least one parameter with `omega`".into()));
+        }
+        let vf = raw.validation_fraction.unwrap_or(0.0);
+        if !(0.0..0.9).contains(&vf) {
+            return Err(cfg(format!("key `validation_fraction` = {vf}: use a value in [0, 0.9)")));
+        }
+        let states = pk.state_names();
+        let net = match &raw.neural {
+            None => None,
+            Some(n) => {
+                let find = |s: &str| states.iter().position(|x| x.eq_ignore_ascii_case(s.trim()));
+                let from = find(&n.from)
+                    .ok_or_else(|| cfg(format!("[neural] from = `{}`: states are {}", n.from, states.join(", "))))?;
+                let to = match &n.to {
+                    None => None,
+                    Some(t) => Some(
+                        find(t).ok_or_else(|| cfg(format!("[neural] to = `{t}`: states are {}", states.join(", "))))?,
+                    ),
+                };
+                let act = match &n.activation {
+                    None => Activation::Tanh,
+                    Some(a) => Activation::parse(a)
+                        .ok_or_else(|| cfg(format!("[neural] activation `{a}`: use tanh or softplus")))?,
+                };
+                let mut widths = vec![1];
+                widths.extend(&n.hidden);
+                widths.push(1);
+                let mlp = Mlp::new(&widths, act).map_err(|e| cfg(format!("[neural] {e}")))?;
+                for (k, v) in [("feature_scale", n.feature_scale), ("rate_scale", n.rate_scale)] {
+                    if let Some(v) = v {
+                        if !(v.is_finite() && v > 0.0) {
+                            return Err(cfg(format!("[neural] {k} = {v}: must be > 0")));
+                        }
+                    }
+                }
+                Some((mlp, n.clone(), from, to))
+            }
+        };
+        let spec = FitSpec {
+            params,
+            error,
+            sigma_init: sigma,
+            sigma_fixed: raw.sigma_fixed.unwrap_or(false),
+            stages,
+            validation_fraction: vf,
+            patience: raw.patience.unwrap_or(10),
+            check_every: raw.check_every.unwrap_or(10),
+            seed: raw.seed.unwrap_or(1),
+            options,
+            engine,
+            x0: None,
+        };
+        let data = match base {
+            Some(d) => d.join(raw.data.trim()),
+            None => PathBuf::from(raw.data.trim()),
+        };
+        Ok(FitConfig { source: name.to_string(), data, raw, pk, spec, modes, net })
+    }
+
+    /// Builds the model.
+    pub fn build(&self) -> Result<Built, FitCmdError> {
+        match &self.net {
+            None => Ok(Built::Pk(self.pk)),
+            Some((mlp, n, from, to)) => {
+                let h = FluxResidual::new(
+                    self.pk,
+                    mlp.clone(),
+                    vec![(Feature::Output(0), n.feature_scale.unwrap_or(1.0))],
+                    vec![Channel::new(*from, *to, n.rate_scale.unwrap_or(1.0))],
+                )
+                .map_err(|e| FitCmdError::Config { file: self.source.clone(), reason: format!("[neural] {e}") })?;
+                Ok(Built::Hybrid(Box::new(h)))
+            }
+        }
+    }
+
+    /// The dose mapping.
+    pub fn mapping(&self) -> DoseMapping {
+        let n = self.pk.n_compartments();
+        DoseMapping::new(n, self.raw.dose_cmt.unwrap_or(1), self.raw.obs_cmt.unwrap_or(self.pk.central() + 1))
+    }
+
+    /// Reads the config's dataset.
+    pub fn load_dataset(&self) -> Result<Dataset, FitCmdError> {
+        Ok(Dataset::from_path(&self.data, &ReadOptions { ignore: self.raw.ignore_columns.clone() })?)
+    }
+
+    /// One line describing the fit.
+    pub fn describe(&self) -> String {
+        let neural = match &self.net {
+            Some((mlp, n, _, _)) => format!(
+                ", learned flux {} -> {} by a {:?} {} network ({} weights)",
+                n.from,
+                n.to.as_deref().unwrap_or("out"),
+                mlp.widths(),
+                mlp.activation().name(),
+                mlp.n_params()
+            ),
+            None => String::new(),
+        };
+        format!(
+            "model {}{neural}; modes {}; error {:?}; engine {:?}",
+            self.pk,
+            self.modes.join(", "),
+            self.spec.error,
+            self.spec.engine
+        )
+    }
+}
+
+/// Progress events sent to the caller (the CLI draws a bar from them).
+pub enum FitEvent<'a> {
+    /// A mode starts: its name and planned iterations.
+    Start(&'a str, usize),
+    /// An iteration finished.
+    Iter(Progress),
+    /// The mode finished.
+    Done,
+}
+
+fn model_of<'a>(built: &'a Built, spec: &FitSpec, cfg: &FitConfig) -> Model<'a> {
+    let (init, sd) = match (&built, &cfg.net) {
+        (Built::Hybrid(h), Some((_, n, _, _))) => {
+            (h.net().init(spec.seed, n.init_scale.unwrap_or(0.5)), n.weight_prior_sd)
+        }
+        _ => (Vec::new(), None),
+    };
+    Model {
+        system: built.system(),
+        fast: built.fast(),
+        n_weights: built.n_weights(),
+        weights_init: init,
+        weight_prior_sd: sd,
+    }
+}
+
+fn no_eta(spec: &FitSpec) -> FitSpec {
+    let mut s = spec.clone();
+    s.params.iter_mut().for_each(|p| p.eta = None);
+    s
+}
+
+fn named(names: &[String], vals: &[f64]) -> Value {
+    let mut m = serde_json::Map::new();
+    for (n, v) in names.iter().zip(vals) {
+        m.insert(n.clone(), json!(v));
+    }
+    Value::Object(m)
+}
+
+/// Estimates with SEs (natural scale by the delta method) for one fit.
+fn estimates_json(spec: &FitSpec, r: &FitResult, se_phi: Option<&[f64]>) -> Value {
+    let se_of = |name: &str| -> Option<f64> {
+        let se = se_phi?;
+        r.phi_names.iter().position(|n| n == name).map(|i| se[i])
+    };
+    let mut est = serde_json::Map::new();
+    for (k, p) in spec.params.iter().enumerate() {
+        let v = r.theta[k];
+        let mut e = serde_json::Map::new();
+        e.insert("value".into(), json!(v));
+        e.insert("fixed".into(), json!(p.fixed));
+        let key = match p.transform {
+            Transform::Log => format!("log {}", p.name),
+            Transform::Identity => p.name.clone(),
+        };
+        if let Some(se) = se_of(&key).filter(|s| s.is_finite()) {
+            let se_nat = if p.transform == Transform::Log { v * se } else { se };
+            e.insert("se".into(), json!(se_nat));
+            e.insert("rse_percent".into(), json!(100.0 * se_nat / v.abs()));
+        }
+        est.insert(p.name.clone(), Value::Object(e));
+    }
+    Value::Object(est)
+}
+
+/// Per-observation predictions of a fit over `subjects` (PRED, IPRED).
+#[allow(clippy::type_complexity)]
+fn predict_fit(
+    model: &Model,
+    spec: &FitSpec,
+    r: &FitResult,
+    subjects: &[FitSubject],
+    with_eta: bool,
+) -> Result<Vec<(Vec<f64>, Vec<f64>)>, fit::FitError> {
+    let mut s = spec.clone();
+    for (k, p) in s.params.iter_mut().enumerate() {
+        p.init = r.theta[k];
+        if !p.fixed {
+            p.transform = Transform::Identity;
+            p.fixed = true;
+        }
+    }
+    s.sigma_init = r.sigma.clone();
+    let m = Model {
+        system: model.system,
+        fast: model.fast,
+        n_weights: model.n_weights,
+        weights_init: r.weights.clone(),
+        weight_prior_sd: None,
+    };
+    let refs: Vec<&FitSubject> = subjects.iter().collect();
+    if with_eta {
+        let obj = Objective::new(&m, &s, refs, true)?;
+        let mut phi = obj.initial();
+        // Shared part: σ (log), ω (log), weights; then η per subject in order.
+        let ne = r.eta_params.len();
+        let n_shared = phi.len() - subjects.len() * ne;
+        for (i, subj) in subjects.iter().enumerate() {
+            if let Some((_, eta)) = r.etas.iter().find(|(id, _)| id == &subj.id) {
+                phi[n_shared + i * ne..n_shared + (i + 1) * ne].copy_from_slice(eta);
+            }
+        }
+        obj.predictions(&phi)
+    } else {
+        let s2 = no_eta(&s);
+        let obj = Objective::new(&m, &s2, refs, false)?;
+        obj.predictions(&obj.initial())
+    }
+}
+
+/// A fine time grid per subject (for curves).
+fn grid_subjects(subjects: &[FitSubject], points: usize) -> Vec<FitSubject> {
+    subjects
+        .iter()
+        .map(|s| {
+            let tmax = s.times.iter().copied().fold(1.0f64, f64::max);
+            let times: Vec<f64> = (0..=points).map(|k| s.t0 + (tmax - s.t0) * k as f64 / points as f64).collect();
+            FitSubject { id: s.id.clone(), schedule: s.schedule.clone(), t0: s.t0, dv: vec![0.0; times.len()], times }
+        })
+        .collect()
+}
+
+/// Runs every mode of the config and writes the outputs into `out`.
+/// Returns a short human-readable summary.
+pub fn run_fit(
+    cfg: &FitConfig,
+    ds: &Dataset,
+    out: &Path,
+    on: &(dyn Fn(FitEvent) + Sync),
+) -> Result<String, FitCmdError> {
+    std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
+    let built = cfg.build()?;
+    let subjects: Vec<FitSubject> =
+        subjects_from_dataset(ds, &cfg.mapping())?.into_iter().filter(|s| !s.times.is_empty()).collect();
+    let fail =
+        |mode: &str, error: fit::FitError| FitCmdError::Fit { file: cfg.source.clone(), mode: mode.into(), error };
+    let mut by_mode = serde_json::Map::new();
+    let mut summary = String::new();
+    let mut last: Option<(String, FitSpec, FitResult, bool)> = None;
+    for mode in &cfg.modes {
+        let with_eta = mode == "population";
+        let spec = if with_eta { cfg.spec.clone() } else { no_eta(&cfg.spec) };
+        let model = model_of(&built, &spec, cfg);
+        let start = Instant::now();
+        if mode == "individual" {
+            let total: usize = spec
+                .stages
+                .iter()
+                .map(|s| match s {
+                    Stage::Adam { iterations, .. } | Stage::Lbfgs { iterations } => *iterations,
+                })
+                .sum();
+            on(FitEvent::Start("individual", subjects.len() * total));
+            type One = Result<(FitResult, Option<Vec<f64>>), FitCmdError>;
+            let results: Vec<One> = subjects
+                .par_iter()
+                .map(|s| {
+                    let one = std::slice::from_ref(s);
+                    let mut sp = spec.clone();
+                    sp.validation_fraction = 0.0;
+                    // σ is not identifiable from one subject's few samples (a pre-dose zero makes
+                    // the additive part run to 0): individual fits keep the config's σ fixed.
+                    sp.sigma_fixed = true;
+                    let r = fit::fit(&model, &sp, one, false, &|p| on(FitEvent::Iter(p))).map_err(|e| fail(mode, e))?;
+                    let se = if cfg.raw.standard_errors.unwrap_or(true) && model.n_weights == 0 {
+                        let obj = Objective::new(&model, &sp, vec![s], false).map_err(|e| fail(mode, e))?;
+                        fit::standard_errors(&obj, &r.phi).ok()
+                    } else {
+                        None
+                    };
+                    Ok((r, se))
+                })
+                .collect();
+            on(FitEvent::Done);
+            let mut rows = Vec::new();
+            let mut table: Vec<Vec<f64>> = Vec::new();
+            let mut n_grad = 0;
+            let mut total_loss = 0.0;
+            for (s, r) in subjects.iter().zip(results) {
+                let (r, se) = r?;
+                n_grad += r.n_gradients;
+                total_loss += r.loss;
+                table.push(r.theta.clone());
+                rows.push(json!({
+                    "id": s.id,
+                    "estimates": estimates_json(&spec, &r, se.as_deref()),
+                    "sigma": named(&spec.error.sigma_names().iter().map(|s| s.to_string()).collect::<Vec<_>>(), &r.sigma),
+                    "loss": r.loss,
+                    "n_gradient_evaluations": r.n_gradients,
+                }));
+            }
+            // Summary of individual estimates: geometric mean and CV of each free parameter.
+            let mut summ = serde_json::Map::new();
+            for (k, p) in spec.params.iter().enumerate() {
+                if p.fixed {
+                    continue;
+                }
+                let logs: Vec<f64> = table.iter().map(|t| t[k].max(1e-300).ln()).collect();
+                let m = logs.iter().sum::<f64>() / logs.len() as f64;
+                let sd = (logs.iter().map(|l| (l - m).powi(2)).sum::<f64>() / (logs.len().max(2) - 1) as f64).sqrt();
+                summ.insert(p.name.clone(), json!({"geometric_mean": m.exp(), "sd_log": sd}));
+            }
+            let wall = start.elapsed().as_secs_f64();
+            summary += &format!(
+                "individual: {} subjects fitted separately, total objective {:.4}, {} gradient evaluations, {:.2} s\n",
+                subjects.len(),
+                total_loss,
+                n_grad,
+                wall
+            );
+            by_mode.insert(
+                mode.clone(),
+                json!({
+                    "mode": "individual",
+                    "subjects": rows,
+                    "summary": Value::Object(summ),
+                    "loss": total_loss,
+                    "n_gradient_evaluations": n_grad,
+                    "wall_time_s": wall,
+                }),
+            );
+            continue;
+        }
+        let total: usize = spec
+            .stages
+            .iter()
+            .map(|s| match s {
+                Stage::Adam { iterations, .. } | Stage::Lbfgs { iterations } => *iterations,
+            })
+            .sum();
+        on(FitEvent::Start(mode, total));
+        let r = fit::fit(&model, &spec, &subjects, with_eta, &|p| on(FitEvent::Iter(p))).map_err(|e| fail(mode, e))?;
+        on(FitEvent::Done);
+        // Time per full-data gradient at the optimum (training subjects).
+        let train: Vec<&FitSubject> = subjects.iter().filter(|s| !r.validation_ids.contains(&s.id)).collect();
+        let obj = Objective::new(&model, &spec, train, with_eta).map_err(|e| fail(mode, e))?;
+        let reps = 20;
+        let t = Instant::now();
+        for _ in 0..reps {
+            obj.value_grad(&r.phi).map_err(|e| fail(mode, e))?;
+        }
+        let grad_ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        let se = if cfg.raw.standard_errors.unwrap_or(true) && model.n_weights == 0 {
+            fit::standard_errors(&obj, &r.phi).ok()
+        } else {
+            None
+        };
+        let eta_names: Vec<String> = r.eta_params.iter().map(|&k| spec.params[k].name.clone()).collect();
+        let mut omega = serde_json::Map::new();
+        if with_eta {
+            for (i, &k) in r.eta_params.iter().enumerate() {
+                let p = &spec.params[k];
+                let mut e = serde_json::Map::new();
+                e.insert("value".into(), json!(r.omega[i]));
+                e.insert("fixed".into(), json!(p.eta.is_some_and(|e| e.1)));
+                let key = format!("log omega_{}", p.name);
+                if let Some(se) = se.as_ref().and_then(|se| r.phi_names.iter().position(|n| n == &key).map(|j| se[j])) {
+                    e.insert("se".into(), json!(r.omega[i] * se));
+                }
+                omega.insert(p.name.clone(), Value::Object(e));
+            }
+        }
+        let sigma_names: Vec<String> = spec.error.sigma_names().iter().map(|s| s.to_string()).collect();
+        let mut sigma = serde_json::Map::new();
+        for (i, n) in sigma_names.iter().enumerate() {
+            let mut e = serde_json::Map::new();
+            e.insert("value".into(), json!(r.sigma[i]));
+            if let Some(se) =
+                se.as_ref().and_then(|se| r.phi_names.iter().position(|x| x == &format!("log {n}")).map(|j| se[j]))
+            {
+                e.insert("se".into(), json!(r.sigma[i] * se));
+            }
+            sigma.insert(n.clone(), Value::Object(e));
+        }
+        let res: Vec<Value> = r
+            .etas
+            .iter()
+            .map(|(id, eta)| {
+                let ind: Vec<f64> = r.eta_params.iter().zip(eta).map(|(&k, e)| r.theta[k] * e.exp()).collect();
+                json!({"id": id, "eta": named(&eta_names, eta), "params": named(&eta_names, &ind)})
+            })
+            .collect();
+        let history: Vec<Value> = r.history.iter().map(|h| json!([h.iteration, h.loss, h.validation])).collect();
+        let heldout = match &cfg.raw.heldout {
+            Some(h) => Some(heldout(cfg, h, &model, &spec, &r, &subjects).map_err(|e| fail(mode, e))?),
+            None => None,
+        };
+        summary += &format!(
+            "{mode}: objective {:.4}{}, {} gradient evaluations ({}), {:.2} s, {:.3} ms per full-data gradient\n",
+            r.loss,
+            r.validation_loss.map(|v| format!(", validation {v:.4}")).unwrap_or_default(),
+            r.n_gradients,
+            r.engine_used,
+            r.wall_s,
+            grad_ms
+        );
+        for (k, p) in spec.params.iter().enumerate() {
+            summary += &format!("    {:<6} {:>12.5}{}\n", p.name, r.theta[k], if p.fixed { " (fixed)" } else { "" });
+        }
+        if let Some(h) = &heldout {
+            summary += &format!("    held-out: {}\n", h["summary"].as_str().unwrap_or(""));
+        }
+        by_mode.insert(
+            mode.clone(),
+            json!({
+                "mode": mode,
+                "engine": r.engine_used,
+                "estimates": estimates_json(&spec, &r, se.as_deref()),
+                "sigma": Value::Object(sigma),
+                "omega": Value::Object(omega),
+                "random_effects": res,
+                "n_weights": model.n_weights,
+                "loss": r.loss,
+                "validation_loss": r.validation_loss,
+                "validation_ids": r.validation_ids,
+                "loss_history": history,
+                "n_gradient_evaluations": r.n_gradients,
+                "wall_time_s": r.wall_s,
+                "time_per_gradient_ms": grad_ms,
+                "heldout": heldout,
+            }),
+        );
+        last = Some((mode.clone(), spec, r, with_eta));
+    }
+    // Top level: the last mode, plus every mode.
+    let mut top = match cfg.modes.last().and_then(|m| by_mode.get(m)) {
+        Some(Value::Object(m)) => m.clone(),
+        _ => serde_json::Map::new(),
+    };
+    top.insert("config".into(), json!(cfg.source));
+    top.insert("name".into(), json!(cfg.raw.name));
+    top.insert("model".into(), json!(cfg.describe()));
+    top.insert("data".into(), json!(cfg.data.display().to_string()));
+    top.insert("by_mode".into(), Value::Object(by_mode));
+    write_json(&out.join("fit.json"), &Value::Object(top))?;
+    if let Some((mode, spec, r, with_eta)) = &last {
+        let model = model_of(&built, spec, cfg);
+        write_model(cfg, out, mode, spec, r)?;
+        outputs(cfg, out, &built, &model, spec, r, &subjects, *with_eta).map_err(|e| fail(mode, e))?;
+    }
+    Ok(summary)
+}
+
+fn write_json(path: &Path, v: &Value) -> Result<(), FitCmdError> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| io_err(path, e))?;
+    std::fs::write(path, text + "\n").map_err(|e| io_err(path, e))
+}
+
+fn write_model(cfg: &FitConfig, out: &Path, mode: &str, spec: &FitSpec, r: &FitResult) -> Result<(), FitCmdError> {
+    let names: Vec<String> = spec.params.iter().map(|p| p.name.clone()).collect();
+    let eta_names: Vec<String> = r.eta_params.iter().map(|&k| spec.params[k].name.clone()).collect();
+    let net = cfg.net.as_ref().map(|(m, _, _, _)| json!({"widths": m.widths(), "activation": m.activation().name()}));
+    let v = json!({
+        "format": "insilico-fit-model/1",
+        "config": cfg.source,
+        "mode": mode,
+        "model": cfg.pk.name(),
+        "params": names,
+        "theta": r.theta,
+        "sigma": r.sigma,
+        "omega": r.omega,
+        "eta_params": eta_names,
+        "etas": r.etas.iter().map(|(id, e)| json!({"id": id, "eta": e})).collect::<Vec<_>>(),
+        "net": net,
+        "weights": r.weights,
+    });
+    write_json(&out.join("model.json"), &v)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn outputs(
+    cfg: &FitConfig,
+    out: &Path,
+    built: &Built,
+    model: &Model,
+    spec: &FitSpec,
+    r: &FitResult,
+    subjects: &[FitSubject],
+    with_eta: bool,
+) -> Result<(), fit::FitError> {
+    let io = |e: String| fit::FitError::Spec(e);
+    let preds = predict_fit(model, spec, r, subjects, with_eta)?;
+    // predictions.csv
+    let path = out.join("predictions.csv");
+    let mut text = String::from("ID,TIME,DV,PRED,IPRED\n");
+    let (mut dv, mut pr, mut ip) = (Vec::new(), Vec::new(), Vec::new());
+    for (s, (p, i)) in subjects.iter().zip(&preds) {
+        for k in 0..s.times.len() {
+            text += &format!("{},{},{},{},{}\n", s.id, s.times[k], s.dv[k], p[k], i[k]);
+            dv.push(s.dv[k]);
+            pr.push(p[k]);
+            ip.push(i[k]);
+        }
+    }
+    std::fs::write(&path, text).map_err(|e| io(format!("{}: {e}", path.display())))?;
+    let title = cfg.raw.name.clone().unwrap_or_else(|| cfg.pk.name());
+    plots::lines(
+        &out.join("loss.png"),
+        &format!("{title}: objective"),
+        "iteration",
+        "objective (negative log posterior)",
+        &[
+            ("training".into(), r.history.iter().map(|h| (h.iteration as f64, h.loss)).collect()),
+            (
+                "validation (PRED)".into(),
+                r.history.iter().filter_map(|h| h.validation.map(|v| (h.iteration as f64, v))).collect(),
+            ),
+        ]
+        .into_iter()
+        .filter(|s: &(String, Vec<(f64, f64)>)| !s.1.is_empty())
+        .collect::<Vec<_>>(),
+    )
+    .map_err(io)?;
+    plots::obs_vs_pred(&out.join("obs_vs_pred.png"), &format!("{title}: observed vs predicted"), &dv, &pr, &ip)
+        .map_err(io)?;
+    let grid = grid_subjects(subjects, 120);
+    let gp = predict_fit(model, spec, r, &grid, with_eta)?;
+    let panels: Vec<plots::SubjectPanel> = subjects
+        .iter()
+        .zip(&grid)
+        .zip(&gp)
+        .take(36)
+        .map(|((s, g), (p, i))| plots::SubjectPanel {
+            id: s.id.clone(),
+            obs: s.times.iter().copied().zip(s.dv.iter().copied()).collect(),
+            pred: g.times.iter().copied().zip(p.iter().copied()).collect(),
+            ipred: g.times.iter().copied().zip(i.iter().copied()).collect(),
+        })
+        .collect();
+    plots::subjects(
+        &out.join("subjects.png"),
+        &format!("{title}: per-subject fits (black: data, blue: PRED, red: IPRED)"),
+        &panels,
+    )
+    .map_err(io)?;
+    if let Built::Hybrid(h) = built {
+        let scale = h.features()[0].1;
+        let cmax = subjects.iter().flat_map(|s| s.dv.iter().copied()).fold(0.0f64, f64::max) * 1.5;
+        let v = r.theta[cfg.pk.v1_index()];
+        let pts: Vec<(f64, f64)> = (0..=200)
+            .map(|k| {
+                let c = cmax * k as f64 / 200.0;
+                (c, h.rates_at_features(&r.weights, &[c / scale])[0])
+            })
+            .collect();
+        let flux: Vec<(f64, f64)> = pts.iter().map(|&(c, k)| (c, k * c * v)).collect();
+        plots::lines(
+            &out.join("rate.png"),
+            &format!("{title}: learned elimination"),
+            "concentration C (mg/L)",
+            "rate constant k(C) (1/h)",
+            &[("k(C) = rate_scale * softplus(nn(C))".into(), pts)],
+        )
+        .map_err(io)?;
+        plots::lines(
+            &out.join("elimination_flux.png"),
+            &format!("{title}: learned elimination flux"),
+            "concentration C (mg/L)",
+            "elimination flux k(C)*C*V (mg/h)",
+            &[("learned".into(), flux)],
+        )
+        .map_err(io)?;
+        let mut csv = String::from("C,k,flux\n");
+        for k in 0..=50 {
+            let c = cmax * k as f64 / 50.0;
+            let kk = h.rates_at_features(&r.weights, &[c / scale])[0];
+            csv += &format!("{c},{kk},{}\n", kk * c * v);
+        }
+        std::fs::write(out.join("learned_rate.csv"), csv).map_err(|e| io(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Held-out regimens: fit the reference model (pooled, same data and error
+/// model), simulate each regimen with it (the surrogate truth) and with the
+/// fitted model (typical subject), and report the errors.
+fn heldout(
+    cfg: &FitConfig,
+    h: &RawHeldout,
+    model: &Model,
+    spec: &FitSpec,
+    r: &FitResult,
+    subjects: &[FitSubject],
+) -> Result<Value, fit::FitError> {
+    let bad = |s: String| fit::FitError::Spec(format!("[heldout] {s}"));
+    let refm = PkModel::from_name(h.reference_model.trim()).map_err(|e| bad(e.to_string()))?;
+    let refm = refm.with_output_scale(cfg.pk.output_scale);
+    // Initial values: reuse the config's where names match, else 1 (KM: median DV, VMAX: CL*KM).
+    let dvs: Vec<f64> = subjects.iter().flat_map(|s| s.dv.iter().copied()).collect();
+    let mut sorted = dvs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let med = sorted.get(sorted.len() / 2).copied().unwrap_or(1.0).max(1e-3);
+    let params: Vec<ParamSpec> = refm
+        .param_names()
+        .iter()
+        .map(|n| {
+            let from_cfg = spec.params.iter().find(|p| p.name.eq_ignore_ascii_case(n) && !p.fixed).map(|p| p.init);
+            let init = from_cfg.unwrap_or(match n.as_str() {
+                "KM" => med,
+                "VMAX" => 5.0 * med,
+                "CL" => 2.0,
+                _ => 1.0,
+            });
+            ParamSpec::new(n, init)
+        })
+        .collect();
+    let rspec = FitSpec {
+        params,
+        stages: vec![Stage::Lbfgs { iterations: 300 }],
+        validation_fraction: 0.0,
+        engine: Engine::Auto,
+        ..no_eta(spec)
+    };
+    let rmodel = Model { system: &refm, fast: None, n_weights: 0, weights_init: Vec::new(), weight_prior_sd: None };
+    let rr = fit::fit(&rmodel, &rspec, subjects, false, &|_| {})?;
+    let mut out = Vec::new();
+    let (mut all_rel, mut all_n) = (0.0, 0usize);
+    for reg in &h.regimens {
+        if !(reg.amount.is_finite() && reg.amount > 0.0) || reg.times.is_empty() {
+            return Err(bad(format!("regimen `{}` needs amount > 0 and times", reg.name)));
+        }
+        let mut dose = Dose::bolus(0.0, 0, reg.amount);
+        if let (Some(ii), Some(n)) = (reg.ii, reg.doses) {
+            if n > 1 {
+                dose = dose.repeated(ii, n - 1);
+            }
+        }
+        let s = FitSubject {
+            id: reg.name.clone(),
+            schedule: Schedule::new().dose(dose),
+            t0: 0.0,
+            times: reg.times.clone(),
+            dv: vec![0.0; reg.times.len()],
+        };
+        let truth = predict_fit(&rmodel, &rspec, &rr, std::slice::from_ref(&s), false)?;
+        let pred = predict_fit(model, &no_eta(spec), r, std::slice::from_ref(&s), false)?;
+        let (t, p) = (&truth[0].0, &pred[0].0);
+        let n = t.len() as f64;
+        let rmse = (t.iter().zip(p).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n).sqrt();
+        let sel: Vec<(f64, f64)> = t.iter().copied().zip(p.iter().copied()).filter(|(a, _)| *a > 0.05).collect();
+        let mape = 100.0 * sel.iter().map(|(a, b)| ((a - b) / a).abs()).sum::<f64>() / sel.len().max(1) as f64;
+        let maxrel = 100.0 * sel.iter().map(|(a, b)| ((a - b) / a).abs()).fold(0.0, f64::max);
+        all_rel += mape * sel.len() as f64;
+        all_n += sel.len();
+        out.push(json!({
+            "regimen": reg.name, "amount": reg.amount, "ii": reg.ii, "doses": reg.doses.unwrap_or(1),
+            "times": reg.times, "reference": t, "predicted": p,
+            "rmse": rmse, "mean_abs_rel_err_percent": mape, "max_abs_rel_err_percent": maxrel,
+        }));
+    }
+    let names: Vec<String> = rspec.params.iter().map(|p| p.name.clone()).collect();
+    let overall = all_rel / all_n.max(1) as f64;
+    Ok(json!({
+        "how": format!(
+            "reference model {} fitted (pooled, {:?} error) to the training data, then simulated noise-free for each \
+             regimen; the fitted model's typical prediction is compared with it at the listed times \
+             (relative errors over points where the reference exceeds 0.05)",
+            refm, spec.error
+        ),
+        "reference_estimates": named(&names, &rr.theta),
+        "reference_objective": rr.loss,
+        "regimens": out,
+        "mean_abs_rel_err_percent": overall,
+        "summary": format!("mean |relative error| {overall:.2}% over {} regimens (reference {})", h.regimens.len(), refm),
+    }))
+}
+
+/// `simulate --fitted DIR`: predictions of a fitted model for any dataset:
+/// `ID,TIME,PRED,IPRED` (IPRED empty for subjects not in the fit).
+pub fn simulate_fitted(cfg: &FitConfig, fitted: &Path, ds: &Dataset, out: &Path) -> Result<usize, FitCmdError> {
+    let mpath = fitted.join("model.json");
+    let text = std::fs::read_to_string(&mpath).map_err(|e| io_err(&mpath, e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| io_err(&mpath, e))?;
+    let bad = |s: &str| io_err(&mpath, s);
+    let nums = |key: &str| -> Result<Vec<f64>, FitCmdError> {
+        v.get(key)
+            .and_then(|x| x.as_array())
+            .ok_or_else(|| bad(&format!("missing `{key}`")))?
+            .iter()
+            .map(|x| x.as_f64().ok_or_else(|| bad(&format!("`{key}` must hold numbers"))))
+            .collect()
+    };
+    let theta = nums("theta")?;
+    let weights = nums("weights")?;
+    let sigma = nums("sigma")?;
+    let built = cfg.build()?;
+    if theta.len() != cfg.spec.params.len() || weights.len() != built.n_weights() {
+        return Err(bad("the saved model does not match the config (parameter or weight count)"));
+    }
+    let eta_names: Vec<String> = v
+        .get("eta_params")
+        .and_then(|x| x.as_array())
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let eta_params: Vec<usize> =
+        eta_names.iter().filter_map(|n| cfg.spec.params.iter().position(|p| &p.name == n)).collect();
+    let mut etas: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    if let Some(a) = v.get("etas").and_then(|x| x.as_array()) {
+        for e in a {
+            let id = e.get("id").and_then(|x| x.as_str()).unwrap_or_default().to_string();
+            let eta: Vec<f64> = e
+                .get("eta")
+                .and_then(|x| x.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                .unwrap_or_default();
+            if eta.len() == eta_params.len() {
+                etas.insert(id, eta);
+            }
+        }
+    }
+    let spec = FitSpec { sigma_init: sigma.clone(), ..no_eta(&cfg.spec) };
+    let model = Model {
+        system: built.system(),
+        fast: built.fast(),
+        n_weights: built.n_weights(),
+        weights_init: weights.clone(),
+        weight_prior_sd: None,
+    };
+    // All observation records (MDV or not) get a prediction.
+    let map = cfg.mapping();
+    let mut rows = Vec::new();
+    for subj in &ds.subjects {
+        let (schedule, obs) = subj.to_schedule(ds, &map)?;
+        if obs.is_empty() {
+            continue;
+        }
+        let t0 = subj.records.iter().map(|r| r.time).fold(0.0f64, f64::min);
+        let times: Vec<f64> = obs.iter().map(|o| o.time).collect();
+        let s = FitSubject { id: subj.id.clone(), schedule, t0, dv: vec![0.0; times.len()], times };
+        let mk = |th: Vec<f64>| FitResult {
+            theta: th,
+            sigma: sigma.clone(),
+            omega: Vec::new(),
+            eta_params: Vec::new(),
+            etas: Vec::new(),
+            weights: weights.clone(),
+            loss: 0.0,
+            validation_loss: None,
+            validation_ids: Vec::new(),
+            history: Vec::new(),
+            n_gradients: 0,
+            wall_s: 0.0,
+            phi: Vec::new(),
+            phi_names: Vec::new(),
+            engine_used: String::new(),
+        };
+        let fail = |e: fit::FitError| FitCmdError::Fit { file: cfg.source.clone(), mode: "simulate".into(), error: e };
+        let pred = predict_fit(&model, &spec, &mk(theta.clone()), std::slice::from_ref(&s), false).map_err(fail)?;
+        let ipred = match etas.get(&subj.id) {
+            Some(eta) => {
+                let mut th = theta.clone();
+                for (&k, e) in eta_params.iter().zip(eta) {
+                    th[k] *= e.exp();
+                }
+                Some(predict_fit(&model, &spec, &mk(th), std::slice::from_ref(&s), false).map_err(fail)?[0].0.clone())
+            }
+            None => None,
+        };
+        for (k, &t) in s.times.iter().enumerate() {
+            rows.push((subj.id.clone(), t, pred[0].0[k], ipred.as_ref().map(|v| v[k])));
+        }
+    }
+    let f = std::fs::File::create(out).map_err(|e| io_err(out, e))?;
+    let mut w = std::io::BufWriter::new(f);
+    let mut write = || -> std::io::Result<()> {
+        writeln!(w, "ID,TIME,PRED,IPRED")?;
+        for (id, t, p, i) in &rows {
+            match i {
+                Some(i) => writeln!(w, "{id},{t},{p},{i}")?,
+                None => writeln!(w, "{id},{t},{p},")?,
+            }
+        }
+        w.flush()
+    };
+    write().map_err(|e| io_err(out, e))?;
+    Ok(rows.len())
+}

@@ -1,0 +1,166 @@
+//! PNG plots of fits (plotters' bitmap backend with a bundled font, so no
+//! system fonts are needed).
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+
+/// DejaVu Sans (see `assets/fonts/DejaVuSans-LICENSE.txt`).
+const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+
+fn ensure_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+type PlotResult = Result<(), String>;
+
+fn err<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> String + '_ {
+    move |e| format!("{}: cannot draw the plot: {e}", path.display())
+}
+
+fn range(vals: impl Iterator<Item = f64>, pad_zero: bool) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in vals.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    if pad_zero {
+        lo = lo.min(0.0);
+    }
+    if hi <= lo {
+        hi = lo + 1.0;
+    }
+    let pad = 0.05 * (hi - lo);
+    (lo - if pad_zero && lo == 0.0 { 0.0 } else { pad }, hi + pad)
+}
+
+/// A line plot of one or more named series `(name, points)`.
+pub fn lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>)]) -> PlotResult {
+    ensure_font();
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let (x0, x1) = range(series.iter().flat_map(|s| s.1.iter().map(|p| p.0)), false);
+    let (y0, y1) = range(series.iter().flat_map(|s| s.1.iter().map(|p| p.1)), false);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(err(path))?;
+    chart.configure_mesh().x_desc(xlabel).y_desc(ylabel).label_style(("sans-serif", 15)).draw().map_err(err(path))?;
+    for (i, (name, pts)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))
+            .map_err(err(path))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
+    if series.len() > 1 {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .draw()
+            .map_err(err(path))?;
+    }
+    root.present().map_err(err(path))?;
+    Ok(())
+}
+
+/// Observed against predicted (PRED and IPRED), with the identity line.
+pub fn obs_vs_pred(path: &Path, title: &str, dv: &[f64], pred: &[f64], ipred: &[f64]) -> PlotResult {
+    ensure_font();
+    let root = BitMapBackend::new(path, (700, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let (_, hi) = range(dv.iter().chain(pred).chain(ipred).copied(), true);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..hi, 0.0..hi)
+        .map_err(err(path))?;
+    chart
+        .configure_mesh()
+        .x_desc("predicted")
+        .y_desc("observed")
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(err(path))?;
+    chart.draw_series(LineSeries::new([(0.0, 0.0), (hi, hi)], BLACK.stroke_width(1))).map_err(err(path))?;
+    let blue = BLUE.mix(0.6);
+    chart
+        .draw_series(pred.iter().zip(dv).map(|(&p, &y)| Circle::new((p, y), 3, blue.filled())))
+        .map_err(err(path))?
+        .label("PRED (typical)")
+        .legend(move |(x, y)| Circle::new((x + 10, y), 4, blue.filled()));
+    let red = RED.mix(0.6);
+    chart
+        .draw_series(ipred.iter().zip(dv).map(|(&p, &y)| TriangleMarker::new((p, y), 4, red.filled())))
+        .map_err(err(path))?
+        .label("IPRED (individual)")
+        .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 5, red.filled()));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(err(path))?;
+    root.present().map_err(err(path))?;
+    Ok(())
+}
+
+/// One panel per subject: observations and the fitted curves.
+pub struct SubjectPanel {
+    /// Subject ID.
+    pub id: String,
+    /// Observations (time, DV).
+    pub obs: Vec<(f64, f64)>,
+    /// Typical prediction on a fine grid.
+    pub pred: Vec<(f64, f64)>,
+    /// Individual prediction on a fine grid.
+    pub ipred: Vec<(f64, f64)>,
+}
+
+/// A grid of per-subject fits.
+pub fn subjects(path: &Path, title: &str, panels: &[SubjectPanel]) -> PlotResult {
+    ensure_font();
+    let n = panels.len().max(1);
+    let cols = (n as f64).sqrt().ceil() as usize;
+    let rows = n.div_ceil(cols);
+    let root = BitMapBackend::new(path, (300 * cols as u32, 220 * rows as u32 + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let (top, body) = root.split_vertically(40);
+    top.titled(title, ("sans-serif", 22)).map_err(err(path))?;
+    let areas = body.split_evenly((rows, cols));
+    for (panel, area) in panels.iter().zip(areas) {
+        let (x0, x1) = range(panel.obs.iter().chain(&panel.pred).map(|p| p.0), true);
+        let (_, y1) = range(panel.obs.iter().chain(&panel.pred).chain(&panel.ipred).map(|p| p.1), true);
+        let mut chart = ChartBuilder::on(&area)
+            .caption(format!("ID {}", panel.id), ("sans-serif", 14))
+            .margin(6)
+            .x_label_area_size(22)
+            .y_label_area_size(38)
+            .build_cartesian_2d(x0..x1, 0.0..y1)
+            .map_err(err(path))?;
+        chart.configure_mesh().label_style(("sans-serif", 11)).draw().map_err(err(path))?;
+        chart.draw_series(LineSeries::new(panel.pred.iter().copied(), BLUE.stroke_width(1))).map_err(err(path))?;
+        chart.draw_series(LineSeries::new(panel.ipred.iter().copied(), RED.stroke_width(2))).map_err(err(path))?;
+        chart.draw_series(panel.obs.iter().map(|&(t, y)| Circle::new((t, y), 3, BLACK.filled()))).map_err(err(path))?;
+    }
+    root.present().map_err(err(path))?;
+    Ok(())
+}
