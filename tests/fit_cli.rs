@@ -20,13 +20,7 @@ fn fit_then_simulate_fitted() {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let pred = out.join("pred.csv");
-    let st = Command::new(exe)
-        .args(["simulate", &cfg, "--fitted"])
-        .arg(&out)
-        .arg("--out")
-        .arg(&pred)
-        .output()
-        .unwrap();
+    let st = Command::new(exe).args(["simulate", &cfg, "--fitted"]).arg(&out).arg("--out").arg(&pred).output().unwrap();
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let text = std::fs::read_to_string(&pred).unwrap();
     assert!(text.starts_with("ID,TIME,PRED,IPRED\n"));
