@@ -9,12 +9,13 @@
 use std::cell::RefCell;
 
 use diffsol::{
-    ConstantOp, FaerContext, FaerSparseLU, FaerSparseMat, FaerVec, JacobianColoring, Matrix, NalgebraLU, NalgebraMat,
-    NalgebraVec, NonLinearOp, NonLinearOpJacobian, OdeBuilder, OdeEquations, OdeEquationsRef, OdeSolverMethod,
-    OdeSolverStopReason, Op, ParameterisedOp, UnitCallable, Vector, VectorCommon,
+    ConstantOp, FaerContext, FaerSparseMat, FaerVec, JacobianColoring, Matrix, NalgebraLU, NalgebraMat, NalgebraVec,
+    NonLinearOp, NonLinearOpJacobian, OdeBuilder, OdeEquations, OdeEquationsRef, OdeSolverMethod, Op, ParameterisedOp,
+    UnitCallable, Vector, VectorCommon,
 };
 use faer::sparse::SymbolicSparseColMat;
 
+use crate::linsolve::SparseSolver;
 use crate::solve::{Error, Method, Options};
 
 /// Dense output of the last step: `interp(s, out)` for `s` in the step.
@@ -70,6 +71,10 @@ struct Wrap<'a, Eqn, S> {
     max_steps: usize,
     rtol: f64,
     atol: f64,
+    /// State at the end of the last `advance`, interpolated when the last
+    /// step went past it.
+    y_end: Vec<f64>,
+    have_end: bool,
 }
 
 fn diffsol_err(e: diffsol::error::DiffsolError, t: f64) -> Error {
@@ -116,6 +121,7 @@ where
             return Ok(());
         }
         if t1 - t0 <= 1e3 * f64::EPSILON * (t0.abs() + t1.abs() + 1.0) {
+            self.have_end = false;
             // A round-off sliver between two breakpoints (diffsol would refuse
             // the stop time): one explicit Euler step is exact to round-off.
             let st = self.solver.state_mut();
@@ -134,17 +140,25 @@ where
                 *st.h = span;
             }
         }
-        self.solver.set_stop_time(t1).map_err(|e| diffsol_err(e, t0))?;
+        // No stop time: the last step may go past t1 and the state at t1 (and
+        // at observations before it) is read from the dense output. diffsol's
+        // BDF rescales its step after a step clipped to a stop time without
+        // keeping the interpolant consistent, so observations inside such a
+        // step came out wrong (5e-4 relative in one P1 case); interior points
+        // of an ordinary step are fine. The right-hand side is smooth up to
+        // t1 and may be continued past it: what lies beyond is discarded, and
+        // the next segment restarts from the state at t1.
+        self.have_end = false;
         loop {
             let t_prev = self.solver.state().t;
-            let reason = self.solver.step().map_err(|e| diffsol_err(e, self.solver.state().t))?;
+            self.solver.step().map_err(|e| diffsol_err(e, self.solver.state().t))?;
             self.steps += 1;
             let t_now = self.solver.state().t;
             if !self.solver.state().y.slice().iter().all(|v| v.is_finite()) {
-                return Err(Error::NonFinite { t: t_now });
+                return Err(Error::NonFinite { t: t_now.min(t1) });
             }
             if self.steps > self.max_steps {
-                return Err(Error::MaxSteps { t: t_now, max_steps: self.max_steps });
+                return Err(Error::MaxSteps { t: t_now.min(t1), max_steps: self.max_steps });
             }
             let solver = &self.solver;
             let interp = |s: f64, out: &mut [f64]| -> Result<(), Error> {
@@ -156,15 +170,28 @@ where
                 out.copy_from_slice(v.slice());
                 Ok(())
             };
-            on_step(t_prev, t_now, &interp)?;
-            if let OdeSolverStopReason::TstopReached = reason {
+            let t_hi = t_now.min(t1);
+            on_step(t_prev, t_hi, &interp)?;
+            if t_now >= t1 {
+                self.y_end.resize(self.solver.state().y.slice().len(), 0.0);
+                let mut y_end = std::mem::take(&mut self.y_end);
+                interp(t1, &mut y_end)?;
+                if !y_end.iter().all(|v| v.is_finite()) {
+                    return Err(Error::NonFinite { t: t1 });
+                }
+                self.y_end = y_end;
+                self.have_end = true;
                 return Ok(());
             }
         }
     }
 
     fn y(&self) -> &[f64] {
-        self.solver.state().y.slice()
+        if self.have_end {
+            &self.y_end
+        } else {
+            self.solver.state().y.slice()
+        }
     }
 
     fn steps(&self) -> usize {
@@ -233,19 +260,55 @@ pub(crate) fn with_stepper<R>(
     match method {
         Method::Bdf => {
             let s = problem.bdf::<NalgebraLU<f64>>().map_err(mk)?;
-            body(&mut Wrap { solver: s, _eqn: std::marker::PhantomData, steps: 0, max_steps, rtol, atol })
+            body(&mut Wrap {
+                solver: s,
+                _eqn: std::marker::PhantomData,
+                steps: 0,
+                max_steps,
+                rtol,
+                atol,
+                y_end: Vec::new(),
+                have_end: false,
+            })
         }
         Method::Esdirk34 => {
             let s = problem.esdirk34::<NalgebraLU<f64>>().map_err(mk)?;
-            body(&mut Wrap { solver: s, _eqn: std::marker::PhantomData, steps: 0, max_steps, rtol, atol })
+            body(&mut Wrap {
+                solver: s,
+                _eqn: std::marker::PhantomData,
+                steps: 0,
+                max_steps,
+                rtol,
+                atol,
+                y_end: Vec::new(),
+                have_end: false,
+            })
         }
         Method::TrBdf2 => {
             let s = problem.tr_bdf2::<NalgebraLU<f64>>().map_err(mk)?;
-            body(&mut Wrap { solver: s, _eqn: std::marker::PhantomData, steps: 0, max_steps, rtol, atol })
+            body(&mut Wrap {
+                solver: s,
+                _eqn: std::marker::PhantomData,
+                steps: 0,
+                max_steps,
+                rtol,
+                atol,
+                y_end: Vec::new(),
+                have_end: false,
+            })
         }
         Method::Tsit45 => {
             let s = problem.tsit45().map_err(mk)?;
-            body(&mut Wrap { solver: s, _eqn: std::marker::PhantomData, steps: 0, max_steps, rtol, atol })
+            body(&mut Wrap {
+                solver: s,
+                _eqn: std::marker::PhantomData,
+                steps: 0,
+                max_steps,
+                rtol,
+                atol,
+                y_end: Vec::new(),
+                have_end: false,
+            })
         }
     }
 }
@@ -260,24 +323,64 @@ fn with_sparse_stepper<R>(
     let n = rhs.size();
     let mk = |e: diffsol::error::DiffsolError| Error::Solver { t: 0.0, reason: e.to_string() };
     let eqn = SparseEqn::new(rhs, &pattern)?;
-    let problem = OdeBuilder::<FaerSparseMat<f64>>::new()
+    let mut problem = OdeBuilder::<FaerSparseMat<f64>>::new()
         .rtol(opts.rtol)
         .atol(vec![opts.atol; n])
         .build_from_eqn(eqn)
         .map_err(mk)?;
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    if let Some(v) = env("XG_MAX") {
+        problem.ode_options.max_timestep_growth = Some(v);
+    }
+    if let Some(v) = env("XG_MIN") {
+        problem.ode_options.min_timestep_growth = Some(v);
+    }
+    if let Some(v) = env("XS_MAX") {
+        problem.ode_options.max_timestep_shrink = Some(v);
+    }
+    if let Some(v) = env("XJ_THR") {
+        problem.ode_options.threshold_to_update_jacobian = v;
+    }
     let (max_steps, rtol, atol) = (opts.max_steps, opts.rtol, opts.atol);
     match method {
         Method::Bdf => {
-            let s = problem.bdf::<FaerSparseLU<f64>>().map_err(mk)?;
-            body(&mut Wrap { solver: s, _eqn: std::marker::PhantomData, steps: 0, max_steps, rtol, atol })
+            let s = problem.bdf::<SparseSolver>().map_err(mk)?;
+            body(&mut Wrap {
+                solver: s,
+                _eqn: std::marker::PhantomData,
+                steps: 0,
+                max_steps,
+                rtol,
+                atol,
+                y_end: Vec::new(),
+                have_end: false,
+            })
         }
         Method::Esdirk34 => {
-            let s = problem.esdirk34::<FaerSparseLU<f64>>().map_err(mk)?;
-            body(&mut Wrap { solver: s, _eqn: std::marker::PhantomData, steps: 0, max_steps, rtol, atol })
+            let s = problem.esdirk34::<SparseSolver>().map_err(mk)?;
+            body(&mut Wrap {
+                solver: s,
+                _eqn: std::marker::PhantomData,
+                steps: 0,
+                max_steps,
+                rtol,
+                atol,
+                y_end: Vec::new(),
+                have_end: false,
+            })
         }
         Method::TrBdf2 => {
-            let s = problem.tr_bdf2::<FaerSparseLU<f64>>().map_err(mk)?;
-            body(&mut Wrap { solver: s, _eqn: std::marker::PhantomData, steps: 0, max_steps, rtol, atol })
+            let s = problem.tr_bdf2::<SparseSolver>().map_err(mk)?;
+            body(&mut Wrap {
+                solver: s,
+                _eqn: std::marker::PhantomData,
+                steps: 0,
+                max_steps,
+                rtol,
+                atol,
+                y_end: Vec::new(),
+                have_end: false,
+            })
         }
         Method::Tsit45 => Err(Error::Solver { t: 0.0, reason: "explicit methods take the dense path".into() }),
     }
@@ -321,10 +424,7 @@ impl<'r> SparseEqn<'r> {
             col_ptr[c + 1] += col_ptr[c];
         }
         let row_idx: Vec<usize> = sorted.iter().map(|&(_, r)| r).collect();
-        let csc_pos = pattern
-            .iter()
-            .map(|&(r, c)| sorted.binary_search(&(c, r)).unwrap_or(0))
-            .collect::<Vec<_>>();
+        let csc_pos = pattern.iter().map(|&(r, c)| sorted.binary_search(&(c, r)).unwrap_or(0)).collect::<Vec<_>>();
         let sparsity = SymbolicSparseColMat::new_checked(n, n, col_ptr, None, row_idx);
         let ctx = FaerContext::default();
         let mut values = vec![0.0; pattern.len()];
@@ -338,15 +438,7 @@ impl<'r> SparseEqn<'r> {
             let nz: Vec<(usize, usize)> = sorted.iter().map(|&(c, r)| (r, c)).collect();
             Some(JacobianColoring::new(&sparsity, &nz, ctx))
         };
-        Ok(SparseEqn {
-            rhs,
-            n,
-            ctx,
-            sparsity,
-            csc_pos,
-            values: RefCell::new(values),
-            coloring,
-        })
+        Ok(SparseEqn { rhs, n, ctx, sparsity, csc_pos, values: RefCell::new(values), coloring })
     }
 }
 
