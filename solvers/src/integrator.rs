@@ -323,24 +323,11 @@ fn with_sparse_stepper<R>(
     let n = rhs.size();
     let mk = |e: diffsol::error::DiffsolError| Error::Solver { t: 0.0, reason: e.to_string() };
     let eqn = SparseEqn::new(rhs, &pattern)?;
-    let mut problem = OdeBuilder::<FaerSparseMat<f64>>::new()
+    let problem = OdeBuilder::<FaerSparseMat<f64>>::new()
         .rtol(opts.rtol)
         .atol(vec![opts.atol; n])
         .build_from_eqn(eqn)
         .map_err(mk)?;
-    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
-    if let Some(v) = env("XG_MAX") {
-        problem.ode_options.max_timestep_growth = Some(v);
-    }
-    if let Some(v) = env("XG_MIN") {
-        problem.ode_options.min_timestep_growth = Some(v);
-    }
-    if let Some(v) = env("XS_MAX") {
-        problem.ode_options.max_timestep_shrink = Some(v);
-    }
-    if let Some(v) = env("XJ_THR") {
-        problem.ode_options.threshold_to_update_jacobian = v;
-    }
     let (max_steps, rtol, atol) = (opts.max_steps, opts.rtol, opts.atol);
     match method {
         Method::Bdf => {

@@ -17,6 +17,7 @@ mod driver;
 mod events;
 pub mod gradient;
 mod integrator;
+mod linsolve;
 pub mod solve;
 
 pub use gradient::{gradient, Gradient, GradientMethod, Loss};
