@@ -88,8 +88,12 @@
 
 #![warn(missing_docs)]
 
+pub mod conformation;
+pub mod organoid;
 pub mod pk;
 
+pub use conformation::{ConformationError, MasterEquation};
+pub use organoid::{DrugSource, GrowthLaw, OrganoidError, SimeoniTgi, Spheroid, SpheroidParams};
 pub use pk::{
     closed_form_amounts, closed_form_concentration, Absorption, ClosedFormDose, Elimination, LinearPkSolution, PkError,
     PkModel,
