@@ -384,6 +384,68 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
             self.core.features_vjp(t, x, p0, gphi, Some(gx), Some(&mut gp[..m0]), scratch);
         });
     }
+
+    /// Length of the tape of [`FluxResidual::rhs_tape`]: the features, the
+    /// network outputs and the network's own tape.
+    pub fn tape_len(&self) -> usize {
+        self.core.features.len() + self.channels.len() + self.core.net.tape_len()
+    }
+
+    /// The right-hand side (no exogenous inputs), keeping in `tape` (length
+    /// [`FluxResidual::tape_len`]) what [`FluxResidual::vjp_tape`] needs.
+    pub fn rhs_tape(&self, t: f64, x: &[f64], p: &[f64], dx: &mut [f64], tape: &mut [f64]) {
+        let (p0, w) = p.split_at(self.core.m0);
+        self.core.sys.rhs(t, x, &[], p0, dx);
+        let nf = self.core.features.len();
+        let nc = self.channels.len();
+        let (phi, rest) = tape.split_at_mut(nf);
+        let (g, net_tape) = rest.split_at_mut(nc);
+        self.core.features(t, x, &[], p0, phi);
+        self.core.net.eval_tape(w, phi, g, net_tape);
+        for (c, gj) in self.channels.iter().zip(g.iter()) {
+            let r = c.scale * x[c.from] * softplus(*gj);
+            dx[c.from] -= r;
+            if let Some(b) = c.to {
+                dx[b] += r;
+            }
+        }
+    }
+
+    /// [`FluxResidual::vjp_both`] (no exogenous inputs) at the point whose
+    /// tape [`FluxResidual::rhs_tape`] wrote: the network is not re-evaluated.
+    #[allow(clippy::too_many_arguments)]
+    pub fn vjp_tape(&self, t: f64, x: &[f64], p: &[f64], wv: &[f64], gx: &mut [f64], gp: &mut [f64], tape: &[f64]) {
+        let (n, m0) = (self.core.n, self.core.m0);
+        let (p0, w) = p.split_at(m0);
+        let nf = self.core.features.len();
+        let nc = self.channels.len();
+        let (phi, rest) = tape.split_at(nf);
+        let (g, net_tape) = rest.split_at(nc);
+        let mut body = |buf: &mut [f64]| {
+            let (gphi, rest) = buf.split_at_mut(nf);
+            let (gy, rest) = rest.split_at_mut(nc);
+            let (tmp, scratch) = rest.split_at_mut(m0);
+            self.core.sys.vjp_state(t, x, &[], p0, wv, gx);
+            self.core.sys.vjp_params(t, x, &[], p0, wv, tmp);
+            for (a, b) in gp[..m0].iter_mut().zip(tmp.iter()) {
+                *a += b;
+            }
+            for (j, c) in self.channels.iter().enumerate() {
+                let om = c.to.map_or(0.0, |b| wv[b]) - wv[c.from];
+                gy[j] = om * c.scale * x[c.from] * sigmoid(g[j]);
+                gx[c.from] += c.scale * softplus(g[j]) * om;
+            }
+            self.core.net.backward_tape(w, phi, net_tape, gy, Some(gphi), Some(&mut gp[m0..]));
+            self.core.features_vjp(t, x, p0, gphi, Some(gx), Some(&mut gp[..m0]), scratch);
+        };
+        let len = nf + nc + m0 + 2 * (n + m0);
+        if len <= 64 {
+            let mut buf = [0.0f64; 64];
+            body(&mut buf[..len]);
+        } else {
+            with_scratch(len, body);
+        }
+    }
 }
 
 impl<S: System, R: Residual> System for FluxResidual<S, R> {

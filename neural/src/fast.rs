@@ -96,6 +96,26 @@ pub trait FastRhs: Sync {
     fn output(&self, k: usize, t: f64, x: &[f64], p: &[f64]) -> f64;
     /// Adds `∂y_k/∂x` into `gx` and `∂y_k/∂θ` into `gp`.
     fn output_grad(&self, k: usize, t: f64, x: &[f64], p: &[f64], gx: &mut [f64], gp: &mut [f64]);
+    /// Length of the tape that [`FastRhs::rhs_tape`] writes (0: no tape;
+    /// the default). The forward sweep keeps one tape per stage of every
+    /// accepted step so that the backward sweep does not redo a network's
+    /// forward pass.
+    fn tape_len(&self) -> usize {
+        0
+    }
+    /// [`FastRhs::rhs`], also writing into `tape` (length [`FastRhs::tape_len`])
+    /// what [`FastRhs::vjp_tape`] needs at the same point.
+    fn rhs_tape(&self, t: f64, x: &[f64], p: &[f64], dx: &mut [f64], tape: &mut [f64]) {
+        let _ = tape;
+        self.rhs(t, x, p, dx)
+    }
+    /// [`FastRhs::vjp_both`] at a point whose tape [`FastRhs::rhs_tape`]
+    /// wrote (same `t`, `x` and `θ`).
+    #[allow(clippy::too_many_arguments)]
+    fn vjp_tape(&self, t: f64, x: &[f64], p: &[f64], w: &[f64], gx: &mut [f64], gp: &mut [f64], tape: &[f64]) {
+        let _ = tape;
+        self.vjp_both(t, x, p, w, gx, gp)
+    }
 }
 
 /// Any [`System`] without exogenous inputs, through its `vjp_state` and `vjp_params`.
@@ -159,6 +179,15 @@ impl<S: System, R: Residual> FastRhs for FluxResidual<S, R> {
     fn output_grad(&self, k: usize, t: f64, x: &[f64], p: &[f64], gx: &mut [f64], gp: &mut [f64]) {
         System::output_grad(self, k, t, x, p, gx, gp)
     }
+    fn tape_len(&self) -> usize {
+        FluxResidual::tape_len(self)
+    }
+    fn rhs_tape(&self, t: f64, x: &[f64], p: &[f64], dx: &mut [f64], tape: &mut [f64]) {
+        FluxResidual::rhs_tape(self, t, x, p, dx, tape)
+    }
+    fn vjp_tape(&self, t: f64, x: &[f64], p: &[f64], w: &[f64], gx: &mut [f64], gp: &mut [f64], tape: &[f64]) {
+        FluxResidual::vjp_tape(self, t, x, p, w, gx, gp, tape)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -204,8 +233,15 @@ pub struct FastWorkspace {
     y: Vec<f64>,
     rates: Vec<f64>,
     err: Vec<f64>,
-    /// Per step: t, h, x (n), k1..k6 (6n).
+    /// Per step: t, h, x (n), k1..k7 (7n).
     steps: Vec<f64>,
+    /// Tapes of the current attempt's 7 stages.
+    tape: Vec<f64>,
+    /// Per accepted step: the 7 stage tapes.
+    tapes: Vec<f64>,
+    /// Backward: dense observations' contributions to the step's start state and stages.
+    acc_x: Vec<f64>,
+    acc_k: Vec<f64>,
     /// Forward record: items in order.
     items: Vec<Item>,
     /// States at observations.
@@ -219,8 +255,19 @@ pub struct FastWorkspace {
 
 #[derive(Debug, Clone, Copy)]
 enum Item {
-    Step(usize),
-    Obs { j: usize, pos: usize, slot: usize },
+    /// An accepted step: offsets of its record and of its tapes.
+    Step {
+        off: usize,
+        toff: usize,
+    },
+    /// An observation: at the current time (`theta: None`) or inside the
+    /// preceding step, from its dense output at `t + θh`.
+    Obs {
+        j: usize,
+        pos: usize,
+        slot: usize,
+        theta: Option<f64>,
+    },
     Reset,
 }
 
@@ -235,7 +282,37 @@ const A: [[f64; 6]; 7] = [
     [9017.0 / 3168.0, -355.0 / 33.0, 46732.0 / 5247.0, 49.0 / 176.0, -5103.0 / 18656.0, 0.0],
     [35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0],
 ];
-const B: [f64; 6] = [35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0];
+/// `B` with the (zero) weight of the FSAL stage 7.
+const B7: [f64; 7] = [35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0, 0.0];
+/// Hairer's `contd5` coefficients of DOPRI5's 4th-order continuous extension.
+const D: [f64; 7] = [
+    -12715105075.0 / 11282082432.0,
+    0.0,
+    87487479700.0 / 32700410799.0,
+    -10690763975.0 / 1880347072.0,
+    701980252875.0 / 199316789632.0,
+    -1453857185.0 / 822651844.0,
+    69997945.0 / 29380423.0,
+];
+
+/// Weights of DOPRI5's continuous extension: `x(t + θh) = x + h Σ_s b_s(θ) k_s`
+/// over the 7 stages (`k7 = f(t + h, x_{n+1})`). Hairer's `contd5`,
+/// `x + θ(r2 + (1−θ)(r3 + θ(r4 + (1−θ) r5)))`, expanded per stage; `b(1) = B`.
+fn dense_weights(theta: f64) -> [f64; 7] {
+    let t1 = 1.0 - theta;
+    let mut b = [0.0; 7];
+    for (s, bs) in b.iter_mut().enumerate() {
+        let bb = B7[s];
+        let e1 = if s == 0 { 1.0 } else { 0.0 };
+        let e7 = if s == 6 { 1.0 } else { 0.0 };
+        *bs = theta * bb
+            + theta * t1 * (e1 - bb)
+            + theta * theta * t1 * (2.0 * bb - e1 - e7)
+            + theta * theta * t1 * t1 * D[s];
+    }
+    b
+}
+
 const E: [f64; 7] =
     [71.0 / 57600.0, 0.0, -71.0 / 16695.0, 71.0 / 1920.0, -17253.0 / 339200.0, 22.0 / 525.0, -1.0 / 40.0];
 
@@ -354,6 +431,11 @@ impl Plan {
 
     /// The forward sweep. `obs(j, y)` returns `dℓ/dy` (stored for the
     /// backward sweep when `record`). Returns the number of accepted steps.
+    ///
+    /// The integrator stops only at events and at the horizon; observations
+    /// between them are read from DOPRI5's continuous extension of the step
+    /// that covers them (an observation at an event time is taken after the
+    /// event, at the stop).
     #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
@@ -369,16 +451,18 @@ impl Plan {
         if x0.len() != n || p.len() != sys.nparams() {
             return Err(FastError::Unsupported("initial state or parameter length mismatch".into()));
         }
-        let stride = 2 + 7 * n;
+        let tl = sys.tape_len();
         ws.x.clear();
         ws.x.extend_from_slice(x0);
         ws.xn.resize(n, 0.0);
         ws.k.resize(7 * n, 0.0);
         ws.y.resize(n, 0.0);
         ws.err.resize(n, 0.0);
+        ws.tape.resize(7 * tl, 0.0);
         ws.rates.clear();
         ws.rates.resize(n, 0.0);
         ws.steps.clear();
+        ws.tapes.clear();
         ws.items.clear();
         ws.obs_x.clear();
         ws.weights.clear();
@@ -415,7 +499,7 @@ impl Plan {
                 let y = sys.output(k, t, &ws.x, p);
                 ws.weights[j] = obs(j, y);
                 if record {
-                    ws.items.push(Item::Obs { j, pos: oi, slot: ws.obs_x.len() });
+                    ws.items.push(Item::Obs { j, pos: oi, slot: ws.obs_x.len(), theta: None });
                     ws.obs_x.extend_from_slice(&ws.x);
                 }
                 oi += 1;
@@ -424,15 +508,15 @@ impl Plan {
                 break;
             }
             let next_ev = self.events.get(ei).map_or(f64::INFINITY, |e| e.0);
-            let next_obs = self.obs.get(oi).map_or(f64::INFINITY, |o| o.0);
-            let stop = next_ev.min(next_obs).min(self.horizon);
+            let stop = next_ev.min(self.horizon);
             if fresh {
-                sys.rhs(t, &ws.x, p, &mut ws.k[..n]);
+                sys.rhs_tape(t, &ws.x, p, &mut ws.k[..n], &mut ws.tape[..tl]);
                 for (a, r) in ws.k[..n].iter_mut().zip(&ws.rates) {
                     *a += r;
                 }
                 if h == 0.0 {
-                    h = initial_step(&ws.x, &ws.k[..n], opts, stop - t);
+                    let next_obs = self.obs.get(oi).map_or(f64::INFINITY, |o| o.0);
+                    h = initial_step(&ws.x, &ws.k[..n], opts, next_obs.min(stop) - t);
                 }
                 fresh = false;
             }
@@ -456,7 +540,7 @@ impl Plan {
                         ws.y[i] = acc;
                     }
                     let (_, ks) = ws.k.split_at_mut(s * n);
-                    sys.rhs(t + C[s] * hh, &ws.y, p, &mut ks[..n]);
+                    sys.rhs_tape(t + C[s] * hh, &ws.y, p, &mut ks[..n], &mut ws.tape[s * tl..(s + 1) * tl]);
                     for (a, r) in ks[..n].iter_mut().zip(&ws.rates) {
                         *a += r;
                     }
@@ -489,18 +573,40 @@ impl Plan {
                     if steps > opts.max_steps {
                         return Err(FastError::MaxSteps { t, max_steps: opts.max_steps });
                     }
+                    let t_new = if hh == stop - t { stop } else { t + hh };
                     if record {
-                        ws.items.push(Item::Step(ws.steps.len()));
+                        ws.items.push(Item::Step { off: ws.steps.len(), toff: ws.tapes.len() });
                         ws.steps.push(t);
                         ws.steps.push(hh);
                         ws.steps.extend_from_slice(&ws.x);
-                        ws.steps.extend_from_slice(&ws.k[..6 * n]);
-                        debug_assert_eq!(ws.steps.len() % stride, 0);
+                        ws.steps.extend_from_slice(&ws.k[..7 * n]);
+                        ws.tapes.extend_from_slice(&ws.tape[..7 * tl]);
                     }
-                    t = if hh == stop - t { stop } else { t + hh };
+                    // Observations inside this step (those at `stop` wait for its events).
+                    while oi < self.obs.len() && self.obs[oi].0 <= t_new && self.obs[oi].0 < stop {
+                        let (to, k, j) = self.obs[oi];
+                        let theta = ((to - t) / hh).clamp(0.0, 1.0);
+                        let bw = dense_weights(theta);
+                        for i in 0..n {
+                            let mut acc = 0.0;
+                            for (s, b) in bw.iter().enumerate() {
+                                acc += b * ws.k[s * n + i];
+                            }
+                            ws.y[i] = ws.x[i] + hh * acc;
+                        }
+                        let yv = sys.output(k, to, &ws.y, p);
+                        ws.weights[j] = obs(j, yv);
+                        if record {
+                            ws.items.push(Item::Obs { j, pos: oi, slot: ws.obs_x.len(), theta: Some(theta) });
+                            ws.obs_x.extend_from_slice(&ws.y);
+                        }
+                        oi += 1;
+                    }
+                    t = t_new;
                     std::mem::swap(&mut ws.x, &mut ws.xn);
-                    // FSAL: k7 becomes k1.
+                    // FSAL: k7 becomes k1 (and its tape stage 1's).
                     ws.k.copy_within(6 * n..7 * n, 0);
+                    ws.tape.copy_within(6 * tl..7 * tl, 0);
                     // Keep the proposed step (not the clamped one) unless it grew.
                     h = if hh < h { h.max(hh * fac) } else { hh * fac };
                 } else {
@@ -514,9 +620,8 @@ impl Plan {
     /// The backward sweep over the recorded forward pass.
     fn backward(&self, sys: &dyn FastRhs, p: &[f64], ws: &mut FastWorkspace, d_params: &mut [f64], d_x0: &mut [f64]) {
         let n = self.n;
-        let m = p.len();
-        let stride = 2 + 7 * n;
-        let FastWorkspace { steps, items, obs_x, weights, lam, mu, kap, y, gp, .. } = ws;
+        let tl = sys.tape_len();
+        let FastWorkspace { steps, tapes, items, obs_x, weights, lam, mu, kap, y, gp, acc_x, acc_k, .. } = ws;
         lam.clear();
         lam.resize(n, 0.0);
         mu.clear();
@@ -525,32 +630,56 @@ impl Plan {
         kap.resize(n, 0.0);
         gp.clear();
         gp.resize(n, 0.0);
+        acc_x.clear();
+        acc_x.resize(n, 0.0);
+        acc_k.clear();
+        acc_k.resize(7 * n, 0.0);
         y.resize(n, 0.0);
         for item in items.iter().rev() {
             match *item {
-                Item::Obs { j, pos, slot } => {
+                Item::Obs { j, pos, slot, theta } => {
                     let w = weights[j];
                     if w != 0.0 {
                         let (t, k, _) = self.obs[pos];
                         let x = &obs_x[slot..slot + n];
-                        output_grad_scaled(sys, k, t, x, p, w, lam, d_params, gp);
+                        // gp = w ∂y/∂x; parameters go straight into d_params.
+                        gp.iter_mut().for_each(|v| *v = 0.0);
+                        output_grad_scaled(sys, k, t, x, p, w, gp, d_params);
+                        match theta {
+                            None => {
+                                for (a, b) in lam.iter_mut().zip(gp.iter()) {
+                                    *a += b;
+                                }
+                            }
+                            Some(theta) => {
+                                // x(t + θh) = x + h Σ b_s(θ) k_s: to x directly, and to each stage.
+                                let bw = dense_weights(theta);
+                                for i in 0..n {
+                                    acc_x[i] += gp[i];
+                                    for (s, b) in bw.iter().enumerate() {
+                                        acc_k[s * n + i] += b * gp[i];
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
                 Item::Reset => lam.iter_mut().for_each(|v| *v = 0.0),
-                Item::Step(off) => {
-                    let rec = &steps[off..off + stride];
+                Item::Step { off, toff } => {
+                    let rec = &steps[off..off + 2 + 8 * n];
                     let (t, h) = (rec[0], rec[1]);
                     let x0 = &rec[2..2 + n];
-                    let ks = &rec[2 + n..2 + 7 * n];
-                    // Reverse over stages 6..1: κ_s = h b_s λ + Σ_{j>s} h a_js μ_j.
-                    for s in (0..6).rev() {
+                    let ks = &rec[2 + n..2 + 8 * n];
+                    // Reverse over stages 7..1:
+                    // κ_s = h (b_s λ + Σ_obs b_s(θ) g + Σ_{j>s} a_js μ_j).
+                    for s in (0..7).rev() {
                         let mut any = false;
                         for i in 0..n {
-                            let mut acc = h * B[s] * lam[i];
-                            for jj in s + 1..6 {
-                                acc += h * A[jj][s] * mu[jj * n + i];
+                            let mut acc = B7[s] * lam[i] + acc_k[s * n + i];
+                            for jj in s + 1..7 {
+                                acc += A[jj][s] * mu[jj * n + i];
                             }
-                            kap[i] = acc;
+                            kap[i] = h * acc;
                             any |= acc != 0.0;
                         }
                         let (_, mus) = mu.split_at_mut(s * n);
@@ -566,22 +695,26 @@ impl Plan {
                             }
                             y[i] = acc;
                         }
-                        sys.vjp_both(t + C[s] * h, y, p, kap, mus, d_params);
+                        let tape = &tapes[toff + s * tl..toff + (s + 1) * tl];
+                        sys.vjp_tape(t + C[s] * h, y, p, kap, mus, d_params, tape);
                     }
-                    for s in 0..6 {
-                        for i in 0..n {
-                            lam[i] += mu[s * n + i];
+                    for i in 0..n {
+                        let mut acc = acc_x[i];
+                        for s in 0..7 {
+                            acc += mu[s * n + i];
                         }
+                        lam[i] += acc;
                     }
+                    acc_x.iter_mut().for_each(|v| *v = 0.0);
+                    acc_k.iter_mut().for_each(|v| *v = 0.0);
                 }
             }
         }
         d_x0.copy_from_slice(lam);
-        let _ = m;
     }
 }
 
-/// `λ += w ∂y/∂x`, `d_params += w ∂y/∂θ` using `scratch` (length ≥ n) for `∂y/∂x`.
+/// `gx += w ∂y/∂x`, `d_params += w ∂y/∂θ`.
 #[allow(clippy::too_many_arguments)]
 fn output_grad_scaled(
     sys: &dyn FastRhs,
@@ -590,25 +723,23 @@ fn output_grad_scaled(
     x: &[f64],
     p: &[f64],
     w: f64,
-    lam: &mut [f64],
+    gx: &mut [f64],
     d_params: &mut [f64],
-    scratch: &mut [f64],
 ) {
-    let n = lam.len();
-    let gx = &mut scratch[..n];
-    gx.iter_mut().for_each(|v| *v = 0.0);
+    let n = gx.len();
     OUT_GP.with(|c| {
-        let mut gp = c.borrow_mut();
-        gp.clear();
-        gp.resize(d_params.len(), 0.0);
-        sys.output_grad(k, t, x, p, gx, &mut gp);
+        let mut buf = c.borrow_mut();
+        buf.clear();
+        buf.resize(d_params.len() + n, 0.0);
+        let (gp, tx) = buf.split_at_mut(d_params.len());
+        sys.output_grad(k, t, x, p, tx, gp);
         for (a, b) in d_params.iter_mut().zip(gp.iter()) {
             *a += w * b;
         }
+        for (a, b) in gx.iter_mut().zip(tx.iter()) {
+            *a += w * b;
+        }
     });
-    for (a, b) in lam.iter_mut().zip(gx.iter()) {
-        *a += w * b;
-    }
 }
 
 thread_local! {

@@ -30,6 +30,7 @@ pub mod fast;
 pub mod fit;
 pub mod mlp;
 pub mod residual;
+mod small;
 
 pub use coupling::{Channel, Coupling, Feature, FluxResidual, FreeResidual, ProjectedResidual, RateModulation};
 pub use mlp::{Activation, Mlp, Workspace};

@@ -297,6 +297,45 @@ impl Mlp {
         p
     }
 
+    /// `(h1, h2)` when this is a `1 → h1 → h2 → 1` tanh network with a
+    /// specialised kernel ([`crate::small`]).
+    pub(crate) fn small_shape(&self) -> Option<(usize, usize)> {
+        match (self.activation, self.widths.as_slice()) {
+            (Activation::Tanh, &[1, h1, h2, 1]) if crate::small::supported(h1, h2) => Some((h1, h2)),
+            _ => None,
+        }
+    }
+
+    /// Length of the tape of one evaluation (see [`crate::Residual::eval_tape`]):
+    /// the hidden activations, and their derivatives unless a specialised
+    /// kernel recomputes them.
+    pub fn tape_len(&self) -> usize {
+        if let Some((h1, h2)) = self.small_shape() {
+            return h1 + h2;
+        }
+        2 * self.hidden_len()
+    }
+
+    fn hidden_len(&self) -> usize {
+        let total: usize = self.widths.iter().sum();
+        total - self.n_inputs() - self.n_outputs()
+    }
+
+    /// Copies the hidden activations and their derivatives from `ws` (after [`Mlp::forward`]).
+    pub(crate) fn save_tape(&self, ws: &Workspace, tape: &mut [f64]) {
+        let (ni, hid) = (self.n_inputs(), self.hidden_len());
+        tape[..hid].copy_from_slice(&ws.acts[ni..ni + hid]);
+        tape[hid..2 * hid].copy_from_slice(&ws.dacts[ni..ni + hid]);
+    }
+
+    /// Restores `ws` to its state after [`Mlp::forward`] at `x` from a [`Mlp::save_tape`] tape.
+    pub(crate) fn load_tape(&self, x: &[f64], tape: &[f64], ws: &mut Workspace) {
+        let (ni, hid) = (self.n_inputs(), self.hidden_len());
+        ws.acts[..ni].copy_from_slice(&x[..ni]);
+        ws.acts[ni..ni + hid].copy_from_slice(&tape[..hid]);
+        ws.dacts[ni..ni + hid].copy_from_slice(&tape[hid..2 * hid]);
+    }
+
     fn check(&self, w: &[f64], x: &[f64]) {
         debug_assert_eq!(w.len(), self.n_params(), "weight slice length");
         debug_assert_eq!(x.len(), self.n_inputs(), "input length");

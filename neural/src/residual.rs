@@ -67,6 +67,40 @@ pub trait Residual: Send + Sync {
         gx: Option<&mut [f64]>,
         gw: Option<&mut [f64]>,
     );
+    /// Length of the tape [`Residual::eval_tape`] writes (0, the default:
+    /// no tape, and [`Residual::backward_tape`] redoes the forward pass).
+    fn tape_len(&self) -> usize {
+        0
+    }
+    /// `y = g(x; w)`, keeping in `tape` (length [`Residual::tape_len`]) what
+    /// [`Residual::backward_tape`] needs.
+    fn eval_tape(&self, w: &[f64], x: &[f64], y: &mut [f64], tape: &mut [f64]) {
+        let _ = tape;
+        self.eval(w, x, y)
+    }
+    /// `gx = (∂g/∂x)ᵀ gy` (overwritten, if asked) and `gw += (∂g/∂w)ᵀ gy`
+    /// (accumulated, if asked) at the point a [`Residual::eval_tape`] with the
+    /// same `w` and `x` recorded in `tape`.
+    fn backward_tape(
+        &self,
+        w: &[f64],
+        x: &[f64],
+        tape: &[f64],
+        gy: &[f64],
+        gx: Option<&mut [f64]>,
+        gw: Option<&mut [f64]>,
+    ) {
+        let _ = tape;
+        let no = self.n_outputs();
+        let mut copy = |_: &[f64], g: &mut [f64]| g.copy_from_slice(&gy[..g.len()]);
+        if no <= 64 {
+            let mut y = [0.0f64; 64];
+            self.vjp(w, x, &mut y[..no], &mut copy, gx, gw);
+        } else {
+            let mut y = vec![0.0; no];
+            self.vjp(w, x, &mut y, &mut copy, gx, gw);
+        }
+    }
 }
 
 thread_local! {
@@ -123,6 +157,44 @@ impl Residual for Mlp {
                 self.backward(w, &gy, ws, gx, gw);
             }
         });
+    }
+    fn tape_len(&self) -> usize {
+        Mlp::tape_len(self)
+    }
+    fn eval_tape(&self, w: &[f64], x: &[f64], y: &mut [f64], tape: &mut [f64]) {
+        if let Some(v) = self.small_shape().and_then(|(h1, h2)| crate::small::forward(h1, h2, w, x[0], tape)) {
+            y[0] = v;
+            return;
+        }
+        with_ws(self, |ws| {
+            self.forward(w, x, ws, y);
+            self.save_tape(ws, tape);
+        })
+    }
+    fn backward_tape(
+        &self,
+        w: &[f64],
+        x: &[f64],
+        tape: &[f64],
+        gy: &[f64],
+        gx: Option<&mut [f64]>,
+        gw: Option<&mut [f64]>,
+    ) {
+        if let Some((h1, h2)) = self.small_shape() {
+            let np = crate::small::n_params(h1, h2);
+            if gw.as_ref().is_none_or(|g| g.len() >= np) && w.len() >= np && tape.len() >= h1 + h2 {
+                // The kernel runs: the shape is supported and the lengths were checked.
+                let d = crate::small::backward(h1, h2, w, x[0], tape, gy[0], gw);
+                if let Some(gx) = gx {
+                    gx[0] = d.unwrap_or(f64::NAN);
+                }
+                return;
+            }
+        }
+        with_ws(self, |ws| {
+            self.load_tape(x, tape, ws);
+            self.backward(w, gy, ws, gx, gw);
+        })
     }
 }
 

@@ -1,0 +1,113 @@
+//! P4 gradient profile: time per full-data gradient, accepted steps per
+//! subject, and the gradient's error against a tight-tolerance reference,
+//! for the P4 objective as `examples/p4_hybrid.toml` configures it
+//! (proportional error, weight prior sd 1, rtol 1e-5 / atol 1e-6).
+//!
+//! `cargo run --release -p insilico-neural --example p4_profile [rtol atol]`
+use std::time::Instant;
+
+use insilico_mechanistic::PkModel;
+use insilico_neural::fast::{FastWorkspace, Plan};
+use insilico_neural::fit::{
+    problem, subjects_from_dataset, Engine, ErrorModel, FitSpec, Model, Objective, ParamSpec, Stage, Transform,
+};
+use insilico_neural::{Activation, Channel, Feature, FluxResidual, Mlp};
+use insilico_solvers::{Dataset, DoseMapping, Options, ReadOptions};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<f64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let rtol = args.first().copied().unwrap_or(1e-5);
+    let atol = args.get(1).copied().unwrap_or(1e-6);
+    let pk = PkModel::from_name("pk-1cmt-oral")?;
+    let net = Mlp::new(&[1, 16, 16, 1], Activation::Tanh)?;
+    let h = FluxResidual::new(pk, net, vec![(Feature::Output(0), 5.0)], vec![Channel::new(1, Some(2), 0.2)])?;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ude_train.csv");
+    let ds = Dataset::from_path(path, &ReadOptions::default())?;
+    let subjects = subjects_from_dataset(&ds, &DoseMapping::new(2, 1, 2))?;
+    let model = Model {
+        system: &h,
+        fast: Some(&h),
+        n_weights: h.net().n_params(),
+        weights_init: h.net().init(1, 0.5),
+        weight_prior_sd: Some(1.0),
+    };
+    let mut cl = ParamSpec::new("CL", 0.0);
+    cl.fixed = true;
+    cl.transform = Transform::Identity;
+    let spec = |rtol: f64, atol: f64| FitSpec {
+        params: vec![ParamSpec::new("ka", 1.0), cl.clone(), ParamSpec::new("V", 20.0)],
+        error: ErrorModel::Proportional,
+        sigma_init: vec![0.1],
+        sigma_fixed: false,
+        stages: vec![Stage::Lbfgs { iterations: 1 }],
+        validation_fraction: 0.0,
+        patience: 0,
+        check_every: 1,
+        seed: 1,
+        options: Options { rtol, atol, ..Options::default() },
+        engine: Engine::Fast,
+        x0: None,
+    };
+    let sp = spec(rtol, atol);
+    let obj = Objective::new(&model, &sp, subjects.iter().collect(), false)?;
+    let sref = spec(1e-11, 1e-13);
+    let oref = Objective::new(&model, &sref, subjects.iter().collect(), false)?;
+    // Points: the initial one, and a few perturbed weight vectors (larger network outputs).
+    let phi0 = obj.initial();
+    let mut points = vec![phi0.clone()];
+    for (k, s) in [(7u64, 1.0), (11, 2.0)] {
+        let w = h.net().init(k, s);
+        let mut phi = phi0.clone();
+        let n = phi.len();
+        phi[n - w.len()..].copy_from_slice(&w);
+        points.push(phi);
+    }
+    for (pi, phi) in points.iter().enumerate() {
+        let (f, g) = obj.value_grad(phi)?;
+        let (fr, gr) = oref.value_grad(phi)?;
+        let scale = gr.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        let err = g.iter().zip(&gr).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;
+        let l2 = (g.iter().zip(&gr).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / gr.iter().map(|b| b * b).sum::<f64>())
+            .sqrt();
+        // Steps per subject.
+        let mut steps = Vec::new();
+        let mut ws = FastWorkspace::default();
+        for s in &subjects {
+            let mut p = vec![1.0, 0.0, 20.0];
+            let n = phi.len();
+            p.extend_from_slice(&phi[n - h.net().n_params()..]);
+            let prob = problem(&h, p.clone(), &[0.0; 3], s);
+            let plan = Plan::new(&prob)?;
+            let gg = plan.gradient(&h, &p, &[0.0; 3], &sp.options, &|_, y| (y, 1.0), &mut ws)?;
+            steps.push(gg.steps);
+        }
+        let tot: usize = steps.iter().sum();
+        let iters = 300;
+        let t0 = Instant::now();
+        for _ in 0..iters {
+            std::hint::black_box(obj.value_grad(std::hint::black_box(phi))?);
+        }
+        let dt = t0.elapsed().as_secs_f64() / iters as f64;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+        let t1 = Instant::now();
+        pool.install(|| -> Result<(), insilico_neural::fit::FitError> {
+            for _ in 0..iters {
+                std::hint::black_box(obj.value_grad(std::hint::black_box(phi))?);
+            }
+            Ok(())
+        })?;
+        let dt1 = t1.elapsed().as_secs_f64() / iters as f64;
+        println!(
+            "point {pi}: f {f:.6} (ref {fr:.6}), grad err max {err:.2e} l2 {l2:.2e}; steps/subject mean {:.1} min {} max {}; \
+             {:.3} ms/gradient ({} threads), {:.3} ms on 1 thread, {:.2} us/step",
+            tot as f64 / subjects.len() as f64,
+            steps.iter().min().unwrap_or(&0),
+            steps.iter().max().unwrap_or(&0),
+            dt * 1e3,
+            rayon::current_num_threads(),
+            dt1 * 1e3,
+            dt1 * 1e6 / tot as f64,
+        );
+    }
+    Ok(())
+}
