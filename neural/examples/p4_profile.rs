@@ -62,9 +62,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         phi[n - w.len()..].copy_from_slice(&w);
         points.push(phi);
     }
+    // A fitted model (`insilico fit examples/p4_hybrid.toml --out DIR`): P4_MODEL=DIR/model.json.
+    if let Some(path) = std::env::var_os("P4_MODEL") {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+        let num = |key: &str| -> Vec<f64> {
+            v[key].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default()
+        };
+        let (theta, sigma, w) = (num("theta"), num("sigma"), num("weights"));
+        if theta.len() == 3 && sigma.len() == 1 && w.len() == h.net().n_params() {
+            let mut phi = vec![theta[0].ln(), theta[2].ln(), sigma[0].ln()];
+            phi.extend_from_slice(&w);
+            points.push(phi);
+        }
+    }
     for (pi, phi) in points.iter().enumerate() {
         let (f, g) = obj.value_grad(phi)?;
-        let (fr, gr) = oref.value_grad(phi)?;
+        let (fr, gr) = if std::env::var_os("P4_NOREF").is_some() { (f, g.clone()) } else { oref.value_grad(phi)? };
         let scale = gr.iter().map(|v| v.abs()).fold(0.0, f64::max);
         let err = g.iter().zip(&gr).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max) / scale;
         let l2 = (g.iter().zip(&gr).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / gr.iter().map(|b| b * b).sum::<f64>())
@@ -73,7 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut steps = Vec::new();
         let mut ws = FastWorkspace::default();
         for s in &subjects {
-            let mut p = vec![1.0, 0.0, 20.0];
+            let mut p = vec![phi[0].exp(), 0.0, phi[1].exp()];
             let n = phi.len();
             p.extend_from_slice(&phi[n - h.net().n_params()..]);
             let prob = problem(&h, p.clone(), &[0.0; 3], s);

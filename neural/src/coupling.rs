@@ -388,7 +388,7 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
     /// Length of the tape of [`FluxResidual::rhs_tape`]: the features, the
     /// network outputs and the network's own tape.
     pub fn tape_len(&self) -> usize {
-        self.core.features.len() + self.channels.len() + self.core.net.tape_len()
+        self.core.features.len() + 2 * self.channels.len() + self.core.net.tape_len()
     }
 
     /// The right-hand side (no exogenous inputs), keeping in `tape` (length
@@ -399,11 +399,19 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
         let nf = self.core.features.len();
         let nc = self.channels.len();
         let (phi, rest) = tape.split_at_mut(nf);
-        let (g, net_tape) = rest.split_at_mut(nc);
+        let (g, rest) = rest.split_at_mut(nc);
+        let (sg, net_tape) = rest.split_at_mut(nc);
         self.core.features(t, x, &[], p0, phi);
         self.core.net.eval_tape(w, phi, g, net_tape);
-        for (c, gj) in self.channels.iter().zip(g.iter()) {
-            let r = c.scale * x[c.from] * softplus(*gj);
+        for ((c, gj), sj) in self.channels.iter().zip(g.iter_mut()).zip(sg.iter_mut()) {
+            // softplus(g) and sigmoid(g) from one exponential (the same values
+            // as `softplus` and `sigmoid`); the tape keeps them in place of g.
+            let z = *gj;
+            let e = (-z.abs()).exp();
+            let sp = z.max(0.0) + e.ln_1p();
+            *sj = if z >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
+            *gj = sp;
+            let r = c.scale * x[c.from] * sp;
             dx[c.from] -= r;
             if let Some(b) = c.to {
                 dx[b] += r;
@@ -420,7 +428,8 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
         let nf = self.core.features.len();
         let nc = self.channels.len();
         let (phi, rest) = tape.split_at(nf);
-        let (g, net_tape) = rest.split_at(nc);
+        let (sp, rest) = rest.split_at(nc);
+        let (sg, net_tape) = rest.split_at(nc);
         let mut body = |buf: &mut [f64]| {
             let (gphi, rest) = buf.split_at_mut(nf);
             let (gy, rest) = rest.split_at_mut(nc);
@@ -432,8 +441,8 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
             }
             for (j, c) in self.channels.iter().enumerate() {
                 let om = c.to.map_or(0.0, |b| wv[b]) - wv[c.from];
-                gy[j] = om * c.scale * x[c.from] * sigmoid(g[j]);
-                gx[c.from] += c.scale * softplus(g[j]) * om;
+                gy[j] = om * c.scale * x[c.from] * sg[j];
+                gx[c.from] += c.scale * sp[j] * om;
             }
             self.core.net.backward_tape(w, phi, net_tape, gy, Some(gphi), Some(&mut gp[m0..]));
             self.core.features_vjp(t, x, p0, gphi, Some(gx), Some(&mut gp[..m0]), scratch);
