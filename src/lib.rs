@@ -13,6 +13,7 @@
 //! | use a ready PK model or its closed form | [`mechanistic::pk`] |
 //! | simulate a dataset from a TOML config (what `insilico simulate` does) | [`simulate`] |
 //! | run reference problem P1 (what `insilico bench p1` does) | [`p1`] |
+//! | sweep regimens × parameters × virtual populations to Parquet (what `insilico sweep` does) | [`sweep`] |
 //! | fit a PK or hybrid PK/neural model to data (what `insilico fit` does) | [`fit_cmd`], [`neural::fit`] |
 //!
 //! ## Example: simulate the embedded quick-start config
@@ -43,5 +44,6 @@ pub mod fit_cmd;
 pub mod p1;
 pub mod plots;
 pub mod simulate;
+pub mod sweep;
 
 pub use error::Error;

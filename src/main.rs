@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod fit_cli;
+mod sweep_cli;
 
 use insilico::p1;
 use insilico::simulate::{Simulation, EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME, EMBEDDED_DATA_NAME};
@@ -51,6 +52,24 @@ enum Command {
         /// Output folder: fit.json, model.json, predictions.csv, PNG plots.
         #[arg(long, default_value = "fit-out")]
         out: PathBuf,
+    },
+    /// Sweep regimens x parameters x virtual populations on the batched integrators.
+    ///
+    /// Without CONFIG, runs the embedded organoid drug-regimen sweep
+    /// (examples/sweep_organoid.toml): prints regimens ranked by efficacy next to a
+    /// toxicity proxy and writes Parquet parts, summary.csv and heatmap.png to
+    /// sweep-out/. Killing a sweep and re-running the same command resumes it.
+    Sweep {
+        /// TOML sweep config (see examples/sweep_organoid.toml, examples/sweep_p1.toml).
+        config: Option<PathBuf>,
+        /// Output folder: part-NNNNNN.parquet (one row per trajectory), manifest.json,
+        /// progress.json, summary.csv, heatmap.png.
+        #[arg(long, default_value = "sweep-out")]
+        out: PathBuf,
+        /// Where to integrate: cpu, cuda (a build with --features cuda and a GPU), or
+        /// auto (cuda when usable, else cpu).
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: sweep_cli::DeviceArg,
     },
     /// Run a reference benchmark (default: p1 with its default options).
     Bench {
@@ -109,6 +128,7 @@ fn main() {
         }
         Command::Simulate { config, out, .. } => simulate(config.as_deref(), &out),
         Command::Fit { config, out } => fit_cli::fit(config.as_deref(), &out),
+        Command::Sweep { config, out, device } => sweep_cli::sweep(config.as_deref(), &out, device),
         Command::Bench { problem } => match problem {
             Some(BenchProblem::P1(args)) => bench_p1(&args),
             None => bench_p1(&P1Args::default()),
