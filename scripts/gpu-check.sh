@@ -4,7 +4,7 @@
 #
 # The accelerator machine has no Rust toolchain, so the Rust binaries are built
 # here first by `scripts/gpu-build.sh` into .gpu/ (git-ignored) and carried.
-# usage (device): bash scripts/gpu-check.sh [N_P5]
+# usage (device): bash scripts/gpu-check.sh [N_P5 | tests]   ("tests": the GPU tests only)
 set -u
 OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
@@ -17,6 +17,7 @@ libdir=$(mktemp -d)
 export LD_LIBRARY_PATH="$libdir:$(dirname "${nv:-/usr/local/cuda/lib64/x}"):/usr/local/cuda/lib64:/usr/local/nvidia/lib64:${LD_LIBRARY_PATH:-}"
 { nvidia-smi; echo "nvrtc: $nv"; nproc; } > "$OUT/machine.txt" 2>&1
 echo "== GPU tests"; .gpu/cuda_twin --nocapture --test-threads=1 2>&1 | tee "$OUT/gpu_tests.log"
+[ "$N" = "tests" ] && exit 0
 echo "== P5 (Rust: CPU all cores + CUDA)"; .gpu/p5 "$N" "$OUT/p5.json" 2>&1 | tee "$OUT/p5.log"
 echo "== P5 JAX/diffrax"; PYTHONUNBUFFERED=1 timeout 300 python3 scripts/p5_diffrax.py "$N" "$OUT/diffrax.json" 150 2>&1 | tail -25 | tee "$OUT/diffrax.log"
 echo "== P5 torchdiffeq"; PYTHONUNBUFFERED=1 timeout 200 python3 scripts/p5_torchdiffeq.py "$N" "$OUT/torchdiffeq.json" 90 2>&1 | tail -15 | tee "$OUT/torchdiffeq.log"

@@ -4,8 +4,10 @@
 #![cfg(feature = "cuda")]
 
 use insilico_kernels::cuda::{available, GpuEnsemble};
+use insilico_kernels::organoid::{Organoid, OrganoidOutput, ORGANOID_DEFAULTS};
 use insilico_kernels::{
     solve_grid, solve_summaries, Batch, BatchModel, HybridOneCmt, Regimen, Status, Stepper, Tolerances, TwoCmtOral,
+    WindowTrain,
 };
 
 fn gpu() -> Option<String> {
@@ -91,4 +93,40 @@ fn hybrid_mlp_gpu_matches_cpu_twin() {
     let batch = Batch::<3>::from_rows(&rows, regs).unwrap();
     let times: Vec<f64> = (0..=144).map(|i| i as f64 * 0.5).collect();
     compare(&model, &batch, &times, 72.0, "hybrid-MLP");
+}
+
+/// The organoid sweep model: exposure windows drive an input, a Hill-type kill
+/// (`pow` on both sides), six states; dose level × exposure × period × a
+/// small population of growth rates.
+#[test]
+fn organoid_gpu_matches_cpu_twin() {
+    let Some(_) = gpu() else { return };
+    let model = Organoid::new(OrganoidOutput::Viable);
+    let mut rows = Vec::new();
+    let mut regs = Vec::new();
+    let mut x0 = Vec::new();
+    for level in [0.0, 1.0, 5.0, 20.0, 50.0] {
+        for exposure in [6.0f64, 24.0, 72.0] {
+            for period in [72.0, 168.0] {
+                for k in 0..8 {
+                    let mut p = ORGANOID_DEFAULTS.to_vec();
+                    p[0] *= 0.7 + 0.1 * k as f64;
+                    x0.push(model.initial_state(&p));
+                    rows.push(p);
+                    let count = (336.0f64 / period).ceil() as u32;
+                    let w = WindowTrain { start: 0.0, period, count, duration: exposure.min(period), level, input: 0 };
+                    regs.push(Regimen::new().with_windows(w).unwrap());
+                }
+            }
+        }
+    }
+    let mut batch = Batch::<6>::from_rows(&rows, regs).unwrap();
+    let n = batch.n;
+    for (i, x) in x0.iter().enumerate() {
+        for (s, v) in x.iter().enumerate() {
+            batch.x0[s * n + i] = *v;
+        }
+    }
+    let times: Vec<f64> = (0..=14).map(|d| d as f64 * 24.0).collect();
+    compare(&model, &batch, &times, 336.0, "organoid");
 }
