@@ -13,6 +13,9 @@
 //! | use a ready PK model or its closed form | [`mechanistic::pk`] |
 //! | simulate a dataset from a TOML config (what `insilico simulate` does) | [`simulate`] |
 //! | run reference problem P1 (what `insilico bench p1` does) | [`p1`] |
+//! | run reference problems P2 (spheroid PDE) and P3 (conformational master equation): `insilico bench p2`, `insilico bench p3` | [`bench_p2`], [`bench_p3`] |
+//! | organoid growth, Simeoni TGI, the spheroid reaction–diffusion model | [`mechanistic::organoid`] |
+//! | conformational master equations (MSM or SQRA landscape), perturbations, analysis | [`mechanistic::conformation`] |
 //! | sweep regimens × parameters × virtual populations to Parquet (what `insilico sweep` does) | [`sweep`] |
 //! | fit a PK or hybrid PK/neural model to data (what `insilico fit` does) | [`fit_cmd`], [`neural::fit`] |
 //!
@@ -39,6 +42,8 @@ pub use insilico_neural as neural;
 pub use insilico_solvers as solvers;
 pub use insilico_validation as validation;
 
+pub mod bench_p2;
+pub mod bench_p3;
 pub mod error;
 pub mod fit_cmd;
 pub mod p1;

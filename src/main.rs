@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+mod bench_p23_cli;
 mod fit_cli;
 mod sweep_cli;
 
@@ -82,6 +83,10 @@ enum Command {
 enum BenchProblem {
     /// P1: two-compartment oral PK, 10,000-regimen sweep, checked against the closed form.
     P1(P1Args),
+    /// P2: tumour spheroid reaction-diffusion (200 shells), reference regimen and 42-regimen sweep.
+    P2(bench_p23_cli::P2Args),
+    /// P3: Mueller-Brown conformational master equation (4096 states) against its exact spectral solution.
+    P3(bench_p23_cli::P3Args),
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +136,8 @@ fn main() {
         Command::Sweep { config, out, device } => sweep_cli::sweep(config.as_deref(), &out, device),
         Command::Bench { problem } => match problem {
             Some(BenchProblem::P1(args)) => bench_p1(&args),
+            Some(BenchProblem::P2(args)) => bench_p23_cli::bench_p2(&args),
+            Some(BenchProblem::P3(args)) => bench_p23_cli::bench_p3(&args),
             None => bench_p1(&P1Args::default()),
         },
     };

@@ -448,8 +448,8 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
             self.core.features_vjp(t, x, p0, gphi, Some(gx), Some(&mut gp[..m0]), scratch);
         };
         let len = nf + nc + m0 + 2 * (n + m0);
-        if len <= 64 {
-            let mut buf = [0.0f64; 64];
+        if len <= 24 {
+            let mut buf = [0.0f64; 24];
             body(&mut buf[..len]);
         } else {
             with_scratch(len, body);
