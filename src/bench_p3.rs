@@ -40,7 +40,11 @@ fn solve_err(e: impl std::fmt::Display) -> Error {
 
 /// Solves P3 on `model` (a [`p3::model_on`] model): basin populations
 /// `[A, B, C]` at each of `times`, and the number of steps.
-pub fn solve_populations(model: &MasterEquation, times: &[f64], method: Method) -> Result<(Vec<[f64; 3]>, usize), Error> {
+pub fn solve_populations(
+    model: &MasterEquation,
+    times: &[f64],
+    method: Method,
+) -> Result<(Vec<[f64; 3]>, usize), Error> {
     let p0 = model.boltzmann(&p3::unperturbed_params());
     let mut prob = Problem::new(model, p3::perturbed_params()).with_x0(p0);
     for basin in 0..3 {
@@ -138,7 +142,11 @@ pub fn run(out: &Path, opts: &P3Options) -> Result<serde_json::Value, Error> {
     println!("solve: {wall_min:.4} s (min of {}; median {wall_median:.4} s), {steps} steps", samples.len());
     let drift = max_probability_drift(&model, method, 1000)?;
     println!("max |sum(p) - 1| over 1,000 times in [1e-6, 10]: {drift:.2e}");
-    println!("reference: eigendecomposition of the symmetrised generator (dense, {} x {}) ...", model.len(), model.len());
+    println!(
+        "reference: eigendecomposition of the symmetrised generator (dense, {} x {}) ...",
+        model.len(),
+        model.len()
+    );
     let t = Instant::now();
     let spec = analysis::Spectral::new(&model, &p3::perturbed_params()).map_err(solve_err)?;
     let p0 = model.boltzmann(&p3::unperturbed_params());
@@ -153,7 +161,10 @@ pub fn run(out: &Path, opts: &P3Options) -> Result<serde_json::Value, Error> {
     let err = max_abs_err(&pops, &exact);
     let its = spec.implied_timescales(4);
     println!("  {reference_s:.1} s; max |pop - pop_exact| = {err:.2e}");
-    println!("  implied timescales under the ligand well: {}", its.iter().map(|t| format!("{t:.4}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "  implied timescales under the ligand well: {}",
+        its.iter().map(|t| format!("{t:.4}")).collect::<Vec<_>>().join(", ")
+    );
     let basins = model.basins();
     let p = p3::perturbed_params();
     let mut mfpt = serde_json::Map::new();
