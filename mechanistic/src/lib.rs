@@ -4,6 +4,18 @@
 //! exact, hand-written derivatives (state Jacobian, parameter Jacobian,
 //! output gradient) and an exact Jacobian sparsity pattern.
 //!
+//! | task | where |
+//! |---|---|
+//! | compartmental PK (1–3 cmt, oral/IV, linear/MM) and its closed forms | [`pk`] |
+//! | tumour growth laws, Simeoni TGI driven by a PK model | [`organoid::GrowthLaw`], [`organoid::SimeoniTgi`] |
+//! | spheroid reaction–diffusion under drug exposure (reference problem P2) | [`organoid::Spheroid`] |
+//! | conformational master equations from an MSM CSV or a landscape (SQRA), perturbations | [`conformation::MasterEquation`] |
+//! | stationary distribution, implied timescales, MFPT, exact propagator | [`conformation::analysis`] |
+//!
+//! The organoid and conformation modules document their equations, units and
+//! parameters in their module docs (and in `docs/organoid.md`,
+//! `docs/conformation.md`).
+//!
 //! ## Pharmacokinetic models ([`pk`])
 //!
 //! One type, [`PkModel`], covers twelve mammillary models, named
