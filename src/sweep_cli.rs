@@ -64,10 +64,10 @@ pub fn sweep(config: Option<&Path>, out: &Path, device: DeviceArg) -> Result<()>
     println!("config  {}", sweep.source);
     println!("        {}", sweep.describe());
     println!("device  {device_name}");
-    let plan = sweep.prepare(out)?;
+    let mut plan = sweep.prepare(out)?;
     let total = sweep.len();
-    let done_rows: u64 =
-        (0..sweep.chunks()).filter(|k| !plan.todo.contains(k)).map(|k| sweep.chunk_range(k).1 as u64).sum();
+    let done_rows = plan.done_rows;
+    let resumed = plan.done;
     if plan.done > 0 {
         println!(
             "resume  {}: {} of {} chunks already complete ({} of {} trajectories); computing the rest",
@@ -90,10 +90,10 @@ pub fn sweep(config: Option<&Path>, out: &Path, device: DeviceArg) -> Result<()>
     bar.reset_eta();
     let start = Instant::now();
     let mut computed = 0u64;
-    for &k in &plan.todo {
+    for k in plan.todo.clone() {
         let (first, n) = sweep.chunk_range(k);
         let r = sweep.solve_chunk(&engine, first, n, &|d| bar.inc(d))?;
-        sweep.write_chunk(out, k, &r)?;
+        sweep.write_chunk(out, k, &r, &mut plan)?;
         computed += n as u64;
     }
     bar.finish_and_clear();
@@ -107,7 +107,7 @@ pub fn sweep(config: Option<&Path>, out: &Path, device: DeviceArg) -> Result<()>
         wall,
         computed as f64 / wall.max(1e-9),
         device_name,
-        if plan.done > 0 { format!("; {done_rows} resumed from disk") } else { String::new() }
+        if resumed > 0 { format!("; {done_rows} resumed from disk") } else { String::new() }
     );
     println!(
         "wrote   {}: {} part files (one row per trajectory), summary.csv ({} groups){}",

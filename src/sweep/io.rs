@@ -121,22 +121,15 @@ pub(super) fn prepare(sweep: &Sweep, dir: &Path) -> Result<Plan, SweepError> {
     }
     let todo: Vec<u64> = (0..sweep.chunks()).filter(|&k| !done[k as usize]).collect();
     let ndone = sweep.chunks() - todo.len() as u64;
-    Ok(Plan { todo, done: ndone })
+    let done_rows = (0..sweep.chunks()).filter(|&k| done[k as usize]).map(|k| sweep.chunk_range(k).1 as u64).sum();
+    Ok(Plan { todo, done: ndone, done_rows })
 }
 
-pub(super) fn write_progress(sweep: &Sweep, dir: &Path) -> Result<(), SweepError> {
-    let mut done = 0u64;
-    for k in 0..sweep.chunks() {
-        if dir.join(part_name(k)).exists() {
-            done += 1;
-        }
-    }
-    let rows: u64 =
-        (0..sweep.chunks()).filter(|&k| dir.join(part_name(k)).exists()).map(|k| sweep.chunk_range(k).1 as u64).sum();
+pub(super) fn write_progress(sweep: &Sweep, dir: &Path, plan: &Plan) -> Result<(), SweepError> {
     let v = serde_json::json!({
-        "chunks_done": done,
+        "chunks_done": plan.done,
         "chunks": sweep.chunks(),
-        "trajectories_done": rows,
+        "trajectories_done": plan.done_rows,
         "trajectories": sweep.len(),
     });
     atomic_write(&dir.join(PROGRESS), (v.to_string() + "\n").as_bytes())

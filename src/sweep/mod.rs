@@ -1403,8 +1403,10 @@ impl FromCode for Status {
 pub struct Plan {
     /// Chunks still to compute, in order.
     pub todo: Vec<u64>,
-    /// Chunks already complete (resumed).
+    /// Chunks complete (found on disk, plus those written since).
     pub done: u64,
+    /// Trajectories in the complete chunks.
+    pub done_rows: u64,
 }
 
 impl Sweep {
@@ -1422,10 +1424,12 @@ impl Sweep {
     }
 
     /// Writes chunk `k`'s results to its part file (temporary name, then an
-    /// atomic rename) and updates `progress.json`.
-    pub fn write_chunk(&self, dir: &Path, k: u64, r: &ChunkResult) -> Result<(), SweepError> {
+    /// atomic rename), counts it in `plan` and updates `progress.json`.
+    pub fn write_chunk(&self, dir: &Path, k: u64, r: &ChunkResult, plan: &mut Plan) -> Result<(), SweepError> {
         io::write_part(self, dir, k, r)?;
-        io::write_progress(self, dir)
+        plan.done += 1;
+        plan.done_rows += r.inputs.len() as u64;
+        io::write_progress(self, dir, plan)
     }
 
     /// Reads every part back in order and writes `summary.csv` (and
