@@ -94,9 +94,12 @@ struct P1Args {
     /// Output folder for bench.json and p1.csv.
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
-    /// bdf, esdirk34, tr-bdf2, tsit45, or all (each in turn; the top level of
-    /// bench.json and p1.csv then describe tsit45).
-    #[arg(long, default_value = "tsit45", value_parser = parse_methods)]
+    /// batched (Tsit5 on the batched integrators, the default),
+    /// batched-rosenbrock, closed-form (exact matrix exponential), diffsol
+    /// (diffsol's Tsit45) or a diffsol method (bdf, esdirk34, tr-bdf2,
+    /// tsit45), or all (each in turn; bench.json's top level and p1.csv then
+    /// describe batched).
+    #[arg(long, default_value = "batched", value_parser = parse_methods)]
     method: Methods,
     /// Worker threads (default: all cores).
     #[arg(long)]
@@ -108,19 +111,25 @@ struct P1Args {
 
 impl Default for P1Args {
     fn default() -> Self {
-        P1Args { out: PathBuf::from("bench-out"), method: Methods(vec![Method::Tsit45]), threads: None, n: None }
+        P1Args {
+            out: PathBuf::from("bench-out"),
+            method: Methods(vec![p1::P1Method::Batched(insilico::kernels::Stepper::Tsit5)]),
+            threads: None,
+            n: None,
+        }
     }
 }
 
 #[derive(Debug, Clone)]
-struct Methods(Vec<Method>);
+struct Methods(Vec<p1::P1Method>);
 
 fn parse_methods(s: &str) -> Result<Methods, String> {
     if s.trim().eq_ignore_ascii_case("all") {
-        return Ok(Methods(Method::ALL.to_vec()));
+        return Ok(Methods(p1::P1Method::all()));
     }
-    Method::parse(s.trim()).map(|m| Methods(vec![m])).ok_or_else(|| {
-        let valid: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+    p1::P1Method::parse(s).map(|m| Methods(vec![m])).ok_or_else(|| {
+        let mut valid = vec!["batched", "batched-rosenbrock", "closed-form", "diffsol"];
+        valid.extend(Method::ALL.iter().map(|m| m.name()));
         format!("unknown method `{s}` (valid: {}, all)", valid.join(", "))
     })
 }
@@ -259,20 +268,21 @@ fn bench_p1_in_pool(args: &P1Args) -> Result<()> {
     let (cf, reference) = p1::run_closed_form(&cases)?;
     let mut runs = Vec::new();
     for &method in &args.method.0 {
-        let bar = LazyBar::new(cases.len(), method.name());
-        let run = p1::run_method(&cases, method, &reference, &|done| bar.set(done));
+        let name = method.name();
+        let bar = LazyBar::new(cases.len(), &name);
+        let run = p1::run_p1(&cases, method, &reference, &|done| bar.set(done));
         bar.finish();
         runs.push(run?);
     }
     println!();
     println!(
-        "{:<12} {:>7} {:>9} {:>10} {:>12} {:>10}",
-        "method", "solves", "wall s", "solves/s", "max rel err", "x closed"
+        "{:<20} {:>7} {:>9} {:>10} {:>12} {:>10}",
+        "method", "solves", "wall s", "solves/s", "max rel err", "x ref"
     );
     for r in runs.iter().chain(std::iter::once(&cf)) {
-        let err = if r.method == cf.method { "(reference)".to_string() } else { format!("{:.3e}", r.max_rel_err) };
+        let err = if std::ptr::eq(r, &cf) { "(reference)".to_string() } else { format!("{:.3e}", r.max_rel_err) };
         println!(
-            "{:<12} {:>7} {:>9.3} {:>10.0} {:>12} {:>10.1}",
+            "{:<20} {:>7} {:>9.3} {:>10.0} {:>12} {:>10.2}",
             r.method,
             r.n_solves,
             r.wall_s,
@@ -281,8 +291,7 @@ fn bench_p1_in_pool(args: &P1Args) -> Result<()> {
             r.wall_s / cf.wall_s.max(f64::MIN_POSITIVE)
         );
     }
-    let primary =
-        runs.iter().find(|r| r.method == Method::Tsit45.name()).or_else(|| runs.first()).context("no method ran")?;
+    let primary = runs.iter().find(|r| r.method == "batched").or_else(|| runs.first()).context("no method ran")?;
     let json = p1::bench_json(primary, &runs, &cf, threads);
     let json_path = args.out.join("bench.json");
     let text = serde_json::to_string_pretty(&json).context("cannot format bench.json")?;

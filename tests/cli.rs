@@ -95,14 +95,14 @@ fn bench_p1_subset_writes_its_files() {
     let dir = scratch("bench");
     let (out, so, se) = run(bin().args(["bench", "p1", "--n", "20", "--threads", "2", "--out"]).arg(&dir));
     assert!(out.status.success(), "{so}\n{se}");
-    assert!(so.contains("tsit45") && so.contains("closed-form"), "{so}");
+    assert!(so.contains("batched") && so.contains("closed-form"), "{so}");
     let json = std::fs::read_to_string(dir.join("bench.json")).expect("bench.json");
     for key in [
         "\"problem\": \"p1\"",
         "\"wall_s\"",
         "\"n_solves\": 20",
         "\"max_rel_err\"",
-        "\"method\": \"tsit45\"",
+        "\"method\": \"batched\"",
         "\"threads\": 2",
     ] {
         assert!(json.contains(key), "{key} not in {json}");
