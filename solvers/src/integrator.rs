@@ -388,8 +388,10 @@ struct SparseEqn<'r> {
     csc_pos: Vec<usize>,
     /// Scratch for the values in the declared order.
     values: RefCell<Vec<f64>>,
-    /// Colouring used when the system does not give values.
-    coloring: Option<JacobianColoring<SparseM>>,
+    /// Colouring, built on first use if the system does not give values.
+    coloring: std::cell::OnceCell<JacobianColoring<SparseM>>,
+    /// Whether the system gives values (known after the first Jacobian).
+    direct: std::cell::Cell<bool>,
 }
 
 impl<'r> SparseEqn<'r> {
@@ -414,18 +416,9 @@ impl<'r> SparseEqn<'r> {
         let csc_pos = pattern.iter().map(|&(r, c)| sorted.binary_search(&(c, r)).unwrap_or(0)).collect::<Vec<_>>();
         let sparsity = SymbolicSparseColMat::new_checked(n, n, col_ptr, None, row_idx);
         let ctx = FaerContext::default();
-        let mut values = vec![0.0; pattern.len()];
-        let direct = {
-            let y = vec![0.0; n];
-            rhs.jacobian_values(0.0, &y, &mut values)
-        };
-        let coloring = if direct {
-            None
-        } else {
-            let nz: Vec<(usize, usize)> = sorted.iter().map(|&(c, r)| (r, c)).collect();
-            Some(JacobianColoring::new(&sparsity, &nz, ctx))
-        };
-        Ok(SparseEqn { rhs, n, ctx, sparsity, csc_pos, values: RefCell::new(values), coloring })
+        let values = RefCell::new(vec![0.0; pattern.len()]);
+        let (coloring, direct) = (std::cell::OnceCell::new(), std::cell::Cell::new(true));
+        Ok(SparseEqn { rhs, n, ctx, sparsity, csc_pos, values, coloring, direct })
     }
 }
 
@@ -472,25 +465,29 @@ impl NonLinearOpJacobian for SparseRhsOp<'_, '_> {
     }
     fn jacobian_inplace(&self, x: &FaerVec<f64>, t: f64, y: &mut SparseM) {
         let eqn = self.0;
-        if let Some(coloring) = &eqn.coloring {
-            coloring.jacobian_inplace(self, x, t, y);
-            return;
-        }
-        let mut values = eqn.values.borrow_mut();
-        values.iter_mut().for_each(|v| *v = 0.0);
-        if !eqn.rhs.jacobian_values(t, x.slice(), &mut values) {
-            // Declared available at build time: a system that changes its mind
-            // gets the slow but exact path.
-            self._default_jacobian_inplace(x, t, y);
-            return;
-        }
-        for mat in y.inner_mut().iter_mut() {
-            let dst = mat.val_mut();
-            dst.iter_mut().for_each(|v| *v = 0.0);
-            for (&pos, &v) in eqn.csc_pos.iter().zip(values.iter()) {
-                dst[pos] += v;
+        if eqn.direct.get() {
+            let mut values = eqn.values.borrow_mut();
+            values.iter_mut().for_each(|v| *v = 0.0);
+            if eqn.rhs.jacobian_values(t, x.slice(), &mut values) {
+                for mat in y.inner_mut().iter_mut() {
+                    let dst = mat.val_mut();
+                    dst.iter_mut().for_each(|v| *v = 0.0);
+                    for (&pos, &v) in eqn.csc_pos.iter().zip(values.iter()) {
+                        dst[pos] += v;
+                    }
+                }
+                return;
             }
+            eqn.direct.set(false);
         }
+        // No values from the system: one `jvp` per colour of the pattern.
+        let coloring = eqn.coloring.get_or_init(|| {
+            let (cp, ri) = (eqn.sparsity.col_ptr(), eqn.sparsity.row_idx());
+            let nz: Vec<(usize, usize)> =
+                (0..eqn.n).flat_map(|c| ri[cp[c]..cp[c + 1]].iter().map(move |&r| (r, c))).collect();
+            JacobianColoring::new(&eqn.sparsity, &nz, eqn.ctx)
+        });
+        coloring.jacobian_inplace(self, x, t, y);
     }
 }
 
