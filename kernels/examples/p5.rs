@@ -89,14 +89,16 @@ fn main() {
             .max(rel(cpu[i].auc, exact[k].auc))
             .max(rel(cpu[i].min, exact[k].min));
     }
-    let mut json = vec![
-        format!("\"problem\": \"p5\""),
+    #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
+    let mut json = [
+        "\"problem\": \"p5\"".to_string(),
         format!("\"n\": {}", batch.n),
         format!("\"cpu_threads\": {threads}"),
         format!("\"cpu_tsit5_s\": {cpu_s}"),
         format!("\"mean_steps_tsit5\": {mean_steps}"),
         format!("\"cpu_max_rel_err_vs_exact_sample\": {err_cpu}"),
-    ];
+    ]
+    .to_vec();
 
     #[cfg(feature = "cuda")]
     {
