@@ -61,7 +61,7 @@
 //! let kd: Vec<f64> = (0..40).map(|i| if i >= 20 { 1.0 } else { f64::INFINITY }).collect();
 //! let me = MasterEquation::sqra(&land, 1.0, 1.0).unwrap()
 //!     .with_perturbation(Perturbation::Ligand { name: "L".into(), kd }).unwrap()
-//!     .with_basins(vec![("left".into(), (0..20).collect()), ("right".into(), (20..40).collect())]);
+//!     .with_basins(vec![("left".into(), (0..20).collect()), ("right".into(), (20..40).collect())]).unwrap();
 //! let apo = me.basin_populations(&me.boltzmann(&[1.0, 0.0]));
 //! let holo = me.basin_populations(&me.boltzmann(&[1.0, 9.0])); // L = 9 Kd: right states stabilised ×10
 //! assert!((apo[1] - 0.5).abs() < 1e-12);
@@ -151,12 +151,12 @@ pub mod p3 {
             basins[basin_of(x, y)].1.push(i);
         }
         let build = || -> Result<MasterEquation, ConformationError> {
-            Ok(MasterEquation::sqra(&land, DIFFUSION, KT)?
+            MasterEquation::sqra(&land, DIFFUSION, KT)?
                 .with_perturbation(Perturbation::Shift {
                     name: "well_depth".into(),
                     shape: grid.well(-0.05, 0.467, 0.1),
                 })?
-                .with_basins(basins))
+                .with_basins(basins)
         };
         build().unwrap_or_else(|e| unreachable!("the P3 model is valid: {e}"))
     }
@@ -190,6 +190,7 @@ mod tests {
             .with_perturbation(Perturbation::Shift { name: "force".into(), shape: grid.tilt(1.0, 0.5) })
             .unwrap()
             .with_basins(vec![("a".into(), vec![0, 1, 2]), ("b".into(), (3..20).collect())])
+            .unwrap()
     }
 
     /// Exact derivatives (state Jacobian, its values, parameter VJP/JVP)

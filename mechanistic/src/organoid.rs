@@ -329,6 +329,13 @@ mod tests {
         let Event::Exposure(e) = &s.events[0] else { panic!() };
         assert_eq!((e.repeats, e.duration), (0, 336.0));
         assert!(Spheroid::exposure_schedule(0.0, 6.0, 72.0, 336.0).events.is_empty());
+        assert!(Spheroid::exposure_schedule(1.0, f64::NAN, 72.0, 336.0).events.is_empty());
+        let s = Spheroid::exposure_schedule(10.0, 6.0, -5.0, 336.0); // no valid period: continuous
+        let Event::Exposure(e) = &s.events[0] else { panic!() };
+        assert_eq!((e.repeats, e.duration), (0, 336.0));
+        let s = Spheroid::exposure_schedule(10.0, 6.0, 100.0, 336.0);
+        let Event::Exposure(e) = &s.events[0] else { panic!() };
+        assert_eq!(e.repeats, 3); // 0, 100, 200, 300
     }
 
     #[test]

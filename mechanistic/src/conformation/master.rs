@@ -104,7 +104,7 @@ pub struct Generator {
 /// let grid = Grid::new_1d(50, -1.5, 1.5).unwrap();
 /// let land = Landscape::from_fn(grid, |x, _| 5.0 * (x * x - 1.0).powi(2)).unwrap();
 /// let me = MasterEquation::sqra(&land, 1.0, 1.0).unwrap()
-///     .with_basins(vec![("left".into(), (0..25).collect()), ("right".into(), (25..50).collect())]);
+///     .with_basins(vec![("left".into(), (0..25).collect()), ("right".into(), (25..50).collect())]).unwrap();
 /// let mut p0 = vec![0.0; 50];
 /// p0[10] = 1.0; // start in the left well
 /// let prob = Problem::new(&me, vec![1.0]).with_x0(p0).observe(1, &[1e3]);
@@ -220,10 +220,19 @@ impl MasterEquation {
         Ok(self)
     }
 
-    /// Sets the basins whose populations are the outputs: `(name, member states)`.
-    pub fn with_basins(mut self, basins: Vec<(String, Vec<usize>)>) -> Self {
+    /// Sets the basins whose populations are the outputs: `(name, member
+    /// states)`. Fails if a member is not a state of the model.
+    pub fn with_basins(mut self, basins: Vec<(String, Vec<usize>)>) -> Result<Self, ConformationError> {
+        for (name, states) in &basins {
+            if let Some(&i) = states.iter().find(|&&i| i >= self.n) {
+                return Err(ConformationError::Invalid(format!(
+                    "basin {name} lists state {i}; the model has {} states",
+                    self.n
+                )));
+            }
+        }
         self.basins = basins;
-        self
+        Ok(self)
     }
 
     /// Number of states.

@@ -338,20 +338,20 @@ impl Spheroid {
 
     /// The schedule of P2: medium drug level `level` (µM) during windows
     /// `[k·period, k·period + duration)` for every `k·period < horizon`.
-    /// `duration ≥ period` is continuous exposure (one window over the
-    /// horizon); a zero level gives an empty schedule.
+    /// `duration ≥ period` (or a period that is not positive) is continuous
+    /// exposure (one window over the horizon); a zero or non-finite level, or
+    /// a duration or horizon that is not positive, gives an empty schedule.
     pub fn exposure_schedule(level: f64, duration: f64, period: f64, horizon: f64) -> Schedule {
         let mut s = Schedule::new();
-        if level == 0.0 || duration <= 0.0 || horizon <= 0.0 {
+        let not_positive = |v: f64| v.is_nan() || v <= 0.0;
+        if level == 0.0 || !level.is_finite() || not_positive(duration) || not_positive(horizon) {
             return s;
         }
-        if duration >= period {
+        if not_positive(period) || duration >= period {
             return s.exposure(Exposure { input: 0, level, start: 0.0, duration: horizon, period: 0.0, repeats: 0 });
         }
-        let mut repeats = 0u32;
-        while (repeats + 1) as f64 * period < horizon {
-            repeats += 1;
-        }
+        // windows k = 1, 2, … with k·period < horizon
+        let repeats = ((horizon / period).ceil() - 1.0).clamp(0.0, u32::MAX as f64) as u32;
         s = s.exposure(Exposure { input: 0, level, start: 0.0, duration, period, repeats });
         s
     }
