@@ -693,7 +693,7 @@ impl Sweep {
         if raw.output.is_empty() {
             outputs = default_outputs(model, horizon);
         }
-        let reserved = reserved_columns(model, &axes, sample.as_ref());
+        let reserved = reserved_columns(model);
         for (i, o) in raw.output.iter().enumerate() {
             let key = format!("[[output]] #{} ({})", i + 1, o.name);
             if o.name.is_empty() || !o.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
@@ -733,17 +733,13 @@ impl Sweep {
                 reduction: Reduction::new(stat, a, b, threshold),
             });
         }
-        let distinct = {
-            let mut q: Vec<&str> = outputs.iter().map(|o| o.quantity.as_str()).collect();
-            q.sort();
-            q.dedup();
-            q.len()
-        };
         for q in &quantities {
-            let reds: Vec<Reduction> = outputs.iter().filter(|o| o.quantity == *q).map(|o| o.reduction).collect();
+            let mut reds: Vec<Reduction> = outputs.iter().filter(|o| o.quantity == *q).map(|o| o.reduction).collect();
+            if model == SweepModel::Organoid && *q == "viable" {
+                reds.push(Reduction::last()); // the efficacy's final viable burden
+            }
             Reducer::new(&reds).map_err(|e| err(format!("[[output]] quantity {q}: {e}")))?;
         }
-        debug_assert!(distinct >= 1);
 
         // Report.
         let mut columns: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
@@ -858,7 +854,7 @@ fn default_outputs(model: SweepModel, horizon: f64) -> Vec<OutputSpec> {
     }
 }
 
-fn reserved_columns(model: SweepModel, _axes: &[Axis], _sample: Option<&Sample>) -> Vec<String> {
+fn reserved_columns(model: SweepModel) -> Vec<String> {
     let mut r: Vec<String> = ["id", "member", "sample", "status", "steps", "efficacy", "group", "n", "failed"]
         .iter()
         .map(|s| s.to_string())

@@ -342,7 +342,11 @@ impl HeatAcc {
                 .margin(12)
                 .x_label_area_size(45)
                 .y_label_area_size(60)
-                .build_cartesian_2d((0..nx as i32 - 1).into_segmented(), (0..ny as i32 - 1).into_segmented())
+                // Index axes 0..n-1 give n segments (a single value gets one empty extra segment).
+                .build_cartesian_2d(
+                    (0..(nx as i32 - 1).max(1)).into_segmented(),
+                    (0..(ny as i32 - 1).max(1)).into_segmented(),
+                )
                 .map_err(e)?;
             let label = |vals: &[f64], v: &SegmentValue<i32>| match v {
                 SegmentValue::CenterOf(i) if *i >= 0 && (*i as usize) < vals.len() => fmt(vals[*i as usize]),
