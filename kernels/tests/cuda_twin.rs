@@ -3,6 +3,8 @@
 //! `scripts/gpu-check.sh` runs them on one.
 #![cfg(feature = "cuda")]
 
+mod common;
+use common::p1_subset;
 use insilico_kernels::cuda::{available, GpuEnsemble};
 use insilico_kernels::organoid::{Organoid, OrganoidOutput, ORGANOID_DEFAULTS};
 use insilico_kernels::{
@@ -18,26 +20,6 @@ fn gpu() -> Option<String> {
             None
         }
     }
-}
-
-fn p1_subset() -> Batch<4> {
-    let mut rows = Vec::new();
-    let mut regs = Vec::new();
-    let mut k = 0;
-    for i in 0..50 {
-        let dose = 50.0 + 950.0 * i as f64 / 49.0;
-        for tau in [6.0, 8.0, 12.0, 24.0] {
-            for j in 0..50 {
-                let scale = (0.5f64.ln() + 4.0f64.ln() * j as f64 / 49.0).exp();
-                if k % 7 == 0 {
-                    rows.push(vec![1.2, 5.0 * scale, 30.0, 10.0, 50.0]);
-                    regs.push(Regimen::repeated_bolus(dose, 0, tau, 336.0).unwrap());
-                }
-                k += 1;
-            }
-        }
-    }
-    Batch::from_rows(&rows, regs).unwrap()
 }
 
 fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
@@ -74,7 +56,7 @@ fn p1_gpu_matches_cpu_twin() {
     let Some(name) = gpu() else { return };
     eprintln!("GPU: {name}");
     let times: Vec<f64> = (0..673).map(|i| i as f64 * 0.5).collect();
-    compare(&TwoCmtOral, &p1_subset(), &times, 336.0, "P1");
+    compare(&TwoCmtOral, &p1_subset(7), &times, 336.0, "P1");
 }
 
 #[test]
