@@ -145,6 +145,12 @@ impl SummaryObserver {
 }
 
 impl Observer for SummaryObserver {
+    /// Only outputs from the window's start on matter (the window and the
+    /// last value).
+    #[inline]
+    fn wants(&self, _k: usize, t: f64) -> bool {
+        t >= self.a
+    }
     #[inline]
     fn observe(&mut self, _k: usize, t: f64, y: f64) {
         self.s.last = y;
