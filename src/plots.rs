@@ -10,7 +10,9 @@ use plotters::style::{register_font, FontStyle};
 /// DejaVu Sans (see `assets/fonts/DejaVuSans-LICENSE.txt`).
 const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
 
-fn ensure_font() {
+/// Registers the bundled font with plotters once per process (every PNG the
+/// CLI draws uses it, so no system fonts are needed).
+pub(crate) fn ensure_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = register_font("sans-serif", FontStyle::Normal, FONT);

@@ -3,11 +3,9 @@
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::Once;
 
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use plotters::style::{register_font, FontStyle};
 
 use super::io::{complete_parts, read_part};
 use super::{Sweep, SweepError};
@@ -95,15 +93,7 @@ pub struct SweepReport {
     pub heatmap: Option<String>,
 }
 
-/// The DejaVu Sans font bundled for plots (see `assets/fonts/DejaVuSans-LICENSE.txt`).
-const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-
-fn ensure_font() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = register_font("sans-serif", FontStyle::Normal, FONT);
-    });
-}
+use crate::plots::ensure_font;
 
 fn csv_num(x: f64) -> String {
     if x.is_nan() {
