@@ -528,6 +528,52 @@ impl GpuEnsemble {
             .collect()
     }
 
+    /// Uploads the batch, launches `f` (a grid or a summary kernel, whose
+    /// argument lists differ only by the summary window `extra`), and brings
+    /// back `out_len` outputs and the per-trajectory counters.
+    #[allow(clippy::too_many_arguments)]
+    fn run_kernel<const N: usize, M: BatchModel<N>>(
+        &self,
+        f: &CudaFunction,
+        model: &M,
+        batch: &Batch<N>,
+        times: &[f64],
+        t_end: f64,
+        tol: &Tolerances,
+        extra: Option<(f64, f64, f64)>,
+        out_len: usize,
+    ) -> Result<(Vec<f64>, Vec<TrajectoryStats>, f64), CudaError> {
+        let n = batch.n;
+        let up = self.upload(model, batch, times)?;
+        let s = &self.stream;
+        let mut out = s.alloc_zeros::<f64>(out_len.max(1)).map_err(drv)?;
+        let mut status = s.alloc_zeros::<i32>(n.max(1)).map_err(drv)?;
+        let mut steps = s.alloc_zeros::<u32>(n.max(1)).map_err(drv)?;
+        let mut rej = s.alloc_zeros::<u32>(n.max(1)).map_err(drv)?;
+        let (nl, nt) = (n as i64, times.len() as i32);
+        let (wa, wb, thr) = extra.unwrap_or((0.0, 0.0, 0.0));
+        s.synchronize().map_err(drv)?;
+        let tk = std::time::Instant::now();
+        let mut b = s.launch_builder(f);
+        b.arg(&nl).arg(&up.p).arg(&up.x0).arg(&up.dtr).arg(&up.nds).arg(&up.wtr).arg(&up.nws);
+        b.arg(&up.times).arg(&nt).arg(&t_end).arg(&tol.rtol).arg(&tol.atol).arg(&tol.max_steps).arg(&up.w);
+        if extra.is_some() {
+            b.arg(&wa).arg(&wb).arg(&thr);
+        }
+        b.arg(&mut out).arg(&mut status).arg(&mut steps).arg(&mut rej);
+        // SAFETY: the argument list matches the signature of `integrate_grid_*`
+        // (no `extra`) or `integrate_summary_*` (with the window), and every
+        // buffer holds at least the `n` or `out_len` elements the kernel indexes.
+        unsafe { b.launch(Self::config(n)) }.map_err(drv)?;
+        s.synchronize().map_err(drv)?;
+        let kernel_s = tk.elapsed().as_secs_f64();
+        let o: Vec<f64> = s.clone_dtoh(&out).map_err(drv)?;
+        let status: Vec<i32> = s.clone_dtoh(&status).map_err(drv)?;
+        let steps: Vec<u32> = s.clone_dtoh(&steps).map_err(drv)?;
+        let rej: Vec<u32> = s.clone_dtoh(&rej).map_err(drv)?;
+        Ok((o, Self::stats(&status[..n], &steps[..n], &rej[..n]), kernel_s))
+    }
+
     /// Like [`solve_grid`](crate::solve_grid) on the GPU; values come back
     /// trajectory-major like the CPU twin's.
     #[allow(clippy::too_many_arguments)]
@@ -541,31 +587,10 @@ impl GpuEnsemble {
         tol: &Tolerances,
     ) -> Result<(GridResult, GpuTiming), CudaError> {
         let t0 = std::time::Instant::now();
-        let n = batch.n;
-        let up = self.upload(model, batch, times)?;
-        let s = &self.stream;
-        let mut out = s.alloc_zeros::<f64>((n * times.len()).max(1)).map_err(drv)?;
-        let mut status = s.alloc_zeros::<i32>(n.max(1)).map_err(drv)?;
-        let mut steps = s.alloc_zeros::<u32>(n.max(1)).map_err(drv)?;
-        let mut rej = s.alloc_zeros::<u32>(n.max(1)).map_err(drv)?;
-        let (nl, nt, st) = (n as i64, times.len() as i32, stepper_code(stepper));
-        s.synchronize().map_err(drv)?;
-        let tk = std::time::Instant::now();
-        let mut b = s.launch_builder(&self.grid_fn[st]);
-        b.arg(&nl).arg(&up.p).arg(&up.x0).arg(&up.dtr).arg(&up.nds).arg(&up.wtr).arg(&up.nws);
-        b.arg(&up.times).arg(&nt).arg(&t_end).arg(&tol.rtol).arg(&tol.atol).arg(&tol.max_steps).arg(&up.w);
-        b.arg(&mut out).arg(&mut status).arg(&mut steps).arg(&mut rej);
-        // SAFETY: the argument list matches `integrate_grid_*`'s signature, every
-        // buffer holds at least the `n` (or `n × nt`) elements the kernel indexes.
-        unsafe { b.launch(Self::config(n)) }.map_err(drv)?;
-        s.synchronize().map_err(drv)?;
-        let kernel_s = tk.elapsed().as_secs_f64();
-        let tm: Vec<f64> = s.clone_dtoh(&out).map_err(drv)?;
-        let status: Vec<i32> = s.clone_dtoh(&status).map_err(drv)?;
-        let steps: Vec<u32> = s.clone_dtoh(&steps).map_err(drv)?;
-        let rej: Vec<u32> = s.clone_dtoh(&rej).map_err(drv)?;
+        let (n, ntimes) = (batch.n, times.len());
+        let f = &self.grid_fn[stepper_code(stepper)];
+        let (tm, stats, kernel_s) = self.run_kernel(f, model, batch, times, t_end, tol, None, n * ntimes)?;
         // Time-major (coalesced on the device) to trajectory-major.
-        let ntimes = times.len();
         let mut values = vec![0.0; n * ntimes];
         for k in 0..ntimes {
             for i in 0..n {
@@ -573,10 +598,7 @@ impl GpuEnsemble {
             }
         }
         let total_s = t0.elapsed().as_secs_f64();
-        Ok((
-            GridResult { values, stats: Self::stats(&status[..n], &steps[..n], &rej[..n]) },
-            GpuTiming { total_s, kernel_s },
-        ))
+        Ok((GridResult { values, stats }, GpuTiming { total_s, kernel_s }))
     }
 
     /// Like [`solve_summaries`](crate::solve_summaries) on the GPU: the
@@ -596,29 +618,9 @@ impl GpuEnsemble {
     ) -> Result<(Vec<Summary>, Vec<TrajectoryStats>, GpuTiming), CudaError> {
         let t0 = std::time::Instant::now();
         let n = batch.n;
-        let up = self.upload(model, batch, times)?;
-        let s = &self.stream;
-        let mut out = s.alloc_zeros::<f64>((5 * n).max(1)).map_err(drv)?;
-        let mut status = s.alloc_zeros::<i32>(n.max(1)).map_err(drv)?;
-        let mut steps = s.alloc_zeros::<u32>(n.max(1)).map_err(drv)?;
-        let mut rej = s.alloc_zeros::<u32>(n.max(1)).map_err(drv)?;
-        let (nl, nt, st) = (n as i64, times.len() as i32, stepper_code(stepper));
-        s.synchronize().map_err(drv)?;
-        let tk = std::time::Instant::now();
-        let mut b = s.launch_builder(&self.summary_fn[st]);
-        b.arg(&nl).arg(&up.p).arg(&up.x0).arg(&up.dtr).arg(&up.nds).arg(&up.wtr).arg(&up.nws);
-        b.arg(&up.times).arg(&nt).arg(&t_end).arg(&tol.rtol).arg(&tol.atol).arg(&tol.max_steps).arg(&up.w);
-        b.arg(&window.0).arg(&window.1).arg(&threshold);
-        b.arg(&mut out).arg(&mut status).arg(&mut steps).arg(&mut rej);
-        // SAFETY: the argument list matches `integrate_summary_*`'s signature and
-        // every buffer holds the `n` (or `5 n`) elements the kernel indexes.
-        unsafe { b.launch(Self::config(n)) }.map_err(drv)?;
-        s.synchronize().map_err(drv)?;
-        let kernel_s = tk.elapsed().as_secs_f64();
-        let o: Vec<f64> = s.clone_dtoh(&out).map_err(drv)?;
-        let status: Vec<i32> = s.clone_dtoh(&status).map_err(drv)?;
-        let steps: Vec<u32> = s.clone_dtoh(&steps).map_err(drv)?;
-        let rej: Vec<u32> = s.clone_dtoh(&rej).map_err(drv)?;
+        let f = &self.summary_fn[stepper_code(stepper)];
+        let extra = Some((window.0, window.1, threshold));
+        let (o, stats, kernel_s) = self.run_kernel(f, model, batch, times, t_end, tol, extra, 5 * n)?;
         let sums = (0..n)
             .map(|i| Summary {
                 max: o[i],
@@ -629,7 +631,7 @@ impl GpuEnsemble {
             })
             .collect();
         let total_s = t0.elapsed().as_secs_f64();
-        Ok((sums, Self::stats(&status[..n], &steps[..n], &rej[..n]), GpuTiming { total_s, kernel_s }))
+        Ok((sums, stats, GpuTiming { total_s, kernel_s }))
     }
 }
 
