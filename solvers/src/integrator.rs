@@ -77,6 +77,22 @@ struct Wrap<'a, Eqn, S> {
     have_end: bool,
 }
 
+impl<Eqn, S> Wrap<'_, Eqn, S> {
+    /// A freshly built diffsol solver with the shared knobs of `opts`.
+    fn new(solver: S, opts: &Options) -> Self {
+        Wrap {
+            solver,
+            _eqn: std::marker::PhantomData,
+            steps: 0,
+            max_steps: opts.max_steps,
+            rtol: opts.rtol,
+            atol: opts.atol,
+            y_end: Vec::new(),
+            have_end: false,
+        }
+    }
+}
+
 fn diffsol_err(e: diffsol::error::DiffsolError, t: f64) -> Error {
     let msg = e.to_string();
     if msg.contains("too small") || msg.contains("TooSmall") {
@@ -255,60 +271,23 @@ pub(crate) fn with_stepper<R>(
         )
         .init(|_p: &[f64], _t: f64, y: &mut [f64]| y.iter_mut().for_each(|v| *v = 0.0), n);
     let problem = builder.build().map_err(|e| Error::Solver { t: 0.0, reason: e.to_string() })?;
-    let (max_steps, rtol, atol) = (opts.max_steps, opts.rtol, opts.atol);
     let mk = |e: diffsol::error::DiffsolError| Error::Solver { t: 0.0, reason: e.to_string() };
     match method {
         Method::Bdf => {
             let s = problem.bdf::<NalgebraLU<f64>>().map_err(mk)?;
-            body(&mut Wrap {
-                solver: s,
-                _eqn: std::marker::PhantomData,
-                steps: 0,
-                max_steps,
-                rtol,
-                atol,
-                y_end: Vec::new(),
-                have_end: false,
-            })
+            body(&mut Wrap::new(s, opts))
         }
         Method::Esdirk34 => {
             let s = problem.esdirk34::<NalgebraLU<f64>>().map_err(mk)?;
-            body(&mut Wrap {
-                solver: s,
-                _eqn: std::marker::PhantomData,
-                steps: 0,
-                max_steps,
-                rtol,
-                atol,
-                y_end: Vec::new(),
-                have_end: false,
-            })
+            body(&mut Wrap::new(s, opts))
         }
         Method::TrBdf2 => {
             let s = problem.tr_bdf2::<NalgebraLU<f64>>().map_err(mk)?;
-            body(&mut Wrap {
-                solver: s,
-                _eqn: std::marker::PhantomData,
-                steps: 0,
-                max_steps,
-                rtol,
-                atol,
-                y_end: Vec::new(),
-                have_end: false,
-            })
+            body(&mut Wrap::new(s, opts))
         }
         Method::Tsit45 => {
             let s = problem.tsit45().map_err(mk)?;
-            body(&mut Wrap {
-                solver: s,
-                _eqn: std::marker::PhantomData,
-                steps: 0,
-                max_steps,
-                rtol,
-                atol,
-                y_end: Vec::new(),
-                have_end: false,
-            })
+            body(&mut Wrap::new(s, opts))
         }
     }
 }
@@ -328,46 +307,18 @@ fn with_sparse_stepper<R>(
         .atol(vec![opts.atol; n])
         .build_from_eqn(eqn)
         .map_err(mk)?;
-    let (max_steps, rtol, atol) = (opts.max_steps, opts.rtol, opts.atol);
     match method {
         Method::Bdf => {
             let s = problem.bdf::<SparseSolver>().map_err(mk)?;
-            body(&mut Wrap {
-                solver: s,
-                _eqn: std::marker::PhantomData,
-                steps: 0,
-                max_steps,
-                rtol,
-                atol,
-                y_end: Vec::new(),
-                have_end: false,
-            })
+            body(&mut Wrap::new(s, opts))
         }
         Method::Esdirk34 => {
             let s = problem.esdirk34::<SparseSolver>().map_err(mk)?;
-            body(&mut Wrap {
-                solver: s,
-                _eqn: std::marker::PhantomData,
-                steps: 0,
-                max_steps,
-                rtol,
-                atol,
-                y_end: Vec::new(),
-                have_end: false,
-            })
+            body(&mut Wrap::new(s, opts))
         }
         Method::TrBdf2 => {
             let s = problem.tr_bdf2::<SparseSolver>().map_err(mk)?;
-            body(&mut Wrap {
-                solver: s,
-                _eqn: std::marker::PhantomData,
-                steps: 0,
-                max_steps,
-                rtol,
-                atol,
-                y_end: Vec::new(),
-                have_end: false,
-            })
+            body(&mut Wrap::new(s, opts))
         }
         Method::Tsit45 => Err(Error::Solver { t: 0.0, reason: "explicit methods take the dense path".into() }),
     }
