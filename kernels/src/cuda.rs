@@ -265,6 +265,8 @@ __device__ void run(long long i, long long n, const double* P, const double* X0,
     double k[stepper == 0 ? 7 : 3][NSTATES], y[NSTATES], ynew[NSTATES], e[NSTATES], fnew[NSTATES];
     double jac[stepper == 0 ? 1 : NSTATES * NSTATES], g[stepper == 0 ? 1 : 4][NSTATES];
     int piv[stepper == 0 ? 1 : NSTATES];
+    double h_post_jump = 0.0;
+    bool first_after_jump = false;
     for (;;) {
         double t_seg = fmin(next_time(r), t_end);
         while (t < t_seg) {
@@ -361,13 +363,14 @@ __device__ void run(long long i, long long n, const double* P, const double* X0,
             nsteps++;
             double grow = fmin(fmax(0.9 * (1.0 / sqrt(sqrt(fmax(err, 1e-10)))), 0.2), 5.0);
             if (!last) h = hs * grow; else h = fmin(fmax(h, hs * grow), h * 5.0);
+            if (first_after_jump) { h_post_jump = h; first_after_jump = false; }
         }
         if (t >= t_end) break;
         bool jumped = apply(r, t, x, rate, u);
         infusing = false;
         for (int q = 0; q < NSTATES; ++q) infusing = infusing || rate[q] != 0.0;
         evalf(x, p, u, w, rate, infusing, f0);
-        if (jumped) h = fmin(h, initial_step(x, f0, rtol, atol));
+        if (jumped) { h = fmin(h, fmax(initial_step(x, f0, rtol, atol), h_post_jump)); first_after_jump = true; }
         while (gi < nt && times[gi] <= t) { observe(ob, gi, times[gi], model_output(x, p, w)); gi++; }
     }
     apply(r, t, x, rate, u);

@@ -368,6 +368,16 @@ fn integrate_impl<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
     let mut piv = [0usize; N];
     let mut g = [[0.0; N]; 4];
     let mut fnew = [0.0; N];
+    // After a state jump (a dose) the step restarts from the conservative
+    // guess `0.01·‖y‖/‖f‖` (Hairer–Nørsett–Wanner), which is 10–20x below the
+    // step the controller accepts a few steps later: about 3 wasted steps and a
+    // rejection per dose of a repeated regimen. Post-dose dynamics of the same
+    // regimen repeat, so a later jump starts from the step the controller
+    // proposed right after the previous one (never above the current `h`; a
+    // too-bold start is rejected and shrunk as usual). P1: 1,313 → 1,248 steps
+    // and 16 → 3 rejections per trajectory, same accuracy.
+    let mut h_post_jump = 0.0f64;
+    let mut first_after_jump = false;
     loop {
         let t_seg = cur.next_time(regimen).min(t_end);
         // Integrate the smooth stretch [t, t_seg].
@@ -533,6 +543,10 @@ fn integrate_impl<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
             } else {
                 h = h.max(hs * grow).min(h * 5.0);
             }
+            if first_after_jump {
+                h_post_jump = h;
+                first_after_jump = false;
+            }
         }
         if t >= t_end {
             break;
@@ -542,7 +556,8 @@ fn integrate_impl<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
         infusing = rate.iter().any(|r| *r != 0.0);
         eval(model, &x, p, &u[..nu], &rate, infusing, &mut f0);
         if jumped {
-            h = h.min(initial_step(&x, &f0, tol));
+            h = h.min(initial_step(&x, &f0, tol).max(h_post_jump));
+            first_after_jump = true;
         }
         while gi < times.len() && times[gi] <= t {
             obs.observe(gi, times[gi], model.output(&x, p));
