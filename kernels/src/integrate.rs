@@ -2,8 +2,11 @@
 //! of its regimen, with dense output at the requested times.
 //!
 //! This is the CPU twin of the CUDA kernel: the same steps, constants,
-//! controller and event handling, written for one trajectory so that one GPU
-//! thread runs exactly this loop.
+//! controller and event handling per trajectory, so that one GPU thread runs
+//! exactly what [`integrate`] runs. On the CPU, [`integrate_lanes`] advances
+//! several trajectories side by side (each with its own steps and events) to
+//! overlap their dependency chains; every lane's arithmetic is that of
+//! [`integrate`], so results are bit-for-bit the same.
 
 use crate::model::BatchModel;
 use crate::schedule::{Cursor, Regimen};
@@ -277,12 +280,10 @@ fn initial_step<const N: usize>(y: &[f64; N], f: &[f64; N], tol: &Tolerances) ->
     }
 }
 
-/// `p` are the raw parameters (the model's derived constants are computed
-/// here once).
-///
 /// Integrates one trajectory of `model` from `t = 0` and state `x0` under
 /// `regimen` to `t_end`, reporting the output at each of the sorted `times`
-/// (an output at a breakpoint sees the dose given then).
+/// (an output at a breakpoint sees the dose given then). `p` are the raw
+/// parameters (the model's derived constants are computed here once).
 #[allow(clippy::too_many_arguments)]
 pub fn integrate<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
     model: &M,
@@ -295,6 +296,48 @@ pub fn integrate<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
     tol: &Tolerances,
     obs: &mut O,
 ) -> TrajectoryStats {
+    let [st] = integrate_lanes(model, stepper, [p], [x0], [regimen], times, t_end, tol, [obs]);
+    st
+}
+
+/// [`integrate`] for `L` independent trajectories at once (same model,
+/// stepper, output times and horizon), interleaved lane by lane.
+///
+/// Each lane keeps its own step sizes, events and outputs, and performs
+/// exactly the operations [`integrate`] performs for it, so its results are
+/// bit-for-bit those of [`integrate`] (and of the CUDA kernel) whatever `L`
+/// and whatever its partner lanes. Why interleave: one Tsit5 step of a small
+/// system is a chain of dependent stages (each waits for the previous one's
+/// right-hand side), so a lone trajectory leaves most of the core's
+/// execution units idle; two independent chains side by side fill them.
+///
+/// ```
+/// use insilico_kernels::{integrate, integrate_lanes, Regimen, Stepper, Tolerances, TwoCmtOral};
+/// let times: Vec<f64> = (0..=48).map(|i| i as f64).collect();
+/// let (pa, pb) = ([1.2, 5.0, 30.0, 10.0, 50.0], [1.2, 9.0, 30.0, 10.0, 50.0]);
+/// let (ra, rb) = (Regimen::repeated_bolus(100.0, 0, 12.0, 48.0)?, Regimen::repeated_bolus(300.0, 0, 8.0, 48.0)?);
+/// let (mut a, mut b) = (vec![0.0; times.len()], vec![0.0; times.len()]);
+/// let tol = Tolerances::default();
+/// let x0 = [0.0; 4];
+/// integrate_lanes(&TwoCmtOral, Stepper::Tsit5, [&pa[..], &pb[..]], [&x0, &x0], [&ra, &rb], &times, 48.0, &tol,
+///     [&mut a[..], &mut b[..]]);
+/// let mut alone = vec![0.0; times.len()];
+/// integrate(&TwoCmtOral, Stepper::Tsit5, &pb, &x0, &rb, &times, 48.0, &tol, &mut alone[..]);
+/// assert_eq!(alone, b); // bit for bit
+/// # Ok::<(), insilico_kernels::RegimenError>(())
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn integrate_lanes<const N: usize, const L: usize, M: BatchModel<N>, O: Observer + ?Sized>(
+    model: &M,
+    stepper: Stepper,
+    p: [&[f64]; L],
+    x0: [&[f64; N]; L],
+    regimen: [&Regimen; L],
+    times: &[f64],
+    t_end: f64,
+    tol: &Tolerances,
+    obs: [&mut O; L],
+) -> [TrajectoryStats; L] {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
@@ -305,270 +348,444 @@ pub fn integrate<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
     integrate_impl(model, stepper, p, x0, regimen, times, t_end, tol, obs)
 }
 
-/// [`integrate`] compiled for AVX2: the loops over the `N` states become
+/// [`integrate_lanes`] compiled for AVX2: the loops over the `N` states become
 /// vector instructions. No FMA is enabled, so results are bit-for-bit those
 /// of the portable build (and of the CUDA twin, compiled without FMA).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn integrate_avx2<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
+unsafe fn integrate_avx2<const N: usize, const L: usize, M: BatchModel<N>, O: Observer + ?Sized>(
     model: &M,
     stepper: Stepper,
-    p: &[f64],
-    x0: &[f64; N],
-    regimen: &Regimen,
+    p: [&[f64]; L],
+    x0: [&[f64; N]; L],
+    regimen: [&Regimen; L],
+    times: &[f64],
+    t_end: f64,
+    tol: &Tolerances,
+    obs: [&mut O; L],
+) -> [TrajectoryStats; L] {
+    integrate_impl(model, stepper, p, x0, regimen, times, t_end, tol, obs)
+}
+
+/// Everything one trajectory carries between steps, plus its step scratch.
+struct Lane<'r, const N: usize> {
+    regimen: &'r Regimen,
+    /// The model's derived constants (`BatchModel::prepare`).
+    derived: [f64; 64],
+    x: [f64; N],
+    rate: [f64; N],
+    u: [f64; MAX_INPUTS],
+    infusing: bool,
+    cur: Cursor,
+    t: f64,
+    /// End of the current smooth stretch: the next breakpoint or `t_end`.
+    t_seg: f64,
+    /// Next output time to report.
+    gi: usize,
+    /// `f(t, x)` (first-same-as-last for Tsit5).
+    f0: [f64; N],
+    h: f64,
+    st: TrajectoryStats,
+    /// Still integrating.
+    active: bool,
+    /// This iteration attempts a step (`active` and within its limits).
+    go: bool,
+    hs: f64,
+    last: bool,
+    err: f64,
+    // After a state jump (a dose) the step restarts from the conservative
+    // guess `0.01·‖y‖/‖f‖` (Hairer–Nørsett–Wanner), which is 10–20x below the
+    // step the controller accepts a few steps later: about 3 wasted steps and
+    // a rejection per dose of a repeated regimen. Post-dose dynamics of the
+    // same regimen repeat, so a later jump starts from the step the
+    // controller proposed right after the previous one (never above the
+    // current `h`; a too-bold start is rejected and shrunk as usual). P1:
+    // 1,313 → 1,248 steps and 16 → 3 rejections per trajectory, same accuracy.
+    h_post_jump: f64,
+    first_after_jump: bool,
+    k: [[f64; N]; 7],
+    y: [f64; N],
+    ynew: [f64; N],
+    e: [f64; N],
+    fnew: [f64; N],
+    jac: [[f64; N]; N],
+    piv: [usize; N],
+    g: [[f64; N]; 4],
+}
+
+#[inline(always)]
+fn observe_at<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
+    model: &M,
+    lane: &mut Lane<'_, N>,
+    nd: usize,
+    times: &[f64],
+    upto: f64,
+    obs: &mut O,
+) {
+    while lane.gi < times.len() && times[lane.gi] <= upto {
+        obs.observe(lane.gi, times[lane.gi], model.output(&lane.x, &lane.derived[..nd]));
+        lane.gi += 1;
+    }
+}
+
+/// Handles the breakpoints a lane has reached (events, then outputs at
+/// them) until it stands inside a smooth stretch again, or finishes it at
+/// `t_end` (events at the horizon, then outputs there).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn settle<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
+    model: &M,
+    lane: &mut Lane<'_, N>,
+    nd: usize,
+    nu: usize,
     times: &[f64],
     t_end: f64,
     tol: &Tolerances,
     obs: &mut O,
-) -> TrajectoryStats {
-    integrate_impl(model, stepper, p, x0, regimen, times, t_end, tol, obs)
+) {
+    while lane.t >= lane.t_seg {
+        let Lane { regimen, cur, t, x, rate, u, .. } = lane;
+        if *t >= t_end {
+            cur.apply(regimen, *t, x, rate, &mut u[..nu]);
+            observe_at(model, lane, nd, times, t_end, obs);
+            lane.active = false;
+            return;
+        }
+        // Breakpoint: doses, infusion switches, windows; then outputs at it.
+        let jumped = cur.apply(regimen, *t, x, rate, &mut u[..nu]);
+        lane.infusing = lane.rate.iter().any(|r| *r != 0.0);
+        eval(model, &lane.x, &lane.derived[..nd], &lane.u[..nu], &lane.rate, lane.infusing, &mut lane.f0);
+        if jumped {
+            lane.h = lane.h.min(initial_step(&lane.x, &lane.f0, tol).max(lane.h_post_jump));
+            lane.first_after_jump = true;
+        }
+        let t = lane.t;
+        observe_at(model, lane, nd, times, t, obs);
+        lane.t_seg = lane.cur.next_time(lane.regimen).min(t_end);
+    }
 }
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn integrate_impl<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
+fn integrate_impl<const N: usize, const L: usize, M: BatchModel<N>, O: Observer + ?Sized>(
     model: &M,
     stepper: Stepper,
-    p: &[f64],
-    x0: &[f64; N],
-    regimen: &Regimen,
+    p: [&[f64]; L],
+    x0: [&[f64; N]; L],
+    regimen: [&Regimen; L],
     times: &[f64],
     t_end: f64,
     tol: &Tolerances,
-    obs: &mut O,
-) -> TrajectoryStats {
-    let mut st = TrajectoryStats::default();
-    let mut derived = [0.0; 64];
+    obs: [&mut O; L],
+) -> [TrajectoryStats; L] {
     let nd = model.nderived().min(64);
-    model.prepare(p, &mut derived[..nd]);
-    let p = &derived[..nd];
-    let mut x = *x0;
-    let mut rate = [0.0; N];
-    let mut u = [0.0; MAX_INPUTS];
     let nu = model.ninputs().min(MAX_INPUTS);
-    let mut cur = Cursor::default();
-    let mut t = 0.0;
-    let mut gi = 0;
-    cur.apply(regimen, t, &mut x, &mut rate, &mut u[..nu]);
-    let mut infusing = rate.iter().any(|r| *r != 0.0);
-    while gi < times.len() && times[gi] <= t {
-        obs.observe(gi, times[gi], model.output(&x, p));
-        gi += 1;
+    let mut lanes: [Lane<'_, N>; L] = std::array::from_fn(|l| Lane {
+        regimen: regimen[l],
+        derived: [0.0; 64],
+        x: *x0[l],
+        rate: [0.0; N],
+        u: [0.0; MAX_INPUTS],
+        infusing: false,
+        cur: Cursor::default(),
+        t: 0.0,
+        t_seg: 0.0,
+        gi: 0,
+        f0: [0.0; N],
+        h: 0.0,
+        st: TrajectoryStats::default(),
+        active: true,
+        go: false,
+        hs: 0.0,
+        last: false,
+        err: 0.0,
+        h_post_jump: 0.0,
+        first_after_jump: false,
+        k: [[0.0; N]; 7],
+        y: [0.0; N],
+        ynew: [0.0; N],
+        e: [0.0; N],
+        fnew: [0.0; N],
+        jac: [[0.0; N]; N],
+        piv: [0; N],
+        g: [[0.0; N]; 4],
+    });
+    for (l, lane) in lanes.iter_mut().enumerate() {
+        model.prepare(p[l], &mut lane.derived[..nd]);
+        let Lane { regimen, cur, x, rate, u, .. } = lane;
+        cur.apply(regimen, 0.0, x, rate, &mut u[..nu]);
+        lane.infusing = lane.rate.iter().any(|r| *r != 0.0);
+        observe_at(model, lane, nd, times, 0.0, &mut *obs[l]);
+        eval(model, &lane.x, &lane.derived[..nd], &lane.u[..nu], &lane.rate, lane.infusing, &mut lane.f0);
+        lane.h = initial_step(&lane.x, &lane.f0, tol);
+        lane.t_seg = lane.cur.next_time(lane.regimen).min(t_end);
     }
-    let mut f0 = [0.0; N];
-    eval(model, &x, p, &u[..nu], &rate, infusing, &mut f0);
-    let mut h = initial_step(&x, &f0, tol);
-    // Work arrays (stack, fixed size: nothing allocates).
-    let mut k = [[0.0; N]; 7];
-    let mut y = [0.0; N];
-    let mut ynew = [0.0; N];
-    let mut e = [0.0; N];
-    let mut jac = [[0.0; N]; N];
-    let mut piv = [0usize; N];
-    let mut g = [[0.0; N]; 4];
-    let mut fnew = [0.0; N];
-    // After a state jump (a dose) the step restarts from the conservative
-    // guess `0.01·‖y‖/‖f‖` (Hairer–Nørsett–Wanner), which is 10–20x below the
-    // step the controller accepts a few steps later: about 3 wasted steps and a
-    // rejection per dose of a repeated regimen. Post-dose dynamics of the same
-    // regimen repeat, so a later jump starts from the step the controller
-    // proposed right after the previous one (never above the current `h`; a
-    // too-bold start is rejected and shrunk as usual). P1: 1,313 → 1,248 steps
-    // and 16 → 3 rejections per trajectory, same accuracy.
-    let mut h_post_jump = 0.0f64;
-    let mut first_after_jump = false;
     loop {
-        let t_seg = cur.next_time(regimen).min(t_end);
-        // Integrate the smooth stretch [t, t_seg].
-        while t < t_seg {
-            if st.steps + st.rejected >= tol.max_steps {
-                st.status = Status::MaxSteps;
-                return st;
+        // Who steps this round: settle breakpoints, then the step limits.
+        let mut any = false;
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            lane.go = false;
+            if lane.active {
+                settle(model, lane, nd, nu, times, t_end, tol, &mut *obs[l]);
             }
-            let last = t + h >= t_seg;
-            let hs = if last { t_seg - t } else { h };
-            if hs <= 1e-14 * t.abs().max(1.0) && !last {
-                st.status = Status::StepTooSmall;
-                return st;
-            }
-            let err;
-            match stepper {
-                Stepper::Tsit5 => {
-                    k[0] = f0;
-                    for i in 0..N {
-                        y[i] = x[i] + hs * C2 * k[0][i];
-                    }
-                    eval(model, &y, p, &u[..nu], &rate, infusing, &mut k[1]);
-                    for i in 0..N {
-                        y[i] = x[i] + hs * (A31 * k[0][i] + A32 * k[1][i]);
-                    }
-                    eval(model, &y, p, &u[..nu], &rate, infusing, &mut k[2]);
-                    for i in 0..N {
-                        y[i] = x[i] + hs * (A41 * k[0][i] + A42 * k[1][i] + A43 * k[2][i]);
-                    }
-                    eval(model, &y, p, &u[..nu], &rate, infusing, &mut k[3]);
-                    for i in 0..N {
-                        y[i] = x[i] + hs * (A51 * k[0][i] + A52 * k[1][i] + A53 * k[2][i] + A54 * k[3][i]);
-                    }
-                    eval(model, &y, p, &u[..nu], &rate, infusing, &mut k[4]);
-                    for i in 0..N {
-                        y[i] =
-                            x[i] + hs * (A61 * k[0][i] + A62 * k[1][i] + A63 * k[2][i] + A64 * k[3][i] + A65 * k[4][i]);
-                    }
-                    eval(model, &y, p, &u[..nu], &rate, infusing, &mut k[5]);
-                    for i in 0..N {
-                        ynew[i] = x[i]
-                            + hs * (B[0] * k[0][i]
-                                + B[1] * k[1][i]
-                                + B[2] * k[2][i]
-                                + B[3] * k[3][i]
-                                + B[4] * k[4][i]
-                                + B[5] * k[5][i]);
-                    }
-                    eval(model, &ynew, p, &u[..nu], &rate, infusing, &mut k[6]);
-                    for i in 0..N {
-                        let mut s = 0.0;
-                        for (j, bt) in BTILDE.iter().enumerate() {
-                            s += bt * k[j][i];
-                        }
-                        e[i] = hs * s;
-                    }
-                    fnew = k[6];
-                    err = err_norm(&e, &x, &ynew, tol);
-                }
-                Stepper::Rosenbrock => {
-                    model.jacobian(&x, p, &u[..nu], &mut jac);
-                    let d = 1.0 / (GAM * hs);
-                    for i in 0..N {
-                        for j in 0..N {
-                            jac[i][j] = -jac[i][j];
-                        }
-                        jac[i][i] += d;
-                    }
-                    if !lu(&mut jac, &mut piv) {
-                        st.status = Status::Singular;
-                        return st;
-                    }
-                    g[0] = f0;
-                    lu_solve(&jac, &piv, &mut g[0]);
-                    for i in 0..N {
-                        y[i] = x[i] + RA21 * g[0][i];
-                    }
-                    eval(model, &y, p, &u[..nu], &rate, infusing, &mut k[1]);
-                    for i in 0..N {
-                        g[1][i] = k[1][i] + RC21 * g[0][i] / hs;
-                    }
-                    lu_solve(&jac, &piv, &mut g[1]);
-                    for i in 0..N {
-                        y[i] = x[i] + RA31 * g[0][i] + RA32 * g[1][i];
-                    }
-                    eval(model, &y, p, &u[..nu], &rate, infusing, &mut k[2]);
-                    for i in 0..N {
-                        g[2][i] = k[2][i] + (RC31 * g[0][i] + RC32 * g[1][i]) / hs;
-                    }
-                    lu_solve(&jac, &piv, &mut g[2]);
-                    for i in 0..N {
-                        g[3][i] = k[2][i] + (RC41 * g[0][i] + RC42 * g[1][i] + RC43 * g[2][i]) / hs;
-                    }
-                    lu_solve(&jac, &piv, &mut g[3]);
-                    for i in 0..N {
-                        ynew[i] = x[i] + RB[0] * g[0][i] + RB[1] * g[1][i] + RB[2] * g[2][i] + RB[3] * g[3][i];
-                        e[i] = RE[0] * g[0][i] + RE[1] * g[1][i] + RE[2] * g[2][i] + RE[3] * g[3][i];
-                    }
-                    err = err_norm(&e, &x, &ynew, tol);
-                    if err <= 1.0 {
-                        eval(model, &ynew, p, &u[..nu], &rate, infusing, &mut fnew);
-                    }
-                }
-            }
-            if !err.is_finite() || ynew.iter().any(|v| !v.is_finite()) {
-                if hs <= 1e-14 * t.abs().max(1.0) {
-                    st.status = Status::NonFinite;
-                    return st;
-                }
-                h = 0.25 * hs;
-                st.rejected += 1;
+            if !lane.active {
                 continue;
             }
-            if err > 1.0 {
-                h = hs * (0.9 * controller(err)).max(0.2);
-                st.rejected += 1;
+            if lane.st.steps + lane.st.rejected >= tol.max_steps {
+                lane.st.status = Status::MaxSteps;
+                lane.active = false;
                 continue;
             }
-            // Accepted: dense output at the requested times inside (t, t+hs],
-            // leaving a time equal to the breakpoint for after its events.
-            let t_new = if last { t_seg } else { t + hs };
-            while gi < times.len() && times[gi] <= t_new && times[gi] < t_seg {
-                if !obs.wants(gi, times[gi]) {
-                    gi += 1;
-                    continue;
-                }
-                let th = (times[gi] - t) / hs;
-                let mut xo = [0.0; N];
-                match stepper {
-                    Stepper::Tsit5 => {
-                        let bd = tsit5_dense(th);
-                        for i in 0..N {
-                            let mut s = 0.0;
-                            for j in 0..7 {
-                                s += bd[j] * k[j][i];
-                            }
-                            xo[i] = x[i] + hs * s;
-                        }
-                    }
-                    Stepper::Rosenbrock => {
-                        let (h00, h10, h01, h11) = (
-                            (1.0 + 2.0 * th) * (1.0 - th) * (1.0 - th),
-                            th * (1.0 - th) * (1.0 - th),
-                            th * th * (3.0 - 2.0 * th),
-                            th * th * (th - 1.0),
-                        );
-                        for i in 0..N {
-                            xo[i] = h00 * x[i] + h10 * hs * f0[i] + h01 * ynew[i] + h11 * hs * fnew[i];
-                        }
-                    }
-                }
-                obs.observe(gi, times[gi], model.output(&xo, p));
-                gi += 1;
+            lane.last = lane.t + lane.h >= lane.t_seg;
+            lane.hs = if lane.last { lane.t_seg - lane.t } else { lane.h };
+            if lane.hs <= 1e-14 * lane.t.abs().max(1.0) && !lane.last {
+                lane.st.status = Status::StepTooSmall;
+                lane.active = false;
+                continue;
             }
-            x = ynew;
-            f0 = fnew;
-            t = t_new;
-            st.steps += 1;
-            // Grow at most 5x; a step clipped to a breakpoint keeps the controller's h.
-            let grow = (0.9 * controller(err.max(1e-10))).clamp(0.2, 5.0);
-            if !last {
-                h = hs * grow;
-            } else {
-                h = h.max(hs * grow).min(h * 5.0);
-            }
-            if first_after_jump {
-                h_post_jump = h;
-                first_after_jump = false;
-            }
+            lane.go = true;
+            any = true;
         }
-        if t >= t_end {
+        if !any {
             break;
         }
-        // Breakpoint: doses, infusion switches, windows; then outputs at it.
-        let jumped = cur.apply(regimen, t, &mut x, &mut rate, &mut u[..nu]);
-        infusing = rate.iter().any(|r| *r != 0.0);
-        eval(model, &x, p, &u[..nu], &rate, infusing, &mut f0);
-        if jumped {
-            h = h.min(initial_step(&x, &f0, tol).max(h_post_jump));
-            first_after_jump = true;
+        // One step attempt per lane, stage by stage across the lanes, so the
+        // lanes' independent dependency chains overlap.
+        match stepper {
+            Stepper::Tsit5 => tsit5_step(model, &mut lanes, nd, nu, tol),
+            Stepper::Rosenbrock => rosenbrock_step(model, &mut lanes, nd, nu, tol),
         }
-        while gi < times.len() && times[gi] <= t {
-            obs.observe(gi, times[gi], model.output(&x, p));
-            gi += 1;
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            if lane.go {
+                finish_step(model, stepper, lane, nd, times, &mut *obs[l]);
+            }
         }
     }
-    // Outputs exactly at the horizon (after its events).
-    cur.apply(regimen, t, &mut x, &mut rate, &mut u[..nu]);
-    while gi < times.len() && times[gi] <= t_end {
-        obs.observe(gi, times[gi], model.output(&x, p));
-        gi += 1;
+    std::array::from_fn(|l| lanes[l].st)
+}
+
+/// The seven Tsit5 stages of every stepping lane, interleaved.
+#[inline(always)]
+fn tsit5_step<const N: usize, const L: usize, M: BatchModel<N>>(
+    model: &M,
+    lanes: &mut [Lane<'_, N>; L],
+    nd: usize,
+    nu: usize,
+    tol: &Tolerances,
+) {
+    /// `y = x + hs·Σ_j a_j k_j` over the first `a.len()` stages, then `k[s] = f(y)`.
+    #[inline(always)]
+    fn stage<const N: usize, const L: usize, M: BatchModel<N>>(
+        model: &M,
+        lanes: &mut [Lane<'_, N>; L],
+        nd: usize,
+        nu: usize,
+        s: usize,
+        combine: impl Fn(&[[f64; N]; 7], usize) -> f64,
+    ) {
+        for lane in lanes.iter_mut() {
+            if lane.go {
+                for i in 0..N {
+                    lane.y[i] = lane.x[i] + lane.hs * combine(&lane.k, i);
+                }
+            }
+        }
+        for lane in lanes.iter_mut() {
+            if lane.go {
+                let Lane { derived, y, u, rate, infusing, k, .. } = lane;
+                eval(model, y, &derived[..nd], &u[..nu], rate, *infusing, &mut k[s]);
+            }
+        }
     }
-    st
+    for lane in lanes.iter_mut() {
+        if lane.go {
+            lane.k[0] = lane.f0;
+        }
+    }
+    stage(model, lanes, nd, nu, 1, |k, i| C2 * k[0][i]);
+    stage(model, lanes, nd, nu, 2, |k, i| A31 * k[0][i] + A32 * k[1][i]);
+    stage(model, lanes, nd, nu, 3, |k, i| A41 * k[0][i] + A42 * k[1][i] + A43 * k[2][i]);
+    stage(model, lanes, nd, nu, 4, |k, i| A51 * k[0][i] + A52 * k[1][i] + A53 * k[2][i] + A54 * k[3][i]);
+    stage(model, lanes, nd, nu, 5, |k, i| {
+        A61 * k[0][i] + A62 * k[1][i] + A63 * k[2][i] + A64 * k[3][i] + A65 * k[4][i]
+    });
+    for lane in lanes.iter_mut() {
+        if lane.go {
+            let k = &lane.k;
+            for i in 0..N {
+                lane.ynew[i] = lane.x[i]
+                    + lane.hs
+                        * (B[0] * k[0][i]
+                            + B[1] * k[1][i]
+                            + B[2] * k[2][i]
+                            + B[3] * k[3][i]
+                            + B[4] * k[4][i]
+                            + B[5] * k[5][i]);
+            }
+        }
+    }
+    for lane in lanes.iter_mut() {
+        if lane.go {
+            let Lane { derived, ynew, u, rate, infusing, k, .. } = lane;
+            eval(model, ynew, &derived[..nd], &u[..nu], rate, *infusing, &mut k[6]);
+        }
+    }
+    for lane in lanes.iter_mut() {
+        if lane.go {
+            for i in 0..N {
+                let mut s = 0.0;
+                for (j, bt) in BTILDE.iter().enumerate() {
+                    s += bt * lane.k[j][i];
+                }
+                lane.e[i] = lane.hs * s;
+            }
+            lane.fnew = lane.k[6];
+            lane.err = err_norm(&lane.e, &lane.x, &lane.ynew, tol);
+        }
+    }
+}
+
+/// One Rosenbrock step of every stepping lane (a singular matrix ends the lane).
+#[inline(always)]
+fn rosenbrock_step<const N: usize, const L: usize, M: BatchModel<N>>(
+    model: &M,
+    lanes: &mut [Lane<'_, N>; L],
+    nd: usize,
+    nu: usize,
+    tol: &Tolerances,
+) {
+    for lane in lanes.iter_mut() {
+        if !lane.go {
+            continue;
+        }
+        let Lane { derived, x, u, rate, infusing, k, y, ynew, e, f0, fnew, jac, piv, g, hs, st, err, .. } = lane;
+        let (p, u, hs) = (&derived[..nd], &u[..nu], *hs);
+        model.jacobian(x, p, u, jac);
+        let d = 1.0 / (GAM * hs);
+        for i in 0..N {
+            for j in 0..N {
+                jac[i][j] = -jac[i][j];
+            }
+            jac[i][i] += d;
+        }
+        if !lu(jac, piv) {
+            st.status = Status::Singular;
+            lane.active = false;
+            lane.go = false;
+            continue;
+        }
+        g[0] = *f0;
+        lu_solve(jac, piv, &mut g[0]);
+        for i in 0..N {
+            y[i] = x[i] + RA21 * g[0][i];
+        }
+        eval(model, y, p, u, rate, *infusing, &mut k[1]);
+        for i in 0..N {
+            g[1][i] = k[1][i] + RC21 * g[0][i] / hs;
+        }
+        lu_solve(jac, piv, &mut g[1]);
+        for i in 0..N {
+            y[i] = x[i] + RA31 * g[0][i] + RA32 * g[1][i];
+        }
+        eval(model, y, p, u, rate, *infusing, &mut k[2]);
+        for i in 0..N {
+            g[2][i] = k[2][i] + (RC31 * g[0][i] + RC32 * g[1][i]) / hs;
+        }
+        lu_solve(jac, piv, &mut g[2]);
+        for i in 0..N {
+            g[3][i] = k[2][i] + (RC41 * g[0][i] + RC42 * g[1][i] + RC43 * g[2][i]) / hs;
+        }
+        lu_solve(jac, piv, &mut g[3]);
+        for i in 0..N {
+            ynew[i] = x[i] + RB[0] * g[0][i] + RB[1] * g[1][i] + RB[2] * g[2][i] + RB[3] * g[3][i];
+            e[i] = RE[0] * g[0][i] + RE[1] * g[1][i] + RE[2] * g[2][i] + RE[3] * g[3][i];
+        }
+        *err = err_norm(e, x, ynew, tol);
+        if *err <= 1.0 {
+            eval(model, ynew, p, u, rate, *infusing, fnew);
+        }
+    }
+}
+
+/// Error test of a lane's attempted step; on acceptance, dense output at the
+/// requested times inside it, then the next step size.
+#[inline(always)]
+fn finish_step<const N: usize, M: BatchModel<N>, O: Observer + ?Sized>(
+    model: &M,
+    stepper: Stepper,
+    lane: &mut Lane<'_, N>,
+    nd: usize,
+    times: &[f64],
+    obs: &mut O,
+) {
+    let (hs, t, err) = (lane.hs, lane.t, lane.err);
+    if !err.is_finite() || lane.ynew.iter().any(|v| !v.is_finite()) {
+        if hs <= 1e-14 * t.abs().max(1.0) {
+            lane.st.status = Status::NonFinite;
+            lane.active = false;
+            return;
+        }
+        lane.h = 0.25 * hs;
+        lane.st.rejected += 1;
+        return;
+    }
+    if err > 1.0 {
+        lane.h = hs * (0.9 * controller(err)).max(0.2);
+        lane.st.rejected += 1;
+        return;
+    }
+    // Accepted: dense output at the requested times inside (t, t+hs],
+    // leaving a time equal to the breakpoint for after its events.
+    let t_seg = lane.t_seg;
+    let t_new = if lane.last { t_seg } else { t + hs };
+    while lane.gi < times.len() && times[lane.gi] <= t_new && times[lane.gi] < t_seg {
+        let gi = lane.gi;
+        lane.gi += 1;
+        if !obs.wants(gi, times[gi]) {
+            continue;
+        }
+        let th = (times[gi] - t) / hs;
+        let mut xo = [0.0; N];
+        let Lane { x, k, f0, ynew, fnew, .. } = &*lane;
+        match stepper {
+            Stepper::Tsit5 => {
+                let bd = tsit5_dense(th);
+                for i in 0..N {
+                    let mut s = 0.0;
+                    for j in 0..7 {
+                        s += bd[j] * k[j][i];
+                    }
+                    xo[i] = x[i] + hs * s;
+                }
+            }
+            Stepper::Rosenbrock => {
+                let (h00, h10, h01, h11) = (
+                    (1.0 + 2.0 * th) * (1.0 - th) * (1.0 - th),
+                    th * (1.0 - th) * (1.0 - th),
+                    th * th * (3.0 - 2.0 * th),
+                    th * th * (th - 1.0),
+                );
+                for i in 0..N {
+                    xo[i] = h00 * x[i] + h10 * hs * f0[i] + h01 * ynew[i] + h11 * hs * fnew[i];
+                }
+            }
+        }
+        obs.observe(gi, times[gi], model.output(&xo, &lane.derived[..nd]));
+    }
+    lane.x = lane.ynew;
+    lane.f0 = lane.fnew;
+    lane.t = t_new;
+    lane.st.steps += 1;
+    // Grow at most 5x; a step clipped to a breakpoint keeps the controller's h.
+    let grow = (0.9 * controller(err.max(1e-10))).clamp(0.2, 5.0);
+    if !lane.last {
+        lane.h = hs * grow;
+    } else {
+        lane.h = lane.h.max(hs * grow).min(lane.h * 5.0);
+    }
+    if lane.first_after_jump {
+        lane.h_post_jump = lane.h;
+        lane.first_after_jump = false;
+    }
 }

@@ -17,8 +17,8 @@
 
 use rayon::prelude::*;
 
-use crate::ensemble::{Batch, Summary, SummaryObserver, MAX_PARAMS};
-use crate::integrate::{integrate, Observer, Stepper, Tolerances, TrajectoryStats};
+use crate::ensemble::{run_lanes, Batch, Summary, SummaryObserver, LANES};
+use crate::integrate::{Observer, Stepper, Tolerances, TrajectoryStats};
 use crate::model::BatchModel;
 
 /// Which statistic of a window's [`Summary`] a reduction reports.
@@ -278,16 +278,32 @@ pub fn solve_reductions<const N: usize, M: BatchModel<N>>(
 ) -> Result<(Vec<f64>, Vec<TrajectoryStats>), ReductionError> {
     let reducer = Reducer::new(reductions)?;
     let k = reductions.len();
-    let mut values = vec![0.0; batch.n * k];
+    let row = k.max(1);
+    // One slot per trajectory even without reductions, so every trajectory is
+    // still integrated (and its status reported); cleared below.
+    let mut values = vec![0.0; batch.n * row];
     let mut stats = vec![TrajectoryStats::default(); batch.n];
-    values.par_chunks_mut(k.max(1)).zip(stats.par_iter_mut()).enumerate().for_each(|(i, (out, st))| {
-        let mut p = [0.0; MAX_PARAMS];
-        batch.params_of(i, &mut p[..batch.nparams]);
-        let x0 = batch.x0_of(i);
-        let mut r = reducer.clone();
-        r.reset();
-        *st = integrate(model, stepper, &p[..batch.nparams], &x0, &batch.regimens[i], times, t_end, tol, &mut r);
-        r.values(out);
+    values.par_chunks_mut(LANES * row).zip(stats.par_chunks_mut(LANES)).enumerate().for_each(|(c, (out, st))| {
+        let first = c * LANES;
+        let mut rs: Vec<Reducer> = st
+            .iter()
+            .map(|_| {
+                let mut r = reducer.clone();
+                r.reset();
+                r
+            })
+            .collect();
+        match <[&mut Reducer; LANES]>::try_from(rs.iter_mut().collect::<Vec<_>>()) {
+            Ok(obs) => st.copy_from_slice(&run_lanes(model, stepper, batch, first, times, t_end, tol, obs)),
+            Err(rest) => {
+                for (l, (r, s)) in rest.into_iter().zip(st.iter_mut()).enumerate() {
+                    [*s] = run_lanes(model, stepper, batch, first + l, times, t_end, tol, [r]);
+                }
+            }
+        }
+        for (r, o) in rs.iter().zip(out.chunks_mut(row)) {
+            r.values(o);
+        }
     });
     if k == 0 {
         values.clear();
