@@ -183,7 +183,7 @@ pub struct GridResult {
 /// overlap. P1 on one thread (`--example lanes_probe`, minimum of 7): 1 lane
 /// 125 µs per solve, 2 lanes 1.38x faster, 4 lanes 2.09x, 8 lanes 2.38x,
 /// 16 lanes 2.28x.
-pub(crate) const LANES: usize = 8;
+pub const LANES: usize = 8;
 
 /// Integrates trajectories `first..first + L` of `batch` as the lanes of one
 /// [`integrate_lanes`] call.

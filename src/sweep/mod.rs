@@ -106,7 +106,10 @@ use serde::Deserialize;
 use crate::kernels::generators::{linspace, logspace, Grid, LatinHypercube, LogNormalPopulation, Sobol};
 use crate::kernels::organoid::{Organoid, OrganoidOutput, ORGANOID_DEFAULTS, ORGANOID_PARAMS};
 use crate::kernels::reductions::{Reducer, Reduction, Stat};
-use crate::kernels::{integrate, BatchModel, Regimen, Status, Stepper, Tolerances, TwoCmtOral, WindowTrain};
+use crate::kernels::{
+    integrate, integrate_lanes, BatchModel, Regimen, Status, Stepper, Tolerances, TrajectoryStats, TwoCmtOral,
+    WindowTrain, LANES,
+};
 
 pub use io::{read_parts, Table};
 pub use report::{GroupRow, SweepReport};
@@ -1263,45 +1266,79 @@ impl Sweep {
                     .map_err(|e| SweepError::Config { file: self.source.clone(), reason: e.to_string() })?;
                 let row_len = nout.max(1);
                 let mut scratch = vec![0.0; inputs.len() * row_len];
+                // `LANES` trajectories at a time through the lane-interleaved
+                // integrator (each result bit-for-bit what it gets alone).
                 scratch
-                    .par_chunks_mut(row_len)
-                    .zip(fin.par_iter_mut())
-                    .zip(status.par_iter_mut().zip(steps.par_iter_mut()))
-                    .zip(inputs.par_iter())
+                    .par_chunks_mut(row_len * LANES)
+                    .zip(fin.par_chunks_mut(LANES))
+                    .zip(status.par_chunks_mut(LANES).zip(steps.par_chunks_mut(LANES)))
+                    .zip(inputs.par_chunks(LANES))
                     .for_each(|(((out, fin), (st, sp)), inp)| {
-                        let regimen = self.model.regimen(&inp.regimen_vars, self.horizon);
-                        let x = x0(&inp.params);
-                        let mut s = Status::Ok;
+                        let m = inp.len();
+                        let regimens: Vec<Regimen> =
+                            inp.iter().map(|i| self.model.regimen(&i.regimen_vars, self.horizon)).collect();
+                        let xs: Vec<[f64; N]> = inp.iter().map(|i| x0(&i.params)).collect();
+                        let mut worst_status = vec![Status::Ok; m];
                         let mut vals = [0.0; 64];
                         for (k, (pass, red)) in passes.iter().zip(&reducers).enumerate() {
-                            let mut r = red.clone();
-                            r.reset();
-                            let ts = integrate(
-                                &pass.model,
-                                self.stepper,
-                                &inp.params,
-                                &x,
-                                &regimen,
-                                &self.times,
-                                self.horizon,
-                                &self.tol,
-                                &mut r,
-                            );
-                            if k == 0 {
-                                *sp = ts.steps as i32;
-                            }
-                            s = worst(s, ts.status);
-                            r.values(&mut vals[..pass.reductions.len()]);
-                            for (d, v) in pass.dest.iter().zip(&vals) {
-                                if *d == usize::MAX {
-                                    *fin = *v;
-                                } else {
-                                    out[*d] = *v;
+                            let mut rs: Vec<Reducer> = (0..m)
+                                .map(|_| {
+                                    let mut r = red.clone();
+                                    r.reset();
+                                    r
+                                })
+                                .collect();
+                            let ts: Vec<TrajectoryStats> =
+                                match <[&mut Reducer; LANES]>::try_from(rs.iter_mut().collect::<Vec<_>>()) {
+                                    Ok(obs) => integrate_lanes(
+                                        &pass.model,
+                                        self.stepper,
+                                        std::array::from_fn(|l| &inp[l].params[..]),
+                                        std::array::from_fn(|l| &xs[l]),
+                                        std::array::from_fn(|l| &regimens[l]),
+                                        &self.times,
+                                        self.horizon,
+                                        &self.tol,
+                                        obs,
+                                    )
+                                    .to_vec(),
+                                    Err(rest) => rest
+                                        .into_iter()
+                                        .enumerate()
+                                        .map(|(l, r)| {
+                                            integrate(
+                                                &pass.model,
+                                                self.stepper,
+                                                &inp[l].params,
+                                                &xs[l],
+                                                &regimens[l],
+                                                &self.times,
+                                                self.horizon,
+                                                &self.tol,
+                                                r,
+                                            )
+                                        })
+                                        .collect(),
+                                };
+                            for (l, (r, t)) in rs.iter().zip(&ts).enumerate() {
+                                if k == 0 {
+                                    sp[l] = t.steps as i32;
+                                }
+                                worst_status[l] = worst(worst_status[l], t.status);
+                                r.values(&mut vals[..pass.reductions.len()]);
+                                for (d, v) in pass.dest.iter().zip(&vals) {
+                                    if *d == usize::MAX {
+                                        fin[l] = *v;
+                                    } else {
+                                        out[l * row_len + *d] = *v;
+                                    }
                                 }
                             }
                         }
-                        *st = s as i32;
-                        tick(1);
+                        for (s, w) in st.iter_mut().zip(&worst_status) {
+                            *s = *w as i32;
+                        }
+                        tick(m as u64);
                     });
                 if nout > 0 {
                     outputs.copy_from_slice(&scratch[..outputs.len()]);
