@@ -49,6 +49,7 @@ pub mod fit_cmd;
 pub mod p1;
 pub mod plots;
 pub mod simulate;
+pub mod surrogate;
 pub mod sweep;
 
 pub use error::Error;

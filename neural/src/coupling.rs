@@ -10,7 +10,7 @@
 //!
 //! | coupling | learned term | invariants kept | non-negativity kept |
 //! |---|---|---|---|
-//! | [`FluxResidual`] | extra fluxes `s·x_from·softplus(g_j)` along declared channels `from → to` | every declared invariant `c` with `c_from = c_to` (`c_from = 0` for a channel out of the system) | yes, if the wrapped system keeps it |
+//! | [`FluxResidual`] | extra fluxes `s·a(x_from)·softplus(g_j)` along declared channels `from → to` (`a(x) = x`, or the bounded `x/(1+\|x\|/h)`: [`ChannelForm`]) | every declared invariant `c` with `c_from = c_to` (`c_from = 0` for a channel out of the system) | yes, if the wrapped system keeps it |
 //! | [`RateModulation`] | `θ_k → θ_k·exp(g_k)` for chosen (rate) parameters | all of the wrapped system's | yes, if the wrapped system keeps it for every positive rate |
 //! | [`ProjectedResidual`] | `α·P·g`, `P = I − Cᵀ(CCᵀ)⁻¹C` | all of the wrapped system's | no |
 //! | [`FreeResidual`] | `α·g` | none (reported by [`Coupling::broken_invariants`]) | no |
@@ -58,22 +58,98 @@ pub enum Feature {
     Time,
 }
 
+/// How a [`Channel`]'s flux depends on its source amount `x = x_from`.
+///
+/// The flux is `r = s · a(x) · softplus(g(φ))` with the network output `g`
+/// and the gate `a` below. Both gates vanish at `x = 0`, are non-negative for
+/// `x ≥ 0` and have `a'(0) = 1`, so `s · softplus(g)` is the rate constant of
+/// the flux at small amounts in both forms.
+///
+/// | form | `a(x)` | `a'(x)` | at large `x` |
+/// |---|---|---|---|
+/// | [`ChannelForm::Rate`] | `x` | `1` | the flux grows like `x` times the network's rate at the far end (a tanh network tends to a constant: linear elimination) |
+/// | [`ChannelForm::Saturating`] | `x / (1 + \|x\|/h)` | `1 / (1 + \|x\|/h)²` | the flux is bounded by `s · h · softplus(g)` (capacity-limited) |
+///
+/// With a bounded network (tanh hidden layers saturate, so `g` tends to a
+/// constant as the features grow), the rate form extrapolates to a constant
+/// rate and the saturating form to a constant flux.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum ChannelForm {
+    /// `r = s · x · softplus(g)`: the network gives a rate constant (the default).
+    #[default]
+    Rate,
+    /// `r = s · x / (1 + |x|/half) · softplus(g)`: the gate saturates at the
+    /// source amount `half` (same units as the state), so the network shapes
+    /// a flux that stays below `s · half · softplus(g)`.
+    Saturating {
+        /// Source amount at which the gate is half of `x` (> 0, finite).
+        half: f64,
+    },
+}
+
 /// A channel of a [`FluxResidual`]: a learned flux from state `from` to
 /// state `to` (or out of the system when `None`), scaled by `scale`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Channel {
-    /// Source state (the flux is proportional to it).
+    /// Source state (the flux vanishes with it).
     pub from: usize,
     /// Sink state, or `None` for a flux out of the system.
     pub to: Option<usize>,
-    /// Rate scale `s` (1/time): flux = `s · x_from · softplus(g)`.
+    /// Rate scale `s` (1/time): flux = `s · a(x_from) · softplus(g)`.
     pub scale: f64,
+    /// The gate `a` (see [`ChannelForm`]; [`ChannelForm::Rate`] by default).
+    pub form: ChannelForm,
 }
 
 impl Channel {
-    /// A channel `from → to` with rate scale `scale`.
+    /// A rate-form channel `from → to` with rate scale `scale`:
+    /// flux = `scale · x_from · softplus(g)`.
     pub fn new(from: usize, to: Option<usize>, scale: f64) -> Self {
-        Channel { from, to, scale }
+        Channel { from, to, scale, form: ChannelForm::Rate }
+    }
+
+    /// The same channel with the gate `form`.
+    ///
+    /// ```
+    /// use insilico_neural::{Channel, ChannelForm};
+    /// let c = Channel::new(1, Some(2), 0.2).with_form(ChannelForm::Saturating { half: 50.0 });
+    /// let (a, da) = c.gate(50.0);
+    /// assert_eq!((a, da), (25.0, 0.25)); // x / (1 + x/h) and its derivative at x = h
+    /// assert!(c.gate(1e9).0 < 50.0); // bounded by h
+    /// ```
+    pub fn with_form(mut self, form: ChannelForm) -> Self {
+        self.form = form;
+        self
+    }
+
+    /// The gate `a(x)` and its derivative `a'(x)` at source amount `x`.
+    #[inline]
+    pub fn gate(&self, x: f64) -> (f64, f64) {
+        match self.form {
+            ChannelForm::Rate => (x, 1.0),
+            ChannelForm::Saturating { half } => {
+                let q = 1.0 / (1.0 + x.abs() / half);
+                (x * q, q * q)
+            }
+        }
+    }
+
+    /// The flux `s · a(x) · softplus(g)` for source amount `x` and network output `g`.
+    #[inline]
+    pub fn flux(&self, x: f64, g: f64) -> f64 {
+        self.scale * self.gate(x).0 * softplus(g)
+    }
+
+    fn valid(&self, n: usize) -> bool {
+        let form_ok = match self.form {
+            ChannelForm::Rate => true,
+            ChannelForm::Saturating { half } => half.is_finite() && half > 0.0,
+        };
+        self.from < n
+            && self.to.is_none_or(|t| t < n && t != self.from)
+            && self.scale.is_finite()
+            && self.scale > 0.0
+            && form_ok
     }
 }
 
@@ -284,9 +360,11 @@ macro_rules! delegate_outputs {
 // Flux residual
 
 /// Learned fluxes along declared channels: `dx/dt = f(x) + Σ_j r_j (e_to − e_from)`
-/// with `r_j = s_j · x_from · softplus(g_j(φ))`. Each flux is non-negative
-/// and vanishes with its source, so non-negative states stay non-negative;
-/// an invariant `c` is kept when `c_from = c_to`.
+/// with `r_j = s_j · a_j(x_from) · softplus(g_j(φ))`, where the gate `a_j` is
+/// the identity (rate form) or the bounded `x/(1 + |x|/h)` (saturating form,
+/// see [`ChannelForm`]). Each flux is non-negative and vanishes with its
+/// source, so non-negative states stay non-negative; an invariant `c` is kept
+/// when `c_from = c_to`.
 #[derive(Debug, Clone)]
 pub struct FluxResidual<S, R> {
     core: Core<S, R>,
@@ -299,9 +377,10 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
     pub fn new(sys: S, net: R, features: Vec<(Feature, f64)>, channels: Vec<Channel>) -> Result<Self, NeuralError> {
         let n = sys.nstates();
         for c in &channels {
-            if c.from >= n || c.to.is_some_and(|t| t >= n || t == c.from) || !c.scale.is_finite() || c.scale <= 0.0 {
+            if !c.valid(n) {
                 return Err(NeuralError::Shape(format!(
-                    "flux residual: channel {c:?} is invalid (states are 0..{n}, from ≠ to, scale > 0)"
+                    "flux residual: channel {c:?} is invalid (states are 0..{n}, from ≠ to, scale > 0, \
+                     saturation half > 0)"
                 )));
             }
         }
@@ -328,11 +407,14 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
         let mut g = vec![0.0; self.channels.len()];
         self.core.net.eval(w, &phi, &mut g);
         for (c, gj) in self.channels.iter().zip(&g) {
-            out.push(c.scale * x[c.from] * softplus(*gj));
+            out.push(c.flux(x[c.from], *gj));
         }
     }
     /// The learned rate constants `s_j · softplus(g_j)` (1/time) as a
-    /// function of the features `φ` alone.
+    /// function of the features `φ` alone. For a rate-form channel the flux
+    /// is this times `x_from`; for a saturating one it is this times the gate
+    /// `a(x_from)` ([`Channel::gate`]), and the rate constant of the flux is
+    /// this times `a(x_from)/x_from`.
     pub fn rates_at_features(&self, w: &[f64], phi: &[f64]) -> Vec<f64> {
         let mut g = vec![0.0; self.channels.len()];
         self.core.net.eval(w, phi, &mut g);
@@ -373,13 +455,13 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
             let mut cot = |y: &[f64], gy: &mut [f64]| {
                 for (j, c) in ch.iter().enumerate() {
                     let om = c.to.map_or(0.0, |b| wv[b]) - wv[c.from];
-                    gy[j] = om * c.scale * x[c.from] * sigmoid(y[j]);
+                    gy[j] = om * c.scale * c.gate(x[c.from]).0 * sigmoid(y[j]);
                 }
             };
             self.core.net.vjp(w, phi, g, &mut cot, Some(gphi), Some(&mut gp[m0..]));
             for (j, c) in ch.iter().enumerate() {
                 let om = c.to.map_or(0.0, |b| wv[b]) - wv[c.from];
-                gx[c.from] += c.scale * softplus(g[j]) * om;
+                gx[c.from] += c.scale * c.gate(x[c.from]).1 * softplus(g[j]) * om;
             }
             self.core.features_vjp(t, x, p0, gphi, Some(gx), Some(&mut gp[..m0]), scratch);
         });
@@ -411,7 +493,7 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
             let sp = z.max(0.0) + e.ln_1p();
             *sj = if z >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
             *gj = sp;
-            let r = c.scale * x[c.from] * sp;
+            let r = c.scale * c.gate(x[c.from]).0 * sp;
             dx[c.from] -= r;
             if let Some(b) = c.to {
                 dx[b] += r;
@@ -441,8 +523,9 @@ impl<S: System, R: Residual> FluxResidual<S, R> {
             }
             for (j, c) in self.channels.iter().enumerate() {
                 let om = c.to.map_or(0.0, |b| wv[b]) - wv[c.from];
-                gy[j] = om * c.scale * x[c.from] * sg[j];
-                gx[c.from] += c.scale * sp[j] * om;
+                let (a, da) = c.gate(x[c.from]);
+                gy[j] = om * c.scale * a * sg[j];
+                gx[c.from] += c.scale * da * sp[j] * om;
             }
             self.core.net.backward_tape(w, phi, net_tape, gy, Some(gphi), Some(&mut gp[m0..]));
             self.core.features_vjp(t, x, p0, gphi, Some(gx), Some(&mut gp[..m0]), scratch);
@@ -474,7 +557,7 @@ impl<S: System, R: Residual> System for FluxResidual<S, R> {
             self.core.features(t, x, u, p0, phi);
             self.core.net.eval(w, phi, g);
             for (c, gj) in self.channels.iter().zip(g.iter()) {
-                let r = c.scale * x[c.from] * softplus(*gj);
+                let r = c.flux(x[c.from], *gj);
                 dx[c.from] -= r;
                 if let Some(b) = c.to {
                     dx[b] += r;
@@ -497,7 +580,8 @@ impl<S: System, R: Residual> System for FluxResidual<S, R> {
             self.core.features_jvp(t, x, p0, Some(v), None, scratch, dphi);
             self.core.net.jvp(w, phi, Some(dphi), None, g, dg);
             for (j, c) in self.channels.iter().enumerate() {
-                let dr = c.scale * (v[c.from] * softplus(g[j]) + x[c.from] * sigmoid(g[j]) * dg[j]);
+                let (a, da) = c.gate(x[c.from]);
+                let dr = c.scale * (v[c.from] * da * softplus(g[j]) + a * sigmoid(g[j]) * dg[j]);
                 out[c.from] -= dr;
                 if let Some(b) = c.to {
                     out[b] += dr;
@@ -520,13 +604,13 @@ impl<S: System, R: Residual> System for FluxResidual<S, R> {
             let mut cot = |y: &[f64], gy: &mut [f64]| {
                 for (j, c) in ch.iter().enumerate() {
                     let om = c.to.map_or(0.0, |b| wv[b]) - wv[c.from];
-                    gy[j] = om * c.scale * x[c.from] * sigmoid(y[j]);
+                    gy[j] = om * c.scale * c.gate(x[c.from]).0 * sigmoid(y[j]);
                 }
             };
             self.core.net.vjp(w, phi, g, &mut cot, Some(gphi), None);
             for (j, c) in ch.iter().enumerate() {
                 let om = c.to.map_or(0.0, |b| wv[b]) - wv[c.from];
-                out[c.from] += c.scale * softplus(g[j]) * om;
+                out[c.from] += c.scale * c.gate(x[c.from]).1 * softplus(g[j]) * om;
             }
             self.core.features_vjp(t, x, p0, gphi, Some(out), None, scratch);
         });
@@ -547,7 +631,7 @@ impl<S: System, R: Residual> System for FluxResidual<S, R> {
             self.core.features_jvp(t, x, p0, None, Some(v0), scratch, dphi);
             self.core.net.jvp(w, phi, Some(dphi), Some(vw), g, dg);
             for (j, c) in self.channels.iter().enumerate() {
-                let dr = c.scale * x[c.from] * sigmoid(g[j]) * dg[j];
+                let dr = c.scale * c.gate(x[c.from]).0 * sigmoid(g[j]) * dg[j];
                 out[c.from] -= dr;
                 if let Some(b) = c.to {
                     out[b] += dr;
@@ -571,7 +655,7 @@ impl<S: System, R: Residual> System for FluxResidual<S, R> {
             let mut cot = |y: &[f64], gy: &mut [f64]| {
                 for (j, c) in ch.iter().enumerate() {
                     let om = c.to.map_or(0.0, |b| wv[b]) - wv[c.from];
-                    gy[j] = om * c.scale * x[c.from] * sigmoid(y[j]);
+                    gy[j] = om * c.scale * c.gate(x[c.from]).0 * sigmoid(y[j]);
                 }
             };
             let (o0, ow) = out.split_at_mut(m0);
@@ -615,9 +699,13 @@ impl<S: System, R: Residual> Coupling for FluxResidual<S, R> {
             .iter()
             .map(|c| {
                 format!(
-                    "{} -> {}",
+                    "{} -> {}{}",
                     names.get(c.from).cloned().unwrap_or_default(),
-                    c.to.and_then(|t| names.get(t).cloned()).unwrap_or_else(|| "out".into())
+                    c.to.and_then(|t| names.get(t).cloned()).unwrap_or_else(|| "out".into()),
+                    match c.form {
+                        ChannelForm::Rate => String::new(),
+                        ChannelForm::Saturating { half } => format!(" (saturating, half {half})"),
+                    }
                 )
             })
             .collect();

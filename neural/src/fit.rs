@@ -250,6 +250,16 @@ pub enum Stage {
     },
 }
 
+/// An extra term of the objective that depends only on the shared
+/// mechanistic parameters and the network weights (e.g.
+/// [`crate::shape::FluxShape`]), added by [`Objective::with_penalty`] and
+/// [`fit_with_penalty`].
+pub trait Penalty: Sync {
+    /// The value at mechanistic parameters `theta` (natural scale, typical
+    /// values) and weights `w`; adds `∂/∂θ` into `g_theta` and `∂/∂w` into `g_w`.
+    fn value_grad(&self, theta: &[f64], w: &[f64], g_theta: &mut [f64], g_w: &mut [f64]) -> f64;
+}
+
 /// Everything about a fit but the model and data.
 #[derive(Debug, Clone)]
 pub struct FitSpec {
@@ -351,6 +361,7 @@ pub struct Objective<'a> {
     n_shared: usize,
     x0: Vec<f64>,
     with_eta: bool,
+    penalty: Option<&'a dyn Penalty>,
 }
 
 /// One subject's contribution.
@@ -434,7 +445,19 @@ impl<'a> Objective<'a> {
             };
             plans.push(plan);
         }
-        Ok(Objective { model, spec, subjects, plans, free_params, eta_params, n_sigma_free, n_shared, x0, with_eta })
+        Ok(Objective {
+            model,
+            spec,
+            subjects,
+            plans,
+            free_params,
+            eta_params,
+            n_sigma_free,
+            n_shared,
+            x0,
+            with_eta,
+            penalty: None,
+        })
     }
 
     /// Length of the optimiser vector.
@@ -651,7 +674,13 @@ impl<'a> Objective<'a> {
         Ok(self.value_grad(phi)?.0)
     }
 
-    /// Priors and random-effect terms; adds their gradient into `g`.
+    /// The same objective with `penalty` added (at the typical parameters).
+    pub fn with_penalty(mut self, penalty: &'a dyn Penalty) -> Self {
+        self.penalty = Some(penalty);
+        self
+    }
+
+    /// Priors, random-effect terms and the added penalty; adds their gradient into `g`.
     fn penalties(&self, phi: &[f64], theta: &[f64], omega: &[f64], w_off: usize, g: Option<&mut Vec<f64>>) -> f64 {
         const HALF_LN2PI: f64 = 0.918_938_533_204_672_8;
         let mut dummy = Vec::new();
@@ -671,7 +700,18 @@ impl<'a> Objective<'a> {
                 g[o] += z / sd;
             }
         }
-        let _ = theta;
+        if let Some(pen) = self.penalty {
+            let nw = self.model.n_weights;
+            let mut gt = vec![0.0; theta.len()];
+            let mut gw = vec![0.0; nw];
+            f += pen.value_grad(theta, &phi[w_off..w_off + nw], &mut gt, &mut gw);
+            for (o, &k) in self.free_params.iter().enumerate() {
+                g[o] += gt[k] * self.spec.params[k].transform.deriv(theta[k]);
+            }
+            for (a, b) in g[w_off..w_off + nw].iter_mut().zip(&gw) {
+                *a += b;
+            }
+        }
         if let Some(sd) = self.model.weight_prior_sd {
             for (a, &w) in g[w_off..w_off + self.model.n_weights].iter_mut().zip(&phi[w_off..]) {
                 f += 0.5 * w * w / (sd * sd);
@@ -760,6 +800,19 @@ pub fn fit(
     with_eta: bool,
     progress: &dyn Fn(Progress),
 ) -> Result<FitResult, FitError> {
+    fit_with_penalty(model, spec, subjects, with_eta, None, progress)
+}
+
+/// [`fit`] with an added [`Penalty`] in the training objective (the
+/// validation loss, a data loss, does not include it).
+pub fn fit_with_penalty(
+    model: &Model,
+    spec: &FitSpec,
+    subjects: &[FitSubject],
+    with_eta: bool,
+    penalty: Option<&dyn Penalty>,
+    progress: &dyn Fn(Progress),
+) -> Result<FitResult, FitError> {
     let start = Instant::now();
     if subjects.is_empty() {
         return Err(FitError::Spec("no subjects with observations to fit".into()));
@@ -776,6 +829,10 @@ pub fn fit(
     let train: Vec<&FitSubject> = (0..subjects.len()).filter(|i| !val_idx.contains(i)).map(|i| &subjects[i]).collect();
     let val: Vec<&FitSubject> = val_idx.iter().map(|&i| &subjects[i]).collect();
     let obj = Objective::new(model, spec, train, with_eta)?;
+    let obj = match penalty {
+        Some(p) => obj.with_penalty(p),
+        None => obj,
+    };
     let val_obj = if val.is_empty() { None } else { Some(Objective::new(model, spec, val, false)?) };
     let n_shared = obj.n_shared;
 

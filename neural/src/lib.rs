@@ -9,6 +9,7 @@
 //! | plug in another network type | [`Residual`] (and [`check_residual`]) |
 //! | attach a learned term to a mechanistic [`System`](insilico_solvers::System) and keep its invariants | [`coupling`]: [`FluxResidual`], [`RateModulation`], [`ProjectedResidual`], [`FreeResidual`] |
 //! | fit shared parameters, network weights and per-subject random effects to a NONMEM-layout dataset | [`fit`] |
+//! | constrain a learned flux's shape (non-decreasing, saturable) beyond the data | [`shape`] ([`fit::Penalty`]) |
 //! | fast loss gradients for small systems (explicit RK with a discrete adjoint) | [`fast`] |
 //!
 //! ## Example
@@ -30,9 +31,12 @@ pub mod fast;
 pub mod fit;
 pub mod mlp;
 pub mod residual;
+pub mod shape;
 mod small;
 
-pub use coupling::{Channel, Coupling, Feature, FluxResidual, FreeResidual, ProjectedResidual, RateModulation};
+pub use coupling::{
+    Channel, ChannelForm, Coupling, Feature, FluxResidual, FreeResidual, ProjectedResidual, RateModulation,
+};
 pub use mlp::{Activation, Mlp, Workspace};
 pub use residual::{check_residual, Residual};
 

@@ -3,7 +3,8 @@
 
 use insilico_mechanistic::PkModel;
 use insilico_neural::{
-    Activation, Channel, Coupling, Feature, FluxResidual, FreeResidual, Mlp, ProjectedResidual, RateModulation,
+    Activation, Channel, ChannelForm, Coupling, Feature, FluxResidual, FreeResidual, Mlp, ProjectedResidual,
+    RateModulation,
 };
 use insilico_solvers::{check_derivatives, solve, Dose, Method, Options, Problem, Schedule, System};
 use proptest::prelude::*;
@@ -28,6 +29,21 @@ fn flux(act: Activation) -> FluxResidual<PkModel, Mlp> {
         net(3, 2, act),
         feats(),
         vec![Channel::new(1, Some(3), 0.2), Channel::new(2, Some(1), 0.1)],
+    )
+    .unwrap()
+}
+/// Saturating (bounded-flux) channels, one out of the central compartment
+/// with its gate half-saturated at 25 (inside the tested state range) and a
+/// rate-form one beside it.
+fn flux_sat(act: Activation) -> FluxResidual<PkModel, Mlp> {
+    FluxResidual::new(
+        pk2(),
+        net(3, 2, act),
+        feats(),
+        vec![
+            Channel::new(1, Some(3), 0.2).with_form(ChannelForm::Saturating { half: 25.0 }),
+            Channel::new(2, Some(1), 0.1),
+        ],
     )
     .unwrap()
 }
@@ -64,7 +80,13 @@ fn weights(n: usize, seed: u64, scale: f64) -> Vec<f64> {
 }
 
 fn all(act: Activation) -> Vec<Box<dyn Coupling>> {
-    vec![Box::new(flux(act)), Box::new(rate(act)), Box::new(projected(act)), Box::new(free(act))]
+    vec![
+        Box::new(flux(act)),
+        Box::new(flux_sat(act)),
+        Box::new(rate(act)),
+        Box::new(projected(act)),
+        Box::new(free(act)),
+    ]
 }
 
 #[test]
@@ -79,6 +101,39 @@ fn every_coupling_has_exact_derivatives() {
             }
         }
     }
+}
+
+/// The saturating gate: exact derivatives on both sides of zero (it is
+/// `x/(1+|x|/h)`, so a small negative undershoot is pushed back), a flux
+/// bounded by `s·h·softplus(g)` however large the source, and the same
+/// values as the rate form while the source is far below `h`.
+#[test]
+fn saturating_channel() {
+    for act in [Activation::Tanh, Activation::Softplus] {
+        let c = flux_sat(act);
+        let p = params(&c, &weights(c.nparams() - c.n_mech_params(), 5, 0.7));
+        for x in [[10.0, -3.0, 2.0, 1.0], [10.0, 25.0, 2.0, 1.0], [0.0, 400.0, 30.0, 1.0], [5.0, 1e-3, 0.0, 0.0]] {
+            let rep = check_derivatives(&c, 0.5, &x, &[], &p, 1e-6);
+            assert!(rep.max_rel_err < 2e-6, "{act:?} at {x:?}: {rep:?}");
+        }
+    }
+    let ch = Channel::new(0, None, 0.3).with_form(ChannelForm::Saturating { half: 20.0 });
+    for g in [-3.0, 0.0, 2.5] {
+        let bound = 0.3 * 20.0 * (1.0f64 + f64::exp(g)).ln();
+        let mut last = 0.0;
+        for x in [0.0, 1.0, 10.0, 20.0, 100.0, 1e4, 1e8] {
+            let r = ch.flux(x, g);
+            assert!(r >= last && r < bound, "flux {r} at x = {x}, g = {g} (bound {bound})");
+            last = r;
+        }
+        assert!(ch.flux(1e8, g) > 0.999 * bound);
+        // x = h/1000: within 0.1% of the rate form.
+        let rate = Channel::new(0, None, 0.3).flux(0.02, g);
+        assert!((ch.flux(0.02, g) - rate).abs() <= 1.001e-3 * rate);
+    }
+    let bad = Channel::new(1, Some(3), 0.2).with_form(ChannelForm::Saturating { half: 0.0 });
+    assert!(FluxResidual::new(pk2(), net(3, 1, Activation::Tanh), feats(), vec![bad]).is_err());
+    assert!(flux_sat(Activation::Tanh).describe().contains("saturating"));
 }
 
 #[test]
@@ -160,6 +215,6 @@ proptest! {
                 }
             }
         }
-        prop_assert!(solved >= 2);
+        prop_assert!(solved >= 3);
     }
 }

@@ -6,13 +6,18 @@
 
 use insilico_mechanistic::PkModel;
 use insilico_neural::fast::{FastRhs, FastWorkspace, Generic, Plan};
-use insilico_neural::{Activation, Channel, Feature, FluxResidual, Mlp, Residual};
+use insilico_neural::{Activation, Channel, ChannelForm, Feature, FluxResidual, Mlp, Residual};
 use insilico_solvers::{gradient, Dose, GradientMethod, Method, Options, Problem, Schedule};
 
 fn hybrid(widths: &[usize], act: Activation) -> FluxResidual<PkModel, Mlp> {
+    hybrid_form(widths, act, ChannelForm::Rate)
+}
+
+fn hybrid_form(widths: &[usize], act: Activation, form: ChannelForm) -> FluxResidual<PkModel, Mlp> {
     let pk = PkModel::from_name("pk-1cmt-oral").unwrap();
     let net = Mlp::new(widths, act).unwrap();
-    FluxResidual::new(pk, net, vec![(Feature::Output(0), 5.0)], vec![Channel::new(1, Some(2), 0.2)]).unwrap()
+    let ch = Channel::new(1, Some(2), 0.2).with_form(form);
+    FluxResidual::new(pk, net, vec![(Feature::Output(0), 5.0)], vec![ch]).unwrap()
 }
 
 #[test]
@@ -73,8 +78,14 @@ fn general_tape_matches_vjp() {
 
 #[test]
 fn flux_tape_matches_vjp_both() {
-    for (widths, act) in [(&[1usize, 16, 16, 1][..], Activation::Tanh), (&[1, 6, 1][..], Activation::Softplus)] {
-        let h = hybrid(widths, act);
+    let cases = [
+        (&[1usize, 16, 16, 1][..], Activation::Tanh, ChannelForm::Rate),
+        (&[1, 6, 1][..], Activation::Softplus, ChannelForm::Rate),
+        (&[1, 16, 16, 1][..], Activation::Tanh, ChannelForm::Saturating { half: 30.0 }),
+        (&[1, 6, 1][..], Activation::Softplus, ChannelForm::Saturating { half: 30.0 }),
+    ];
+    for (widths, act, form) in cases {
+        let h = hybrid_form(widths, act, form);
         let mut p = vec![1.1, 0.0, 23.0];
         p.extend(h.net().init(2, 1.0));
         let x = [40.0, 55.0, 12.0];

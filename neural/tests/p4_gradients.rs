@@ -5,13 +5,18 @@
 use insilico_mechanistic::PkModel;
 use insilico_neural::fast::{FastWorkspace, Generic, Plan};
 use insilico_neural::fit::{subjects_from_dataset, Engine, ErrorModel, FitSpec, Model, Objective, ParamSpec, Stage};
-use insilico_neural::{Activation, Channel, Feature, FluxResidual, Mlp};
+use insilico_neural::{Activation, Channel, ChannelForm, Feature, FluxResidual, Mlp};
 use insilico_solvers::{gradient, Dataset, DoseMapping, GradientMethod, Method, Options, ReadOptions, System};
 
 fn hybrid() -> FluxResidual<PkModel, Mlp> {
+    hybrid_form(ChannelForm::Rate)
+}
+
+fn hybrid_form(form: ChannelForm) -> FluxResidual<PkModel, Mlp> {
     let pk = PkModel::from_name("pk-1cmt-oral").unwrap();
     let net = Mlp::new(&[1, 16, 16, 1], Activation::Tanh).unwrap();
-    FluxResidual::new(pk, net, vec![(Feature::Output(0), 5.0)], vec![Channel::new(1, Some(2), 0.2)]).unwrap()
+    let ch = Channel::new(1, Some(2), 0.2).with_form(form);
+    FluxResidual::new(pk, net, vec![(Feature::Output(0), 5.0)], vec![ch]).unwrap()
 }
 
 fn data() -> Vec<insilico_neural::fit::FitSubject> {
@@ -20,9 +25,17 @@ fn data() -> Vec<insilico_neural::fit::FitSubject> {
     subjects_from_dataset(&ds, &DoseMapping::new(2, 1, 2)).unwrap()
 }
 
+/// Both channel forms: the rate form and the saturating (bounded-flux) form
+/// with its gate half-saturated at 40 mg, inside the range subject 18 reaches.
 #[test]
 fn fast_gradient_matches_generic_and_fd() {
-    let h = hybrid();
+    for form in [ChannelForm::Rate, ChannelForm::Saturating { half: 40.0 }] {
+        fast_gradient_matches_generic_and_fd_for(form);
+    }
+}
+
+fn fast_gradient_matches_generic_and_fd_for(form: ChannelForm) {
+    let h = hybrid_form(form);
     let subjects = data();
     let s = &subjects[17];
     let mut p = vec![1.2, 0.0, 25.0];
