@@ -8,8 +8,8 @@ use common::{p1_grid, p1_subset};
 use insilico_kernels::organoid::{Organoid, OrganoidOutput, ORGANOID_DEFAULTS};
 use insilico_kernels::reductions::{solve_reductions, Reducer, Reduction, Stat};
 use insilico_kernels::{
-    integrate, integrate_lanes, solve_grid, solve_summaries, BatchModel, DoseTrain, Regimen, Stepper, SummaryObserver,
-    Tolerances, TrajectoryStats, TwoCmtOral, WindowTrain,
+    integrate, integrate_lanes, solve_grid, solve_summaries, BatchModel, DoseTrain, Observer, Regimen, Stepper,
+    SummaryObserver, Tolerances, TrajectoryStats, TwoCmtOral, WindowTrain,
 };
 
 fn same(a: &[f64], b: &[f64]) -> bool {
@@ -39,6 +39,19 @@ fn check_pair<const N: usize, M: BatchModel<N>>(
     st
 }
 
+/// Trajectory `i` of `batch` integrated on its own.
+fn alone_with<O: Observer + ?Sized>(
+    batch: &insilico_kernels::Batch<4>,
+    i: usize,
+    stepper: Stepper,
+    p: &[f64],
+    times: &[f64],
+    o: &mut O,
+) -> TrajectoryStats {
+    let tol = Tolerances::default();
+    integrate(&TwoCmtOral, stepper, p, &batch.x0_of(i), &batch.regimens[i], times, 336.0, &tol, o)
+}
+
 #[test]
 fn p1_batches_equal_lone_trajectories() {
     let batch = p1_subset(37);
@@ -51,31 +64,11 @@ fn p1_batches_equal_lone_trajectories() {
             let mut p = vec![0.0; batch.nparams];
             batch.params_of(i, &mut p);
             let mut alone = vec![0.0; times.len()];
-            let st = integrate(
-                &TwoCmtOral,
-                stepper,
-                &p,
-                &batch.x0_of(i),
-                &batch.regimens[i],
-                &times,
-                336.0,
-                &Tolerances::default(),
-                &mut alone[..],
-            );
+            let st = alone_with(&batch, i, stepper, &p, &times, &mut alone[..]);
             assert_eq!(st, g.stats[i]);
             assert!(same(&alone, &g.values[i * times.len()..(i + 1) * times.len()]), "{stepper:?} case {i}");
             let mut o = SummaryObserver::new(312.0, 336.0, 1.0);
-            integrate(
-                &TwoCmtOral,
-                stepper,
-                &p,
-                &batch.x0_of(i),
-                &batch.regimens[i],
-                &times,
-                336.0,
-                &Tolerances::default(),
-                &mut o,
-            );
+            alone_with(&batch, i, stepper, &p, &times, &mut o);
             assert_eq!(o.s, *si, "{stepper:?} summary {i}");
         }
     }
