@@ -10,6 +10,7 @@
 //! | attach a learned term to a mechanistic [`System`](insilico_solvers::System) and keep its invariants | [`coupling`]: [`FluxResidual`], [`RateModulation`], [`ProjectedResidual`], [`FreeResidual`] |
 //! | fit shared parameters, network weights and per-subject random effects to a NONMEM-layout dataset | [`fit`] |
 //! | fast loss gradients for small systems (explicit RK with a discrete adjoint) | [`fast`] |
+//! | the same for several subjects at once, network evaluated across subjects | [`lockstep`] |
 //!
 //! ## Example
 //! ```
@@ -28,6 +29,7 @@
 pub mod coupling;
 pub mod fast;
 pub mod fit;
+pub mod lockstep;
 pub mod mlp;
 pub mod residual;
 mod small;

@@ -158,7 +158,7 @@ fn has_avx512() -> bool {
     }
 }
 
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2")
@@ -259,5 +259,646 @@ pub(crate) fn backward(
         (16, 32) => backward_h::<16, 32>(w, x, tape, gy, gw),
         (32, 16) => backward_h::<32, 16>(w, x, tape, gy, gw),
         _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Lane kernels: the same network evaluated for `LANES` inputs at once (one
+// per lockstep subject, see `crate::lockstep`). Every value is a `[f64; LANES]`
+// whose lanes are independent, so the tanh layers and the matrix products run
+// at SIMD throughput instead of along one dependency chain, and no horizontal
+// sums are needed. Weight gradients are accumulated per lane (so each lane's
+// gradient can be read back on its own) and once per integration step over all
+// of its stages ([`weight_grads_lanes`]) rather than once per stage.
+
+/// Number of lanes of the lane kernels.
+pub const LANES: usize = 4;
+/// One value per lane.
+pub(crate) type Lanes = [f64; LANES];
+
+#[inline(always)]
+fn fwd_lanes_body<const H1: usize, const H2: usize>(w: &[f64], x: &Lanes, a: &mut [Lanes]) -> Lanes {
+    let o1 = 2 * H1;
+    let o2 = o1 + H1 * H2 + H2;
+    let w = &w[..o2 + H2 + 1];
+    let (a1, a2) = a[..H1 + H2].split_at_mut(H1);
+    for i in 0..H1 {
+        let (wi, bi) = (w[i], w[H1 + i]);
+        for l in 0..LANES {
+            a1[i][l] = tanh_fast(bi + wi * x[l]);
+        }
+    }
+    let w1 = &w[o1..o1 + H1 * H2];
+    let mut z = [[0.0f64; LANES]; H2];
+    for (i, zi) in z.iter_mut().enumerate() {
+        *zi = [w[o1 + H1 * H2 + i]; LANES];
+    }
+    for (j, aj) in a1.iter().enumerate() {
+        let col = &w1[j * H2..(j + 1) * H2];
+        for i in 0..H2 {
+            for l in 0..LANES {
+                z[i][l] += col[i] * aj[l];
+            }
+        }
+    }
+    for i in 0..H2 {
+        for l in 0..LANES {
+            a2[i][l] = tanh_fast(z[i][l]);
+        }
+    }
+    let w2 = &w[o2..o2 + H2];
+    let mut acc = [[0.0f64; LANES]; 4];
+    for i in 0..H2 {
+        for l in 0..LANES {
+            acc[i % 4][l] += w2[i] * a2[i][l];
+        }
+    }
+    let mut y = [0.0f64; LANES];
+    for l in 0..LANES {
+        y[l] = w[o2 + H2] + ((acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    }
+    y
+}
+
+/// Backward pass without weight gradients: writes `d = [d1 (H1), d2 (H2)]`
+/// (the pre-activation cotangents) and returns `∂y/∂x · gy` per lane.
+#[inline(always)]
+fn bwd_lanes_body<const H1: usize, const H2: usize>(w: &[f64], a: &[Lanes], gy: &Lanes, d: &mut [Lanes]) -> Lanes {
+    let o1 = 2 * H1;
+    let o2 = o1 + H1 * H2 + H2;
+    let w = &w[..o2 + H2 + 1];
+    let (a1, a2) = a[..H1 + H2].split_at(H1);
+    let (d1, d2) = d[..H1 + H2].split_at_mut(H1);
+    let w2 = &w[o2..o2 + H2];
+    for i in 0..H2 {
+        for l in 0..LANES {
+            d2[i][l] = gy[l] * w2[i] * (1.0 - a2[i][l] * a2[i][l]);
+        }
+    }
+    let w1 = &w[o1..o1 + H1 * H2];
+    for j in 0..H1 {
+        let col = &w1[j * H2..(j + 1) * H2];
+        let mut acc = [[0.0f64; LANES]; 2];
+        for i in 0..H2 {
+            for l in 0..LANES {
+                acc[i % 2][l] += col[i] * d2[i][l];
+            }
+        }
+        for l in 0..LANES {
+            d1[j][l] = (acc[0][l] + acc[1][l]) * (1.0 - a1[j][l] * a1[j][l]);
+        }
+    }
+    let mut acc = [[0.0f64; LANES]; 4];
+    for i in 0..H1 {
+        for l in 0..LANES {
+            acc[i % 4][l] += w[i] * d1[i][l];
+        }
+    }
+    let mut gx = [0.0f64; LANES];
+    for l in 0..LANES {
+        gx[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    gx
+}
+
+/// Length of one stage record of [`weight_grads_lanes`] (in lanes values):
+/// `[x, gy, a1 (H1), a2 (H2), d1 (H1), d2 (H2)]`.
+pub(crate) const fn lanes_record_len(h1: usize, h2: usize) -> usize {
+    2 + 2 * (h1 + h2)
+}
+
+#[inline(always)]
+fn wgrad_lanes_body<const H1: usize, const H2: usize>(recs: &[Lanes], gw: &mut [Lanes]) {
+    let o1 = 2 * H1;
+    let o2 = o1 + H1 * H2 + H2;
+    let rl = lanes_record_len(H1, H2);
+    let ns = recs.len() / rl;
+    let gw = &mut gw[..o2 + H2 + 1];
+    let rec = |s: usize| &recs[s * rl..(s + 1) * rl];
+    // Output layer and its bias.
+    for i in 0..H2 {
+        let mut acc = [0.0f64; LANES];
+        for s in 0..ns {
+            let r = rec(s);
+            for l in 0..LANES {
+                acc[l] += r[1][l] * r[2 + H1 + i][l];
+            }
+        }
+        for l in 0..LANES {
+            gw[o2 + i][l] += acc[l];
+        }
+    }
+    let mut acc = [0.0f64; LANES];
+    for s in 0..ns {
+        for (a, v) in acc.iter_mut().zip(rec(s)[1]) {
+            *a += v;
+        }
+    }
+    for l in 0..LANES {
+        gw[o2 + H2][l] += acc[l];
+    }
+    // Hidden layer 2: bias, then the H1 x H2 matrix as one product over the stages.
+    let d2o = 2 + 2 * H1 + H2;
+    for i in 0..H2 {
+        let mut acc = [0.0f64; LANES];
+        for s in 0..ns {
+            let r = rec(s);
+            for l in 0..LANES {
+                acc[l] += r[d2o + i][l];
+            }
+        }
+        for l in 0..LANES {
+            gw[o1 + H1 * H2 + i][l] += acc[l];
+        }
+    }
+    for j in 0..H1 {
+        // Blocks of 4 rows: 4 accumulators stay in registers over the stages.
+        for ib in (0..H2).step_by(4) {
+            let mut acc = [[0.0f64; LANES]; 4];
+            for s in 0..ns {
+                let r = rec(s);
+                let aj = r[2 + j];
+                for (q, aq) in acc.iter_mut().enumerate() {
+                    for l in 0..LANES {
+                        aq[l] += r[d2o + ib + q][l] * aj[l];
+                    }
+                }
+            }
+            let col = &mut gw[o1 + j * H2 + ib..o1 + j * H2 + ib + 4];
+            for (c, aq) in col.iter_mut().zip(&acc) {
+                for l in 0..LANES {
+                    c[l] += aq[l];
+                }
+            }
+        }
+    }
+    // Hidden layer 1.
+    let d1o = 2 + H1 + H2;
+    for i in 0..H1 {
+        let (mut aw, mut ab) = ([0.0f64; LANES], [0.0f64; LANES]);
+        for s in 0..ns {
+            let r = rec(s);
+            for l in 0..LANES {
+                aw[l] += r[d1o + i][l] * r[0][l];
+                ab[l] += r[d1o + i][l];
+            }
+        }
+        for l in 0..LANES {
+            gw[i][l] += aw[l];
+            gw[H1 + i][l] += ab[l];
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn wgrad_lanes_avx2<const H1: usize, const H2: usize>(recs: &[Lanes], gw: &mut [Lanes]) {
+    wgrad_lanes_body::<H1, H2>(recs, gw)
+}
+
+fn forward_lanes_h<const H1: usize, const H2: usize>(w: &[f64], x: &Lanes, a: &mut [Lanes]) -> Option<Lanes> {
+    if w.len() < n_params(H1, H2) || a.len() < H1 + H2 {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is available on this CPU (checked above); the lengths are checked above.
+        return Some(unsafe { x86::fwd::<H1, H2>(w, x, a) });
+    }
+    Some(fwd_lanes_body::<H1, H2>(w, x, a))
+}
+
+fn backward_lanes_h<const H1: usize, const H2: usize>(
+    w: &[f64],
+    a: &[Lanes],
+    gy: &Lanes,
+    d: &mut [Lanes],
+) -> Option<Lanes> {
+    if w.len() < n_params(H1, H2) || a.len() < H1 + H2 || d.len() < H1 + H2 {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is available on this CPU (checked above); the lengths are checked above.
+        return Some(unsafe { x86::bwd::<H1, H2>(w, a, gy, d) });
+    }
+    Some(bwd_lanes_body::<H1, H2>(w, a, gy, d))
+}
+
+fn wgrad_lanes_h<const H1: usize, const H2: usize>(recs: &[Lanes], gw: &mut [Lanes]) -> Option<()> {
+    if gw.len() < n_params(H1, H2) || !recs.len().is_multiple_of(lanes_record_len(H1, H2)) {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is available on this CPU (checked above).
+        unsafe { wgrad_lanes_avx2::<H1, H2>(recs, gw) };
+        return Some(());
+    }
+    wgrad_lanes_body::<H1, H2>(recs, gw);
+    Some(())
+}
+
+/// `y = net(x)` per lane for `1 → h1 → h2 → 1` tanh; `a` (length `h1 + h2`)
+/// receives the hidden activations `[a1, a2]`. `None` when the shape has no
+/// kernel or the slices are too short.
+pub(crate) fn forward_lanes(h1: usize, h2: usize, w: &[f64], x: &Lanes, a: &mut [Lanes]) -> Option<Lanes> {
+    match (h1, h2) {
+        (8, 8) => forward_lanes_h::<8, 8>(w, x, a),
+        (16, 16) => forward_lanes_h::<16, 16>(w, x, a),
+        (32, 32) => forward_lanes_h::<32, 32>(w, x, a),
+        (16, 32) => forward_lanes_h::<16, 32>(w, x, a),
+        (32, 16) => forward_lanes_h::<32, 16>(w, x, a),
+        _ => None,
+    }
+}
+
+/// The backward pass per lane over activations `a` from [`forward_lanes`]:
+/// writes the pre-activation cotangents `d = [d1 (h1), d2 (h2)]` (what
+/// [`weight_grads_lanes`] needs) and returns `(∂y/∂x)ᵀ gy` per lane.
+pub(crate) fn backward_lanes(
+    h1: usize,
+    h2: usize,
+    w: &[f64],
+    a: &[Lanes],
+    gy: &Lanes,
+    d: &mut [Lanes],
+) -> Option<Lanes> {
+    match (h1, h2) {
+        (8, 8) => backward_lanes_h::<8, 8>(w, a, gy, d),
+        (16, 16) => backward_lanes_h::<16, 16>(w, a, gy, d),
+        (32, 32) => backward_lanes_h::<32, 32>(w, a, gy, d),
+        (16, 32) => backward_lanes_h::<16, 32>(w, a, gy, d),
+        (32, 16) => backward_lanes_h::<32, 16>(w, a, gy, d),
+        _ => None,
+    }
+}
+
+/// `gw += Σ_s (∂y/∂w)ᵀ gy_s` per lane over stage records
+/// `[x, gy, a1, a2, d1, d2]` (each [`lanes_record_len`] long, `d` from
+/// [`backward_lanes`]); `gw` holds one value per weight and lane.
+pub(crate) fn weight_grads_lanes(h1: usize, h2: usize, recs: &[Lanes], gw: &mut [Lanes]) -> Option<()> {
+    match (h1, h2) {
+        (8, 8) => wgrad_lanes_h::<8, 8>(recs, gw),
+        (16, 16) => wgrad_lanes_h::<16, 16>(recs, gw),
+        (32, 32) => wgrad_lanes_h::<32, 32>(recs, gw),
+        (16, 32) => wgrad_lanes_h::<16, 32>(recs, gw),
+        (32, 16) => wgrad_lanes_h::<32, 16>(recs, gw),
+        _ => None,
+    }
+}
+
+// AVX2 builds of the lane kernels written with intrinsics: one `__m256d` per
+// lanes value, so that nothing is shuffled between lanes (the autovectoriser
+// mixed lanes and hidden units and spilled). No FMA: the same operations, in
+// the same order, as `exp_fast`/`tanh_fast` lane by lane.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Lanes, LANES};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn splat(v: f64) -> __m256d {
+        _mm256_set1_pd(v)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn add(a: __m256d, b: __m256d) -> __m256d {
+        _mm256_add_pd(a, b)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn sub(a: __m256d, b: __m256d) -> __m256d {
+        _mm256_sub_pd(a, b)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn mul(a: __m256d, b: __m256d) -> __m256d {
+        _mm256_mul_pd(a, b)
+    }
+
+    /// Loads lanes value `i` of `p`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn ld(p: *const f64, i: usize) -> __m256d {
+        // SAFETY: the caller guarantees that `p` holds at least `LANES (i + 1)` values.
+        unsafe { _mm256_loadu_pd(p.add(LANES * i)) }
+    }
+
+    /// Stores lanes value `i` of `p`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn st(p: *mut f64, i: usize, v: __m256d) {
+        // SAFETY: the caller guarantees that `p` holds at least `LANES (i + 1)` values.
+        unsafe { _mm256_storeu_pd(p.add(LANES * i), v) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn to_lanes(v: __m256d) -> Lanes {
+        let mut out = [0.0; LANES];
+        // SAFETY: `out` holds LANES values.
+        unsafe { _mm256_storeu_pd(out.as_mut_ptr(), v) };
+        out
+    }
+
+    /// `crate::mlp::exp_fast` per lane (same operations and order).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn exp_v(x: __m256d) -> __m256d {
+        const LOG2E: f64 = std::f64::consts::LOG2_E;
+        const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+        const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+        const MAGIC: f64 = 6_755_399_441_055_744.0;
+        // clamp(-700, 700), NaN passing through (min/max return their second operand on NaN).
+        let x = _mm256_max_pd(splat(-700.0), _mm256_min_pd(splat(700.0), x));
+        let t = add(mul(x, splat(LOG2E)), splat(MAGIC));
+        let k = sub(t, splat(MAGIC));
+        let r = sub(sub(x, mul(k, splat(LN2_HI))), mul(k, splat(LN2_LO)));
+        let r2 = mul(r, r);
+        let r4 = mul(r2, r2);
+        let r8 = mul(r4, r4);
+        let q = |a: f64, b: f64| add(splat(a), mul(r, splat(b)));
+        let q0 = add(splat(1.0), r);
+        let q1 = q(1.0 / 2.0, 1.0 / 6.0);
+        let q2 = q(1.0 / 24.0, 1.0 / 120.0);
+        let q3 = q(1.0 / 720.0, 1.0 / 5_040.0);
+        let q4 = q(1.0 / 40_320.0, 1.0 / 362_880.0);
+        let q5 = q(1.0 / 3_628_800.0, 1.0 / 39_916_800.0);
+        let q6 = q(1.0 / 479_001_600.0, 1.0 / 6_227_020_800.0);
+        let s0 = add(q0, mul(r2, q1));
+        let s1 = add(q2, mul(r2, q3));
+        let s2 = add(q4, mul(r2, q5));
+        let u0 = add(s0, mul(r4, s1));
+        let u1 = add(s2, mul(r4, q6));
+        let p = add(u0, mul(r8, u1));
+        let bits = _mm256_slli_epi64::<52>(_mm256_add_epi64(_mm256_castpd_si256(t), _mm256_set1_epi64x(1023)));
+        mul(p, _mm256_castsi256_pd(bits))
+    }
+
+    /// `crate::mlp::tanh_fast` per lane.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn tanh_v(z: __m256d) -> __m256d {
+        let zc = _mm256_max_pd(splat(-20.0), _mm256_min_pd(splat(20.0), z));
+        let e = exp_v(mul(splat(2.0), zc));
+        _mm256_div_pd(sub(e, splat(1.0)), add(e, splat(1.0)))
+    }
+
+    /// `super::softplus_sigmoid` per lane (same operations and order).
+    ///
+    /// # Safety
+    /// AVX2 must be available.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn softplus_sigmoid(z: &Lanes) -> (Lanes, Lanes) {
+        // SAFETY: `z` holds one lanes value.
+        let z = unsafe { ld(z.as_ptr(), 0) };
+        let absz = _mm256_andnot_pd(splat(-0.0), z);
+        let e = exp_v(sub(splat(0.0), absz));
+        let one = splat(1.0);
+        // log1p(e), e in [0, 1].
+        let v = add(one, e);
+        let big = _mm256_cmp_pd::<_CMP_GT_OQ>(v, splat(std::f64::consts::SQRT_2));
+        let m = _mm256_blendv_pd(v, mul(splat(0.5), v), big);
+        let k = _mm256_and_pd(big, splat(std::f64::consts::LN_2));
+        let s = _mm256_div_pd(sub(m, one), add(m, one));
+        let s2 = mul(s, s);
+        let s4 = mul(s2, s2);
+        let s8 = mul(s4, s4);
+        let c = |a: f64, b: f64| add(splat(a), mul(s2, splat(b)));
+        let c0 = add(one, mul(s2, splat(1.0 / 3.0)));
+        let c1 = c(1.0 / 5.0, 1.0 / 7.0);
+        let c2 = c(1.0 / 9.0, 1.0 / 11.0);
+        let c3 = c(1.0 / 13.0, 1.0 / 15.0);
+        let c4 = c(1.0 / 17.0, 1.0 / 19.0);
+        let d0 = add(c0, mul(s4, c1));
+        let d1 = add(c2, mul(s4, c3));
+        let p = add(add(d0, mul(s8, d1)), mul(mul(s8, s8), c4));
+        let ln_v = add(k, mul(mul(splat(2.0), s), p));
+        let l1p = add(ln_v, _mm256_div_pd(sub(e, sub(v, one)), v));
+        let sp = add(_mm256_max_pd(z, splat(0.0)), l1p);
+        let pos = _mm256_cmp_pd::<_CMP_GE_OQ>(z, splat(0.0));
+        let num = _mm256_blendv_pd(e, one, pos);
+        let sg = _mm256_div_pd(num, add(one, e));
+        (to_lanes(sp), to_lanes(sg))
+    }
+
+    /// Forward kernel (see `fwd_lanes_body`).
+    ///
+    /// # Safety
+    /// AVX2 must be available; `w` holds the weights of `1 → H1 → H2 → 1`
+    /// and `a` at least `H1 + H2` values.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fwd<const H1: usize, const H2: usize>(w: &[f64], x: &Lanes, a: &mut [Lanes]) -> Lanes {
+        let o1 = 2 * H1;
+        let o2 = o1 + H1 * H2 + H2;
+        let w = &w[..o2 + H2 + 1];
+        let a = &mut a[..H1 + H2];
+        let ap = a.as_mut_ptr() as *mut f64;
+        // SAFETY (all loads and stores below): `a` holds H1 + H2 lanes values, `x` one.
+        unsafe {
+            let xv = ld(x.as_ptr(), 0);
+            for i in 0..H1 {
+                st(ap, i, tanh_v(add(splat(w[H1 + i]), mul(splat(w[i]), xv))));
+            }
+            let w1 = &w[o1..o1 + H1 * H2];
+            let b1 = &w[o1 + H1 * H2..o2];
+            for ib in (0..H2).step_by(8) {
+                let mut acc: [__m256d; 8] = std::array::from_fn(|q| splat(b1[ib + q]));
+                for j in 0..H1 {
+                    let aj = ld(ap, j);
+                    let col = &w1[j * H2 + ib..j * H2 + ib + 8];
+                    for q in 0..8 {
+                        acc[q] = add(acc[q], mul(splat(col[q]), aj));
+                    }
+                }
+                for (q, z) in acc.iter().enumerate() {
+                    st(ap, H1 + ib + q, tanh_v(*z));
+                }
+            }
+            let w2 = &w[o2..o2 + H2];
+            let mut acc = [splat(0.0); 4];
+            for i in 0..H2 {
+                acc[i % 4] = add(acc[i % 4], mul(splat(w2[i]), ld(ap, H1 + i)));
+            }
+            to_lanes(add(splat(w[o2 + H2]), add(add(acc[0], acc[2]), add(acc[1], acc[3]))))
+        }
+    }
+
+    /// Backward kernel (see `bwd_lanes_body`).
+    ///
+    /// # Safety
+    /// As [`fwd`], and `d` holds at least `H1 + H2` values.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn bwd<const H1: usize, const H2: usize>(
+        w: &[f64],
+        a: &[Lanes],
+        gy: &Lanes,
+        d: &mut [Lanes],
+    ) -> Lanes {
+        let o1 = 2 * H1;
+        let o2 = o1 + H1 * H2 + H2;
+        let w = &w[..o2 + H2 + 1];
+        let a = &a[..H1 + H2];
+        let d = &mut d[..H1 + H2];
+        let ap = a.as_ptr() as *const f64;
+        let dp = d.as_mut_ptr() as *mut f64;
+        let one = splat(1.0);
+        // SAFETY (all loads and stores below): `a` and `d` hold H1 + H2 lanes values, `gy` one.
+        unsafe {
+            let g = ld(gy.as_ptr(), 0);
+            let w2 = &w[o2..o2 + H2];
+            for (i, &w2i) in w2.iter().enumerate() {
+                let ai = ld(ap, H1 + i);
+                st(dp, H1 + i, mul(mul(g, splat(w2i)), sub(one, mul(ai, ai))));
+            }
+            let w1 = &w[o1..o1 + H1 * H2];
+            for jb in (0..H1).step_by(4) {
+                let mut acc = [[splat(0.0); 2]; 4];
+                for i in 0..H2 {
+                    let di = ld(dp, H1 + i);
+                    for q in 0..4 {
+                        acc[q][i % 2] = add(acc[q][i % 2], mul(splat(w1[(jb + q) * H2 + i]), di));
+                    }
+                }
+                for (q, aq) in acc.iter().enumerate() {
+                    let aj = ld(ap, jb + q);
+                    st(dp, jb + q, mul(add(aq[0], aq[1]), sub(one, mul(aj, aj))));
+                }
+            }
+            let mut acc = [splat(0.0); 4];
+            for i in 0..H1 {
+                acc[i % 4] = add(acc[i % 4], mul(splat(w[i]), ld(dp, i)));
+            }
+            to_lanes(add(add(acc[0], acc[2]), add(acc[1], acc[3])))
+        }
+    }
+}
+
+/// `ln(1 + u)` for `u` in `[0, 1]`, branch-free: `v = 1 + u` rounded, then
+/// `ln v = k ln2 + 2 atanh((m − 1)/(m + 1))` with `v = 2^k m`, `m ∈ [1/√2, √2)`
+/// (a degree-19 odd series, truncation below 1e-18), and the rounding of `v`
+/// corrected by `(u − (v − 1))/v`. Relative error within a few ulp.
+#[inline(always)]
+pub(crate) fn log1p_unit(u: f64) -> f64 {
+    const LN2: f64 = std::f64::consts::LN_2;
+    let v = 1.0 + u;
+    let big = v > std::f64::consts::SQRT_2;
+    let m = if big { 0.5 * v } else { v };
+    let k = if big { LN2 } else { 0.0 };
+    let s = (m - 1.0) / (m + 1.0);
+    let s2 = s * s;
+    let s4 = s2 * s2;
+    let s8 = s4 * s4;
+    // 1 + s²/3 + s⁴/5 + … + s¹⁸/19 by Estrin's scheme.
+    let c0 = 1.0 + s2 * (1.0 / 3.0);
+    let c1 = 1.0 / 5.0 + s2 * (1.0 / 7.0);
+    let c2 = 1.0 / 9.0 + s2 * (1.0 / 11.0);
+    let c3 = 1.0 / 13.0 + s2 * (1.0 / 15.0);
+    let c4 = 1.0 / 17.0 + s2 * (1.0 / 19.0);
+    let d0 = c0 + s4 * c1;
+    let d1 = c2 + s4 * c3;
+    let p = (d0 + s8 * d1) + (s8 * s8) * c4;
+    let ln_v = k + 2.0 * s * p;
+    ln_v + (u - (v - 1.0)) / v
+}
+
+/// `softplus(z) = ln(1 + e^z)` and `sigmoid(z)` from one exponential,
+/// branch-free (see [`log1p_unit`]).
+#[inline(always)]
+pub(crate) fn softplus_sigmoid(z: f64) -> (f64, f64) {
+    let e = crate::mlp::exp_fast(-z.abs());
+    let sp = z.max(0.0) + log1p_unit(e);
+    let num = if z >= 0.0 { 1.0 } else { e };
+    (sp, num / (1.0 + e))
+}
+
+/// [`softplus_sigmoid`] per lane (the AVX2 build gives the same numbers).
+pub(crate) fn softplus_sigmoid_lanes(z: &Lanes) -> (Lanes, Lanes) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: AVX2 is available on this CPU (checked above).
+        return unsafe { x86::softplus_sigmoid(z) };
+    }
+    let mut sp = [0.0; LANES];
+    let mut sg = [0.0; LANES];
+    for l in 0..LANES {
+        (sp[l], sg[l]) = softplus_sigmoid(z[l]);
+    }
+    (sp, sg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mlp::{sigmoid, softplus};
+    use crate::{Activation, Mlp};
+
+    #[test]
+    fn lane_kernels_match_the_one_input_kernels() {
+        for (h1, h2) in [(8, 8), (16, 16), (32, 32), (16, 32), (32, 16)] {
+            let net = Mlp::new(&[1, h1, h2, 1], Activation::Tanh).unwrap();
+            let w = net.init(11, 1.5);
+            let np = n_params(h1, h2);
+            let xs: Lanes = [-3.0, -0.2, 0.7, 4.0];
+            let gy: Lanes = [0.3, -1.1, 2.0, 0.5];
+            let mut a = vec![[0.0; LANES]; h1 + h2];
+            let y = forward_lanes(h1, h2, &w, &xs, &mut a).unwrap();
+            let mut d = vec![[0.0; LANES]; h1 + h2];
+            let gx = backward_lanes(h1, h2, &w, &a, &gy, &mut d).unwrap();
+            // Two stage records (the same stage twice): weight gradients are twice one stage's.
+            let mut rec = vec![xs, gy];
+            rec.extend_from_slice(&a);
+            rec.extend_from_slice(&d);
+            let recs = [rec.clone(), rec].concat();
+            let mut gw = vec![[0.0; LANES]; np];
+            weight_grads_lanes(h1, h2, &recs, &mut gw).unwrap();
+            for l in 0..LANES {
+                let mut tape = vec![0.0; h1 + h2];
+                let y1 = forward(h1, h2, &w, xs[l], &mut tape).unwrap();
+                assert!((y[l] - y1).abs() <= 1e-14 * (1.0 + y1.abs()), "{h1}x{h2} y lane {l}");
+                for (i, t) in tape.iter().enumerate() {
+                    assert!((a[i][l] - t).abs() <= 1e-15, "{h1}x{h2} activation {i} lane {l}");
+                }
+                let mut gw1 = vec![0.0; np];
+                let gx1 = backward(h1, h2, &w, xs[l], &tape, gy[l], Some(&mut gw1)).unwrap();
+                assert!((gx[l] - gx1).abs() <= 1e-13 * (1.0 + gx1.abs()), "{h1}x{h2} gx lane {l}");
+                for k in 0..np {
+                    let (a, b) = (gw[k][l], 2.0 * gw1[k]);
+                    assert!((a - b).abs() <= 1e-13 * (1.0 + b.abs()), "{h1}x{h2} gw[{k}] lane {l}: {a} vs {b}");
+                }
+            }
+        }
+        assert!(forward_lanes(4, 4, &[0.0; 64], &[0.0; LANES], &mut [[0.0; LANES]; 8]).is_none());
+    }
+
+    #[test]
+    fn softplus_sigmoid_and_log1p_are_accurate() {
+        let mut z = -745.0;
+        while z < 745.0 {
+            let (sp, sg) = softplus_sigmoid(z);
+            let (sp0, sg0) = (softplus(z), sigmoid(z));
+            assert!((sp - sp0).abs() <= 1e-15 * sp0.abs() + 1e-300, "softplus({z}): {sp} vs {sp0}");
+            assert!((sg - sg0).abs() <= 1e-15 * sg0.abs() + 1e-300, "sigmoid({z}): {sg} vs {sg0}");
+            let lanes = softplus_sigmoid_lanes(&[z, -z, 0.5 * z, z + 0.25]);
+            for (l, zl) in [z, -z, 0.5 * z, z + 0.25].into_iter().enumerate() {
+                let (a, b) = softplus_sigmoid(zl);
+                assert_eq!((lanes.0[l].to_bits(), lanes.1[l].to_bits()), (a.to_bits(), b.to_bits()), "lanes at {zl}");
+            }
+            z += 0.0137;
+        }
+        let mut worst = 0.0f64;
+        for k in 0..=20000 {
+            let u = k as f64 / 20000.0;
+            for u in [u, u * 1e-9, u * 1e-17] {
+                let (a, b) = (log1p_unit(u), u.ln_1p());
+                worst = worst.max((a - b).abs() / b.abs().max(1e-300));
+            }
+        }
+        assert!(worst <= 6e-16, "log1p relative error {worst:e}");
     }
 }
