@@ -27,7 +27,7 @@
 //! Supported: a [`FluxResidual`] with one feature (a state, an output or
 //! time), one rate-form channel and a `1 → H1 → H2 → 1` tanh [`Mlp`] with a
 //! specialised kernel ([`FastRhs::lockstep`] returns `None` otherwise), over
-//! any wrapped [`System`] with at most 16 states and 32 parameters; lanes
+//! any wrapped [`System`] with at most 8 states and 16 parameters; lanes
 //! must share the start time and the network weights (mechanistic parameters
 //! may differ, as with random effects).
 //!
@@ -45,9 +45,9 @@ use crate::small::{self, Lanes};
 pub use crate::small::LANES;
 
 /// Most states of a wrapped system on the lockstep path.
-const NMAX: usize = 16;
+const NMAX: usize = 8;
 /// Most parameters of a wrapped system on the lockstep path.
-const MMAX: usize = 32;
+const MMAX: usize = 16;
 
 /// The lockstep form of a flux residual (see the [module](self) docs).
 #[derive(Clone, Copy)]
@@ -115,6 +115,8 @@ pub struct LockWorkspace {
     acc_k: Vec<Lanes>,
     gp: Vec<Lanes>,
     recs: Vec<Lanes>,
+    /// The network weights splatted across lanes (for the AVX-512F kernels).
+    wl: Vec<Lanes>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -165,7 +167,8 @@ impl<'a> Lockstep<'a> {
 
     /// `dx = f(t, y)` for every lane, keeping the stage tape.
     #[inline(always)]
-    fn rhs_lanes(&self, t: f64, y: &[Lanes], p: &[&[f64]; LANES], dx: &mut [Lanes], tape: &mut [Lanes]) {
+    #[allow(clippy::too_many_arguments)]
+    fn rhs_lanes(&self, t: f64, y: &[Lanes], p: &[&[f64]; LANES], wl: &[Lanes], dx: &mut [Lanes], tape: &mut [Lanes]) {
         let (n, m0) = (self.n, self.m0);
         let (head, a) = tape.split_at_mut(3);
         let mut phi = [0.0f64; LANES];
@@ -187,7 +190,7 @@ impl<'a> Lockstep<'a> {
             }
         }
         let w = &p[0][m0..];
-        let g = small::forward_lanes(self.h1, self.h2, w, &phi, a).unwrap_or([f64::NAN; LANES]);
+        let g = small::forward_lanes(self.h1, self.h2, w, wl, &phi, a).unwrap_or([f64::NAN; LANES]);
         head[0] = phi;
         let c = &self.channel;
         (head[1], head[2]) = small::softplus_sigmoid_lanes(&g);
@@ -212,6 +215,7 @@ impl<'a> Lockstep<'a> {
         t: f64,
         y: &[Lanes],
         p: &[&[f64]; LANES],
+        wl: &[Lanes],
         kap: &[Lanes],
         mu: &mut [Lanes],
         gp: &mut [Lanes],
@@ -248,8 +252,8 @@ impl<'a> Lockstep<'a> {
         rec[1] = gy;
         rec[2..2 + h].copy_from_slice(&a[..h]);
         let w = &p[0][m0..];
-        let gphi =
-            small::backward_lanes(self.h1, self.h2, w, a, &gy, &mut rec[2 + h..2 + 2 * h]).unwrap_or([f64::NAN; LANES]);
+        let gphi = small::backward_lanes(self.h1, self.h2, w, wl, a, &gy, &mut rec[2 + h..2 + 2 * h])
+            .unwrap_or([f64::NAN; LANES]);
         for (l, yl) in ys.iter().enumerate() {
             let cf = gphi[l] / self.fscale;
             match self.feature {
@@ -307,6 +311,7 @@ impl<'a> Lockstep<'a> {
                 steps: 0,
             })
             .collect();
+        small::splat_weights(&p[0][m0..], &mut ws.wl);
         let steps = self.forward(&plans, &p, nl, x0, opts, losses, &mut out, ws)?;
         self.backward(&p, ws);
         for (l, g) in out.iter_mut().enumerate() {
@@ -467,7 +472,7 @@ impl<'a> Lockstep<'a> {
                 .fold(f64::INFINITY, f64::min);
             let stop = next_ev.min(horizon);
             if fresh {
-                self.rhs_lanes(t, &ws.x, p, &mut ws.k[..n], &mut ws.tape[..tl]);
+                self.rhs_lanes(t, &ws.x, p, &ws.wl, &mut ws.k[..n], &mut ws.tape[..tl]);
                 for (a, r) in ws.k[..n].iter_mut().zip(&ws.rates) {
                     for l in 0..LANES {
                         a[l] += r[l];
@@ -506,7 +511,7 @@ impl<'a> Lockstep<'a> {
                         ws.y[i] = acc;
                     }
                     let (_, ks) = ws.k.split_at_mut(s * n);
-                    self.rhs_lanes(t + C[s] * hh, &ws.y, p, &mut ks[..n], &mut ws.tape[s * tl..(s + 1) * tl]);
+                    self.rhs_lanes(t + C[s] * hh, &ws.y, p, &ws.wl, &mut ks[..n], &mut ws.tape[s * tl..(s + 1) * tl]);
                     for (a, r) in ks[..n].iter_mut().zip(&ws.rates) {
                         for l in 0..LANES {
                             a[l] += r[l];
@@ -616,6 +621,7 @@ impl<'a> Lockstep<'a> {
             gp,
             recs,
             y,
+            wl,
             ..
         } = ws;
         for v in [&mut *lam, &mut *kap, &mut *pend, &mut *acc_x, &mut *y] {
@@ -719,7 +725,7 @@ impl<'a> Lockstep<'a> {
                         }
                         let tape = &tps[s * tl..(s + 1) * tl];
                         let rec = &mut recs[nrec * rl..(nrec + 1) * rl];
-                        self.vjp_lanes(t + C[s] * h, y, p, kap, mus, gp, tape, rec);
+                        self.vjp_lanes(t + C[s] * h, y, p, wl, kap, mus, gp, tape, rec);
                         nrec += 1;
                     }
                     if nrec > 0 {

@@ -456,14 +456,19 @@ unsafe fn wgrad_lanes_avx2<const H1: usize, const H2: usize>(recs: &[Lanes], gw:
     wgrad_lanes_body::<H1, H2>(recs, gw)
 }
 
-fn forward_lanes_h<const H1: usize, const H2: usize>(w: &[f64], x: &Lanes, a: &mut [Lanes]) -> Option<Lanes> {
+fn forward_lanes_h<const H1: usize, const H2: usize>(
+    w: &[f64],
+    wl: &[Lanes],
+    x: &Lanes,
+    a: &mut [Lanes],
+) -> Option<Lanes> {
     if w.len() < n_params(H1, H2) || a.len() < H1 + H2 {
         return None;
     }
     #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
+    if has_avx512() && wl.len() >= n_params(H1, H2) {
         // SAFETY: AVX-512F (and so AVX2) is available on this CPU (checked above); the lengths are checked above.
-        return Some(unsafe { x86::fwd512::<H1, H2>(w, x, a) });
+        return Some(unsafe { x512::fwd::<H1, H2>(wl, x, a) });
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -475,12 +480,18 @@ fn forward_lanes_h<const H1: usize, const H2: usize>(w: &[f64], x: &Lanes, a: &m
 
 fn backward_lanes_h<const H1: usize, const H2: usize>(
     w: &[f64],
+    wl: &[Lanes],
     a: &[Lanes],
     gy: &Lanes,
     d: &mut [Lanes],
 ) -> Option<Lanes> {
     if w.len() < n_params(H1, H2) || a.len() < H1 + H2 || d.len() < H1 + H2 {
         return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && wl.len() >= n_params(H1, H2) {
+        // SAFETY: AVX-512F (and so AVX2) is available on this CPU (checked above); the lengths are checked above.
+        return Some(unsafe { x512::bwd::<H1, H2>(wl, a, gy, d) });
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
@@ -495,6 +506,12 @@ fn wgrad_lanes_h<const H1: usize, const H2: usize>(recs: &[Lanes], gw: &mut [Lan
         return None;
     }
     #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: AVX-512F is available on this CPU (checked above); the lengths are checked above.
+        unsafe { x512::wgrad::<H1, H2>(recs, gw) };
+        return Some(());
+    }
+    #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2 is available on this CPU (checked above).
         unsafe { wgrad_lanes_avx2::<H1, H2>(recs, gw) };
@@ -505,15 +522,23 @@ fn wgrad_lanes_h<const H1: usize, const H2: usize>(recs: &[Lanes], gw: &mut [Lan
 }
 
 /// `y = net(x)` per lane for `1 → h1 → h2 → 1` tanh; `a` (length `h1 + h2`)
-/// receives the hidden activations `[a1, a2]`. `None` when the shape has no
-/// kernel or the slices are too short.
-pub(crate) fn forward_lanes(h1: usize, h2: usize, w: &[f64], x: &Lanes, a: &mut [Lanes]) -> Option<Lanes> {
+/// receives the hidden activations `[a1, a2]`. `wl` is `w` splatted
+/// ([`splat_weights`]; the AVX-512F build reads it, the others read `w`).
+/// `None` when the shape has no kernel or the slices are too short.
+pub(crate) fn forward_lanes(
+    h1: usize,
+    h2: usize,
+    w: &[f64],
+    wl: &[Lanes],
+    x: &Lanes,
+    a: &mut [Lanes],
+) -> Option<Lanes> {
     match (h1, h2) {
-        (8, 8) => forward_lanes_h::<8, 8>(w, x, a),
-        (16, 16) => forward_lanes_h::<16, 16>(w, x, a),
-        (32, 32) => forward_lanes_h::<32, 32>(w, x, a),
-        (16, 32) => forward_lanes_h::<16, 32>(w, x, a),
-        (32, 16) => forward_lanes_h::<32, 16>(w, x, a),
+        (8, 8) => forward_lanes_h::<8, 8>(w, wl, x, a),
+        (16, 16) => forward_lanes_h::<16, 16>(w, wl, x, a),
+        (32, 32) => forward_lanes_h::<32, 32>(w, wl, x, a),
+        (16, 32) => forward_lanes_h::<16, 32>(w, wl, x, a),
+        (32, 16) => forward_lanes_h::<32, 16>(w, wl, x, a),
         _ => None,
     }
 }
@@ -525,16 +550,17 @@ pub(crate) fn backward_lanes(
     h1: usize,
     h2: usize,
     w: &[f64],
+    wl: &[Lanes],
     a: &[Lanes],
     gy: &Lanes,
     d: &mut [Lanes],
 ) -> Option<Lanes> {
     match (h1, h2) {
-        (8, 8) => backward_lanes_h::<8, 8>(w, a, gy, d),
-        (16, 16) => backward_lanes_h::<16, 16>(w, a, gy, d),
-        (32, 32) => backward_lanes_h::<32, 32>(w, a, gy, d),
-        (16, 32) => backward_lanes_h::<16, 32>(w, a, gy, d),
-        (32, 16) => backward_lanes_h::<32, 16>(w, a, gy, d),
+        (8, 8) => backward_lanes_h::<8, 8>(w, wl, a, gy, d),
+        (16, 16) => backward_lanes_h::<16, 16>(w, wl, a, gy, d),
+        (32, 32) => backward_lanes_h::<32, 32>(w, wl, a, gy, d),
+        (16, 32) => backward_lanes_h::<16, 32>(w, wl, a, gy, d),
+        (32, 16) => backward_lanes_h::<32, 16>(w, wl, a, gy, d),
         _ => None,
     }
 }
@@ -692,19 +718,18 @@ mod x86 {
         (to_lanes(sp), to_lanes(sg))
     }
 
-    /// [`tanh_v`] of two vectors as one 512-bit vector (the same operations
-    /// per element; on the AMD EPYC dev machine 512-bit tanh ran 1.4x faster
+    /// [`tanh_v`] on a 512-bit vector (two lanes values; the same operations
+    /// per element: on the AMD EPYC dev machine 512-bit tanh ran 1.4x faster
     /// per element than 256-bit).
     #[inline]
     #[target_feature(enable = "avx2,avx512f")]
-    fn tanh2(a: __m256d, b: __m256d) -> (__m256d, __m256d) {
+    pub(super) fn tanh2(z: __m512d) -> __m512d {
         const LOG2E: f64 = std::f64::consts::LOG2_E;
         const LN2_HI: f64 = 6.931_471_803_691_238e-1;
         const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
         const MAGIC: f64 = 6_755_399_441_055_744.0;
         let s = _mm512_set1_pd;
         let (add, mul, sub) = (_mm512_add_pd, _mm512_mul_pd, _mm512_sub_pd);
-        let z = _mm512_insertf64x4::<1>(_mm512_castpd256_pd512(a), b);
         let zc = _mm512_max_pd(s(-20.0), _mm512_min_pd(s(20.0), z));
         let x = mul(s(2.0), zc);
         let x = _mm512_max_pd(s(-700.0), _mm512_min_pd(s(700.0), x));
@@ -730,56 +755,7 @@ mod x86 {
         let p = add(u0, mul(r8, u1));
         let bits = _mm512_slli_epi64::<52>(_mm512_add_epi64(_mm512_castpd_si512(t), _mm512_set1_epi64(1023)));
         let e = mul(p, _mm512_castsi512_pd(bits));
-        let y = _mm512_div_pd(sub(e, s(1.0)), add(e, s(1.0)));
-        (_mm512_castpd512_pd256(y), _mm512_extractf64x4_pd::<1>(y))
-    }
-
-    /// Forward kernel with its tanh layers on 512-bit vectors (two lanes
-    /// values each): otherwise [`fwd`].
-    ///
-    /// # Safety
-    /// As [`fwd`], and AVX-512F must be available.
-    #[target_feature(enable = "avx2,avx512f")]
-    pub(super) unsafe fn fwd512<const H1: usize, const H2: usize>(w: &[f64], x: &Lanes, a: &mut [Lanes]) -> Lanes {
-        let o1 = 2 * H1;
-        let o2 = o1 + H1 * H2 + H2;
-        let w = &w[..o2 + H2 + 1];
-        let a = &mut a[..H1 + H2];
-        let ap = a.as_mut_ptr() as *mut f64;
-        // SAFETY (all loads and stores below): `a` holds H1 + H2 lanes values, `x` one.
-        unsafe {
-            let xv = ld(x.as_ptr(), 0);
-            for i in (0..H1).step_by(2) {
-                let z0 = add(splat(w[H1 + i]), mul(splat(w[i]), xv));
-                let z1 = add(splat(w[H1 + i + 1]), mul(splat(w[i + 1]), xv));
-                let (t0, t1) = tanh2(z0, z1);
-                st(ap, i, t0);
-                st(ap, i + 1, t1);
-            }
-            let w1 = &w[o1..o1 + H1 * H2];
-            let b1 = &w[o1 + H1 * H2..o2];
-            for ib in (0..H2).step_by(8) {
-                let mut acc: [__m256d; 8] = std::array::from_fn(|q| splat(b1[ib + q]));
-                for j in 0..H1 {
-                    let aj = ld(ap, j);
-                    let col = &w1[j * H2 + ib..j * H2 + ib + 8];
-                    for q in 0..8 {
-                        acc[q] = add(acc[q], mul(splat(col[q]), aj));
-                    }
-                }
-                for q in (0..8).step_by(2) {
-                    let (t0, t1) = tanh2(acc[q], acc[q + 1]);
-                    st(ap, H1 + ib + q, t0);
-                    st(ap, H1 + ib + q + 1, t1);
-                }
-            }
-            let w2 = &w[o2..o2 + H2];
-            let mut acc = [splat(0.0); 4];
-            for i in 0..H2 {
-                acc[i % 4] = add(acc[i % 4], mul(splat(w2[i]), ld(ap, H1 + i)));
-            }
-            to_lanes(add(splat(w[o2 + H2]), add(add(acc[0], acc[2]), add(acc[1], acc[3]))))
-        }
+        _mm512_div_pd(sub(e, s(1.0)), add(e, s(1.0)))
     }
 
     /// Forward kernel (see `fwd_lanes_body`).
@@ -874,6 +850,229 @@ mod x86 {
     }
 }
 
+// AVX-512F builds of the lane kernels: every 512-bit vector holds two
+// consecutive lanes values (two hidden units, or two records), so the weights
+// come pre-splatted (`wl`: each weight repeated `LANES` times, see
+// [`splat_weights`]) and a pair of them is one load. Each element sees the
+// same operations in the same order as in the AVX2 and portable builds
+// (pairs of units go to the two halves of one accumulator exactly where those
+// builds alternate two accumulators), so all builds agree bit for bit.
+#[cfg(target_arch = "x86_64")]
+mod x512 {
+    use super::x86::tanh2;
+    use super::{Lanes, LANES};
+    use std::arch::x86_64::*;
+
+    /// Loads lanes values `i` and `i + 1` of `p`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn ld2(p: *const f64, i: usize) -> __m512d {
+        // SAFETY: the caller guarantees that `p` holds at least `LANES (i + 2)` values.
+        unsafe { _mm512_loadu_pd(p.add(LANES * i)) }
+    }
+
+    /// Stores lanes values `i` and `i + 1` of `p`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn st2(p: *mut f64, i: usize, v: __m512d) {
+        // SAFETY: the caller guarantees that `p` holds at least `LANES (i + 2)` values.
+        unsafe { _mm512_storeu_pd(p.add(LANES * i), v) }
+    }
+
+    /// Lanes value `i` of `p` in both halves.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn dup(p: *const f64, i: usize) -> __m512d {
+        // SAFETY: the caller guarantees that `p` holds at least `LANES (i + 1)` values.
+        unsafe { _mm512_broadcast_f64x4(_mm256_loadu_pd(p.add(LANES * i))) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn lo_plus_hi(v: __m512d) -> __m256d {
+        _mm256_add_pd(_mm512_castpd512_pd256(v), _mm512_extractf64x4_pd::<1>(v))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn to_lanes(v: __m256d) -> Lanes {
+        let mut out = [0.0; LANES];
+        // SAFETY: `out` holds LANES values.
+        unsafe { _mm256_storeu_pd(out.as_mut_ptr(), v) };
+        out
+    }
+
+    /// Forward kernel (see `fwd_lanes_body`).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `wl` holds the splatted weights of
+    /// `1 → H1 → H2 → 1` and `a` at least `H1 + H2` values.
+    #[target_feature(enable = "avx2,avx512f")]
+    pub(super) unsafe fn fwd<const H1: usize, const H2: usize>(wl: &[Lanes], x: &Lanes, a: &mut [Lanes]) -> Lanes {
+        let o1 = 2 * H1;
+        let o2 = o1 + H1 * H2 + H2;
+        let wl = &wl[..o2 + H2 + 1];
+        let a = &mut a[..H1 + H2];
+        let wp = wl.as_ptr() as *const f64;
+        let ap = a.as_mut_ptr() as *mut f64;
+        let (add, mul) = (_mm512_add_pd, _mm512_mul_pd);
+        // SAFETY (all loads and stores below): `wl` holds n_params lanes values, `a` H1 + H2, `x` one.
+        unsafe {
+            let xv = dup(x.as_ptr(), 0);
+            for i in (0..H1).step_by(2) {
+                st2(ap, i, tanh2(add(ld2(wp, H1 + i), mul(ld2(wp, i), xv))));
+            }
+            for ib in (0..H2).step_by(8) {
+                let mut acc: [__m512d; 4] = std::array::from_fn(|q| ld2(wp, o1 + H1 * H2 + ib + 2 * q));
+                for j in 0..H1 {
+                    let aj = dup(ap, j);
+                    for (q, acc) in acc.iter_mut().enumerate() {
+                        *acc = add(*acc, mul(ld2(wp, o1 + j * H2 + ib + 2 * q), aj));
+                    }
+                }
+                for (q, z) in acc.into_iter().enumerate() {
+                    st2(ap, H1 + ib + 2 * q, tanh2(z));
+                }
+            }
+            // Units i ≡ 0, 1 (mod 4) in `ev`, i ≡ 2, 3 in `od`: the portable build's acc[i % 4].
+            let (mut ev, mut od) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+            for i in (0..H2).step_by(4) {
+                ev = add(ev, mul(ld2(wp, o2 + i), ld2(ap, H1 + i)));
+                od = add(od, mul(ld2(wp, o2 + i + 2), ld2(ap, H1 + i + 2)));
+            }
+            let b = _mm256_loadu_pd(wp.add(LANES * (o2 + H2)));
+            to_lanes(_mm256_add_pd(b, lo_plus_hi(add(ev, od))))
+        }
+    }
+
+    /// Backward kernel (see `bwd_lanes_body`).
+    ///
+    /// # Safety
+    /// As [`fwd`], and `d` holds at least `H1 + H2` values.
+    #[target_feature(enable = "avx2,avx512f")]
+    pub(super) unsafe fn bwd<const H1: usize, const H2: usize>(
+        wl: &[Lanes],
+        a: &[Lanes],
+        gy: &Lanes,
+        d: &mut [Lanes],
+    ) -> Lanes {
+        let o1 = 2 * H1;
+        let o2 = o1 + H1 * H2 + H2;
+        let wl = &wl[..o2 + H2 + 1];
+        let a = &a[..H1 + H2];
+        let d = &mut d[..H1 + H2];
+        let wp = wl.as_ptr() as *const f64;
+        let ap = a.as_ptr() as *const f64;
+        let dp = d.as_mut_ptr() as *mut f64;
+        let (add, mul, sub) = (_mm512_add_pd, _mm512_mul_pd, _mm512_sub_pd);
+        let one = _mm512_set1_pd(1.0);
+        // SAFETY (all loads and stores below): `wl` holds n_params lanes values, `a` and `d` H1 + H2, `gy` one.
+        unsafe {
+            let g = dup(gy.as_ptr(), 0);
+            for i in (0..H2).step_by(2) {
+                let ai = ld2(ap, H1 + i);
+                st2(dp, H1 + i, mul(mul(g, ld2(wp, o2 + i)), sub(one, mul(ai, ai))));
+            }
+            // d1_j: even i in the low half, odd i in the high half (the portable build's acc[i % 2]).
+            for jb in (0..H1).step_by(4) {
+                let mut acc = [_mm512_setzero_pd(); 4];
+                for i in (0..H2).step_by(2) {
+                    let di = ld2(dp, H1 + i);
+                    for (q, acc) in acc.iter_mut().enumerate() {
+                        *acc = add(*acc, mul(ld2(wp, o1 + (jb + q) * H2 + i), di));
+                    }
+                }
+                for (q, acc) in acc.into_iter().enumerate() {
+                    let aj = _mm256_loadu_pd(ap.add(LANES * (jb + q)));
+                    let dj = _mm256_mul_pd(lo_plus_hi(acc), _mm256_sub_pd(_mm256_set1_pd(1.0), _mm256_mul_pd(aj, aj)));
+                    _mm256_storeu_pd(dp.add(LANES * (jb + q)), dj);
+                }
+            }
+            let (mut ev, mut od) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+            for i in (0..H1).step_by(4) {
+                ev = add(ev, mul(ld2(wp, i), ld2(dp, i)));
+                od = add(od, mul(ld2(wp, i + 2), ld2(dp, i + 2)));
+            }
+            to_lanes(lo_plus_hi(add(ev, od)))
+        }
+    }
+
+    /// Weight gradients over stage records (see `wgrad_lanes_body`).
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `recs` holds whole records and `gw` at
+    /// least `n_params` values.
+    #[target_feature(enable = "avx2,avx512f")]
+    pub(super) unsafe fn wgrad<const H1: usize, const H2: usize>(recs: &[Lanes], gw: &mut [Lanes]) {
+        let o1 = 2 * H1;
+        let o2 = o1 + H1 * H2 + H2;
+        let rl = super::lanes_record_len(H1, H2);
+        let ns = recs.len() / rl;
+        let gw = &mut gw[..o2 + H2 + 1];
+        let rp = recs.as_ptr() as *const f64;
+        let gp = gw.as_mut_ptr() as *mut f64;
+        let (add, mul) = (_mm512_add_pd, _mm512_mul_pd);
+        let (a1o, a2o, d1o, d2o) = (2, 2 + H1, 2 + H1 + H2, 2 + 2 * H1 + H2);
+        // SAFETY (all loads and stores below): record s spans lanes values s·rl .. (s+1)·rl of `recs`; `gw` holds n_params.
+        unsafe {
+            // Output layer.
+            for i in (0..H2).step_by(2) {
+                let mut acc = _mm512_setzero_pd();
+                for s in 0..ns {
+                    acc = add(acc, mul(dup(rp, s * rl + 1), ld2(rp, s * rl + a2o + i)));
+                }
+                st2(gp, o2 + i, add(ld2(gp, o2 + i), acc));
+            }
+            let mut acc = _mm256_setzero_pd();
+            for s in 0..ns {
+                acc = _mm256_add_pd(acc, _mm256_loadu_pd(rp.add(LANES * (s * rl + 1))));
+            }
+            let bo = gp.add(LANES * (o2 + H2));
+            _mm256_storeu_pd(bo, _mm256_add_pd(_mm256_loadu_pd(bo), acc));
+            // Hidden layer 2: bias, then the matrix.
+            for i in (0..H2).step_by(2) {
+                let mut acc = _mm512_setzero_pd();
+                for s in 0..ns {
+                    acc = add(acc, ld2(rp, s * rl + d2o + i));
+                }
+                st2(gp, o1 + H1 * H2 + i, add(ld2(gp, o1 + H1 * H2 + i), acc));
+            }
+            for j in 0..H1 {
+                for ib in (0..H2).step_by(8) {
+                    let mut acc = [_mm512_setzero_pd(); 4];
+                    for s in 0..ns {
+                        let aj = dup(rp, s * rl + a1o + j);
+                        for (q, acc) in acc.iter_mut().enumerate() {
+                            *acc = add(*acc, mul(ld2(rp, s * rl + d2o + ib + 2 * q), aj));
+                        }
+                    }
+                    for (q, acc) in acc.into_iter().enumerate() {
+                        let gi = o1 + j * H2 + ib + 2 * q;
+                        st2(gp, gi, add(ld2(gp, gi), acc));
+                    }
+                }
+            }
+            // Hidden layer 1.
+            for i in (0..H1).step_by(2) {
+                let (mut aw, mut ab) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+                for s in 0..ns {
+                    let di = ld2(rp, s * rl + d1o + i);
+                    aw = add(aw, mul(di, dup(rp, s * rl)));
+                    ab = add(ab, di);
+                }
+                st2(gp, i, add(ld2(gp, i), aw));
+                st2(gp, H1 + i, add(ld2(gp, H1 + i), ab));
+            }
+        }
+    }
+}
+
+/// Each weight repeated [`LANES`] times (what the AVX-512F lane kernels read).
+pub(crate) fn splat_weights(w: &[f64], out: &mut Vec<Lanes>) {
+    out.clear();
+    out.extend(w.iter().map(|&v| [v; LANES]));
+}
+
 /// `ln(1 + u)` for `u` in `[0, 1]`, branch-free: `v = 1 + u` rounded, then
 /// `ln v = k ln2 + 2 atanh((m − 1)/(m + 1))` with `v = 2^k m`, `m ∈ [1/√2, √2)`
 /// (a degree-19 odd series, truncation below 1e-18), and the rounding of `v`
@@ -942,9 +1141,11 @@ mod tests {
             let xs: Lanes = [-3.0, -0.2, 0.7, 4.0];
             let gy: Lanes = [0.3, -1.1, 2.0, 0.5];
             let mut a = vec![[0.0; LANES]; h1 + h2];
-            let y = forward_lanes(h1, h2, &w, &xs, &mut a).unwrap();
+            let mut wl = Vec::new();
+            splat_weights(&w, &mut wl);
+            let y = forward_lanes(h1, h2, &w, &wl, &xs, &mut a).unwrap();
             let mut d = vec![[0.0; LANES]; h1 + h2];
-            let gx = backward_lanes(h1, h2, &w, &a, &gy, &mut d).unwrap();
+            let gx = backward_lanes(h1, h2, &w, &wl, &a, &gy, &mut d).unwrap();
             // Two stage records (the same stage twice): weight gradients are twice one stage's.
             let mut rec = vec![xs, gy];
             rec.extend_from_slice(&a);
@@ -968,7 +1169,7 @@ mod tests {
                 }
             }
         }
-        assert!(forward_lanes(4, 4, &[0.0; 64], &[0.0; LANES], &mut [[0.0; LANES]; 8]).is_none());
+        assert!(forward_lanes(4, 4, &[0.0; 64], &[], &[0.0; LANES], &mut [[0.0; LANES]; 8]).is_none());
     }
 
     /// Every build of the lane kernels (portable, AVX2, AVX-512F forward)
@@ -982,6 +1183,8 @@ mod tests {
         let bits = |v: &[Lanes]| v.iter().flatten().map(|f| f.to_bits()).collect::<Vec<u64>>();
         let mut a0 = vec![[0.0; LANES]; 32];
         let y0 = fwd_lanes_body::<16, 16>(&w, &x, &mut a0);
+        let mut wl = Vec::new();
+        splat_weights(&w, &mut wl);
         let mut d0 = vec![[0.0; LANES]; 32];
         let g0 = bwd_lanes_body::<16, 16>(&w, &a0, &gy, &mut d0);
         #[cfg(target_arch = "x86_64")]
@@ -1001,13 +1204,36 @@ mod tests {
                 assert_eq!((sp[l], sg[l]), softplus_sigmoid(x[l]));
             }
         }
+        // Weight gradients over three records (portable build).
+        let mut rec = vec![x, gy];
+        rec.extend_from_slice(&a0);
+        rec.extend_from_slice(&d0);
+        let recs = [rec.clone(), rec.iter().map(|v| v.map(|f| 0.5 * f)).collect(), rec].concat();
+        let mut gw0 = vec![[0.1; LANES]; n_params(16, 16)];
+        wgrad_lanes_body::<16, 16>(&recs, &mut gw0);
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            let mut gw1 = vec![[0.1; LANES]; n_params(16, 16)];
+            // SAFETY: AVX2 is available (checked above).
+            unsafe { wgrad_lanes_avx2::<16, 16>(&recs, &mut gw1) };
+            assert_eq!(bits(&gw0), bits(&gw1));
+        }
         #[cfg(target_arch = "x86_64")]
         if has_avx512() {
             let mut a2 = vec![[0.0; LANES]; 32];
             // SAFETY: AVX-512F is available (checked above); the slices are long enough.
-            let y2 = unsafe { x86::fwd512::<16, 16>(&w, &x, &mut a2) };
+            let y2 = unsafe { x512::fwd::<16, 16>(&wl, &x, &mut a2) };
             assert_eq!(bits(&[y0]), bits(&[y2]));
             assert_eq!(bits(&a0), bits(&a2));
+            let mut d2 = vec![[0.0; LANES]; 32];
+            // SAFETY: as above.
+            let g2 = unsafe { x512::bwd::<16, 16>(&wl, &a0, &gy, &mut d2) };
+            assert_eq!(bits(&[g0]), bits(&[g2]));
+            assert_eq!(bits(&d0), bits(&d2));
+            let mut gw2 = vec![[0.1; LANES]; n_params(16, 16)];
+            // SAFETY: as above.
+            unsafe { x512::wgrad::<16, 16>(&recs, &mut gw2) };
+            assert_eq!(bits(&gw0), bits(&gw2));
         }
     }
 
