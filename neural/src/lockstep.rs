@@ -95,14 +95,13 @@ pub struct LockWorkspace {
     k: Vec<Lanes>,
     y: Vec<Lanes>,
     rates: Vec<Lanes>,
-    /// Tapes of the current attempt's 7 stages.
-    tape: Vec<Lanes>,
     /// Per accepted step: (t, h, whether its first stage was evaluated afresh).
     th: Vec<(f64, f64, bool)>,
     /// Per accepted step: start state (n) and stages (7n).
     xs: Vec<Lanes>,
     ks: Vec<Lanes>,
-    /// Per accepted step: the 7 stage tapes.
+    /// Per accepted step: the 7 stage tapes; the current attempt writes its
+    /// stages in place after the last accepted step's.
     tapes: Vec<Lanes>,
     items: Vec<Item>,
     obs_x: Vec<f64>,
@@ -402,13 +401,17 @@ impl<'a> Lockstep<'a> {
         ws.xn.resize(n, [0.0; LANES]);
         ws.k.resize(7 * n, [0.0; LANES]);
         ws.y.resize(n, [0.0; LANES]);
-        ws.tape.resize(7 * tl, [0.0; LANES]);
         ws.rates.clear();
         ws.rates.resize(n, [0.0; LANES]);
         ws.th.clear();
         ws.xs.clear();
         ws.ks.clear();
-        ws.tapes.clear();
+        // `ws.tapes` keeps its length between calls (only what the steps wrote is read).
+        if ws.tapes.len() < 7 * tl {
+            ws.tapes.resize(7 * tl, [0.0; LANES]);
+        }
+        // Start of the current attempt's tapes in `ws.tapes`.
+        let mut base = 0usize;
         ws.items.clear();
         ws.obs_x.clear();
         for (wl, pl) in ws.weights.iter_mut().zip(plans) {
@@ -472,7 +475,7 @@ impl<'a> Lockstep<'a> {
                 .fold(f64::INFINITY, f64::min);
             let stop = next_ev.min(horizon);
             if fresh {
-                self.rhs_lanes(t, &ws.x, p, &ws.wl, &mut ws.k[..n], &mut ws.tape[..tl]);
+                self.rhs_lanes(t, &ws.x, p, &ws.wl, &mut ws.k[..n], &mut ws.tapes[base..base + tl]);
                 for (a, r) in ws.k[..n].iter_mut().zip(&ws.rates) {
                     for l in 0..LANES {
                         a[l] += r[l];
@@ -511,7 +514,8 @@ impl<'a> Lockstep<'a> {
                         ws.y[i] = acc;
                     }
                     let (_, ks) = ws.k.split_at_mut(s * n);
-                    self.rhs_lanes(t + C[s] * hh, &ws.y, p, &ws.wl, &mut ks[..n], &mut ws.tape[s * tl..(s + 1) * tl]);
+                    let tape = &mut ws.tapes[base + s * tl..base + (s + 1) * tl];
+                    self.rhs_lanes(t + C[s] * hh, &ws.y, p, &ws.wl, &mut ks[..n], tape);
                     for (a, r) in ks[..n].iter_mut().zip(&ws.rates) {
                         for l in 0..LANES {
                             a[l] += r[l];
@@ -560,7 +564,10 @@ impl<'a> Lockstep<'a> {
                     step_fresh = false;
                     ws.xs.extend_from_slice(&ws.x);
                     ws.ks.extend_from_slice(&ws.k[..7 * n]);
-                    ws.tapes.extend_from_slice(&ws.tape[..7 * tl]);
+                    base += 7 * tl;
+                    if ws.tapes.len() < base + 7 * tl {
+                        ws.tapes.resize(base + 7 * tl, [0.0; LANES]);
+                    }
                     // Each lane's observations inside this step (those at `stop` wait for its events).
                     for l in 0..LANES {
                         let pl = plans[l];
@@ -586,7 +593,7 @@ impl<'a> Lockstep<'a> {
                     t = t_new;
                     std::mem::swap(&mut ws.x, &mut ws.xn);
                     ws.k.copy_within(6 * n..7 * n, 0);
-                    ws.tape.copy_within(6 * tl..7 * tl, 0);
+                    ws.tapes.copy_within(base - tl..base, base);
                     h = if hh < h { h.max(hh * fac) } else { hh * fac };
                 } else {
                     h = hh * fac.min(1.0);
