@@ -49,7 +49,7 @@ use std::cell::RefCell;
 use insilico_solvers::{DoseKind, Event, Loss, Options, Problem, SteadyState, System};
 
 use crate::coupling::FluxResidual;
-use crate::lockstep::Lockstep;
+use crate::lockstep::{Lockstep, LockstepGradient};
 use crate::mlp::Mlp;
 use crate::residual::Residual;
 
@@ -121,7 +121,7 @@ pub trait FastRhs: Sync {
     /// The lockstep form ([`crate::lockstep`]: several subjects integrated
     /// together, the network evaluated for all of them at once), if this
     /// right-hand side has one (`None`, the default: subjects run one by one).
-    fn lockstep(&self) -> Option<Lockstep<'_>> {
+    fn lockstep(&self) -> Option<Box<dyn LockstepGradient + '_>> {
         None
     }
 }
@@ -196,9 +196,10 @@ impl<S: System, R: Residual + 'static> FastRhs for FluxResidual<S, R> {
     fn vjp_tape(&self, t: f64, x: &[f64], p: &[f64], w: &[f64], gx: &mut [f64], gp: &mut [f64], tape: &[f64]) {
         FluxResidual::vjp_tape(self, t, x, p, w, gx, gp, tape)
     }
-    fn lockstep(&self) -> Option<Lockstep<'_>> {
+    fn lockstep(&self) -> Option<Box<dyn LockstepGradient + '_>> {
         let net = (self.net() as &dyn std::any::Any).downcast_ref::<Mlp>()?;
-        Lockstep::new(self.system(), net, self.features(), self.channels())
+        let ls = Lockstep::new(self.system(), net, self.features(), self.channels())?;
+        Some(Box::new(ls))
     }
 }
 

@@ -47,7 +47,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::fast::{FastRhs, FastWorkspace, Generic, Plan};
-use crate::lockstep::{LockWorkspace, Lockstep};
+use crate::lockstep::{LockWorkspace, LockstepGradient};
 
 /// Errors of fitting.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -352,9 +352,13 @@ pub struct Objective<'a> {
     n_shared: usize,
     x0: Vec<f64>,
     with_eta: bool,
-    /// Subjects integrated together ([`crate::lockstep`]), when the model has a lockstep form.
-    groups: Option<Vec<Vec<usize>>>,
+    /// The model's lockstep form and the subjects integrated together
+    /// ([`crate::lockstep`]), when it has one and every subject is on the fast path.
+    lockstep: Option<LockstepPlan<'a>>,
 }
+
+/// A model's lockstep form and the subject groups it integrates together.
+type LockstepPlan<'a> = (Box<dyn LockstepGradient + 'a>, Vec<Vec<usize>>);
 
 /// One subject's contribution.
 struct SubjectGrad {
@@ -438,9 +442,13 @@ impl<'a> Objective<'a> {
             plans.push(plan);
         }
         // Lockstep groups when every subject is on the fast path and the model has a lockstep form.
-        let groups = match (spec.engine, model.fast.and_then(|f| f.lockstep())) {
+        let lockstep = match (spec.engine, model.fast.and_then(|f| f.lockstep())) {
             (Engine::Generic, _) | (_, None) => None,
-            _ => plans.iter().map(|p| p.as_ref()).collect::<Option<Vec<&Plan>>>().map(|p| crate::lockstep::groups(&p)),
+            (_, Some(ls)) => plans
+                .iter()
+                .map(|p| p.as_ref())
+                .collect::<Option<Vec<&Plan>>>()
+                .map(|p| (ls, crate::lockstep::groups(&p))),
         };
         Ok(Objective {
             model,
@@ -453,7 +461,7 @@ impl<'a> Objective<'a> {
             n_shared,
             x0,
             with_eta,
-            groups,
+            lockstep,
         })
     }
 
@@ -643,7 +651,7 @@ impl<'a> Objective<'a> {
     /// Every subject's contribution by lockstep groups, in subject order.
     fn lockstep_grads(
         &self,
-        ls: &Lockstep,
+        ls: &dyn LockstepGradient,
         groups: &[Vec<usize>],
         phi: &[f64],
         theta: &[f64],
@@ -653,37 +661,46 @@ impl<'a> Objective<'a> {
         let err = self.spec.error;
         let per_group: Vec<Vec<(usize, Result<SubjectGrad, FitError>)>> = groups
             .par_iter()
-            .map_init(LockWorkspace::default, |ws, g| {
-                let ps: Vec<Vec<f64>> =
-                    g.iter().map(|&i| self.subject_params(phi, theta, w_off, i, self.with_eta)).collect();
-                let prefs: Vec<&[f64]> = ps.iter().map(|v| v.as_slice()).collect();
-                let plans: Option<Vec<&Plan>> = g.iter().map(|&i| self.plans[i].as_ref()).collect();
-                let mk = |i: usize| {
-                    let s = self.subjects[i];
-                    move |j: usize, y: f64| {
-                        let (l, d, _) = err.nll(s.dv[j], y, sigma);
-                        (l, d)
+            .map(|g| {
+                LockWorkspace::with_thread_local(|ws| {
+                    let ps: Vec<Vec<f64>> =
+                        g.iter().map(|&i| self.subject_params(phi, theta, w_off, i, self.with_eta)).collect();
+                    let prefs: Vec<&[f64]> = ps.iter().map(|v| v.as_slice()).collect();
+                    let plans: Option<Vec<&Plan>> = g.iter().map(|&i| self.plans[i].as_ref()).collect();
+                    let mk = |i: usize| {
+                        let s = self.subjects[i];
+                        move |j: usize, y: f64| {
+                            let (l, d, _) = err.nll(s.dv[j], y, sigma);
+                            (l, d)
+                        }
+                    };
+                    let losses: Vec<_> = g.iter().map(|&i| mk(i)).collect();
+                    let lrefs: Vec<&insilico_solvers::Loss> =
+                        losses.iter().map(|f| f as &insilico_solvers::Loss).collect();
+                    let res = match plans {
+                        Some(plans) => ls.gradient(&plans, &prefs, &self.x0, &self.spec.options, &lrefs, ws),
+                        None => Err(crate::fast::FastError::Unsupported("a subject is not on the fast path".into())),
+                    };
+                    match res {
+                        Ok(gs) => g
+                            .iter()
+                            .zip(gs)
+                            .map(|(&i, r)| (i, self.finish(i, r.loss, r.d_params, r.predictions, sigma, true)))
+                            .collect(),
+                        Err(e) => g
+                            .iter()
+                            .map(|&i| {
+                                (
+                                    i,
+                                    Err(FitError::Solve {
+                                        subject: self.subjects[i].id.clone(),
+                                        reason: e.to_string(),
+                                    }),
+                                )
+                            })
+                            .collect(),
                     }
-                };
-                let losses: Vec<_> = g.iter().map(|&i| mk(i)).collect();
-                let lrefs: Vec<&insilico_solvers::Loss> = losses.iter().map(|f| f as &insilico_solvers::Loss).collect();
-                let res = match plans {
-                    Some(plans) => ls.gradient(&plans, &prefs, &self.x0, &self.spec.options, &lrefs, ws),
-                    None => Err(crate::fast::FastError::Unsupported("a subject is not on the fast path".into())),
-                };
-                match res {
-                    Ok(gs) => g
-                        .iter()
-                        .zip(gs)
-                        .map(|(&i, r)| (i, self.finish(i, r.loss, r.d_params, r.predictions, sigma, true)))
-                        .collect(),
-                    Err(e) => g
-                        .iter()
-                        .map(|&i| {
-                            (i, Err(FitError::Solve { subject: self.subjects[i].id.clone(), reason: e.to_string() }))
-                        })
-                        .collect(),
-                }
+                })
             })
             .collect();
         let mut per: Vec<Option<Result<SubjectGrad, FitError>>> = (0..self.subjects.len()).map(|_| None).collect();
@@ -706,9 +723,8 @@ impl<'a> Objective<'a> {
     /// Objective value and gradient at `φ`.
     pub fn value_grad(&self, phi: &[f64]) -> Result<(f64, Vec<f64>), FitError> {
         let (theta, sigma, omega, w_off) = self.decode(phi);
-        let lockstep = self.model.fast.and_then(|f| f.lockstep());
-        let per: Vec<Result<SubjectGrad, FitError>> = match (&self.groups, lockstep) {
-            (Some(groups), Some(ls)) => self.lockstep_grads(&ls, groups, phi, &theta, &sigma, w_off),
+        let per: Vec<Result<SubjectGrad, FitError>> = match &self.lockstep {
+            Some((ls, groups)) => self.lockstep_grads(ls.as_ref(), groups, phi, &theta, &sigma, w_off),
             _ => (0..self.subjects.len())
                 .into_par_iter()
                 .map_init(FastWorkspace::default, |ws, i| {

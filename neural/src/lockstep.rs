@@ -49,10 +49,31 @@ const NMAX: usize = 8;
 /// Most parameters of a wrapped system on the lockstep path.
 const MMAX: usize = 16;
 
-/// The lockstep form of a flux residual (see the [module](self) docs).
-#[derive(Clone, Copy)]
-pub struct Lockstep<'a> {
-    sys: &'a dyn System,
+/// Lockstep losses and gradients of up to [`LANES`] subjects: what
+/// [`FastRhs::lockstep`](crate::fast::FastRhs::lockstep) returns (a
+/// [`Lockstep`] built for the wrapped system's own type, so that its methods
+/// inline into the lane loops).
+pub trait LockstepGradient: Send + Sync {
+    /// Losses, gradients (discrete adjoint) and predictions of up to
+    /// [`LANES`] subjects integrated in lockstep: subject `l` has plan
+    /// `plans[l]`, parameters `params[l]` (mechanistic parameters, then the
+    /// network weights, which must be the same for every subject) and loss
+    /// `losses[l]`; all start from `x0`. Results are in the same order.
+    fn gradient(
+        &self,
+        plans: &[&Plan],
+        params: &[&[f64]],
+        x0: &[f64],
+        opts: &Options,
+        losses: &[&Loss],
+        ws: &mut LockWorkspace,
+    ) -> Result<Vec<FastGradient>, FastError>;
+}
+
+/// The lockstep form of a flux residual over a system of type `S` (see the
+/// [module](self) docs).
+pub struct Lockstep<'a, S: ?Sized = dyn System> {
+    sys: &'a S,
     h1: usize,
     h2: usize,
     feature: Feature,
@@ -62,7 +83,15 @@ pub struct Lockstep<'a> {
     m0: usize,
 }
 
-impl std::fmt::Debug for Lockstep<'_> {
+impl<S: ?Sized> Clone for Lockstep<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S: ?Sized> Copy for Lockstep<'_, S> {}
+
+impl<S: ?Sized> std::fmt::Debug for Lockstep<'_, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lockstep")
             .field("hidden", &(self.h1, self.h2))
@@ -118,6 +147,24 @@ pub struct LockWorkspace {
     wl: Vec<Lanes>,
 }
 
+thread_local! {
+    static THREAD_WS: std::cell::RefCell<LockWorkspace> = std::cell::RefCell::new(LockWorkspace::default());
+}
+
+impl LockWorkspace {
+    /// Runs `f` with this thread's workspace, which keeps its buffers from
+    /// call to call (a fresh one if it is in use by an enclosing call). The
+    /// step and tape records of a subject group run to a few hundred kB: a
+    /// new workspace per gradient would have them allocated and paged in
+    /// every time.
+    pub fn with_thread_local<R>(f: impl FnOnce(&mut LockWorkspace) -> R) -> R {
+        THREAD_WS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut ws) => f(&mut ws),
+            Err(_) => f(&mut LockWorkspace::default()),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Item {
     Step(usize),
@@ -129,11 +176,25 @@ fn unsup(s: &str) -> FastError {
     FastError::Unsupported(s.to_string())
 }
 
-impl<'a> Lockstep<'a> {
+impl<S: System + ?Sized> LockstepGradient for Lockstep<'_, S> {
+    fn gradient(
+        &self,
+        plans: &[&Plan],
+        params: &[&[f64]],
+        x0: &[f64],
+        opts: &Options,
+        losses: &[&Loss],
+        ws: &mut LockWorkspace,
+    ) -> Result<Vec<FastGradient>, FastError> {
+        Lockstep::gradient(self, plans, params, x0, opts, losses, ws)
+    }
+}
+
+impl<'a, S: System + ?Sized> Lockstep<'a, S> {
     /// The lockstep form of a flux residual over `sys` with network `net`,
     /// `features` and `channels`; `None` when it is not supported (see the
     /// [module](self) docs).
-    pub fn new(sys: &'a dyn System, net: &'a Mlp, features: &[(Feature, f64)], channels: &[Channel]) -> Option<Self> {
+    pub fn new(sys: &'a S, net: &'a Mlp, features: &[(Feature, f64)], channels: &[Channel]) -> Option<Self> {
         let (h1, h2) = net.small_shape()?;
         let (&[(feature, fscale)], &[channel]) = (features, channels) else {
             return None;
