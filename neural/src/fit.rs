@@ -352,13 +352,12 @@ pub struct Objective<'a> {
     n_shared: usize,
     x0: Vec<f64>,
     with_eta: bool,
-    /// The model's lockstep form and the subjects integrated together
-    /// ([`crate::lockstep`]), when it has one and every subject is on the fast path.
-    lockstep: Option<LockstepPlan<'a>>,
+    /// Subjects integrated together ([`crate::lockstep`]), when the model
+    /// has a lockstep form and every subject is on the fast path. (The
+    /// lockstep form itself is fetched per gradient: an `Objective` holding
+    /// a boxed trait object would keep its borrows alive until it is dropped.)
+    groups: Option<Vec<Vec<usize>>>,
 }
-
-/// A model's lockstep form and the subject groups it integrates together.
-type LockstepPlan<'a> = (Box<dyn LockstepGradient + 'a>, Vec<Vec<usize>>);
 
 /// One subject's contribution.
 struct SubjectGrad {
@@ -442,13 +441,9 @@ impl<'a> Objective<'a> {
             plans.push(plan);
         }
         // Lockstep groups when every subject is on the fast path and the model has a lockstep form.
-        let lockstep = match (spec.engine, model.fast.and_then(|f| f.lockstep())) {
+        let groups = match (spec.engine, model.fast.and_then(|f| f.lockstep())) {
             (Engine::Generic, _) | (_, None) => None,
-            (_, Some(ls)) => plans
-                .iter()
-                .map(|p| p.as_ref())
-                .collect::<Option<Vec<&Plan>>>()
-                .map(|p| (ls, crate::lockstep::groups(&p))),
+            _ => plans.iter().map(|p| p.as_ref()).collect::<Option<Vec<&Plan>>>().map(|p| crate::lockstep::groups(&p)),
         };
         Ok(Objective {
             model,
@@ -461,7 +456,7 @@ impl<'a> Objective<'a> {
             n_shared,
             x0,
             with_eta,
-            lockstep,
+            groups,
         })
     }
 
@@ -473,6 +468,12 @@ impl<'a> Objective<'a> {
     /// Whether every subject runs on the fast path.
     pub fn all_fast(&self) -> bool {
         self.plans.iter().all(|p| p.is_some())
+    }
+
+    /// Number of lockstep groups the subjects are integrated in (0: one
+    /// subject at a time; see [`crate::lockstep`]).
+    pub fn lockstep_groups(&self) -> usize {
+        self.groups.as_ref().map_or(0, |g| g.len())
     }
 
     /// The initial optimiser vector.
@@ -723,8 +724,9 @@ impl<'a> Objective<'a> {
     /// Objective value and gradient at `φ`.
     pub fn value_grad(&self, phi: &[f64]) -> Result<(f64, Vec<f64>), FitError> {
         let (theta, sigma, omega, w_off) = self.decode(phi);
-        let per: Vec<Result<SubjectGrad, FitError>> = match &self.lockstep {
-            Some((ls, groups)) => self.lockstep_grads(ls.as_ref(), groups, phi, &theta, &sigma, w_off),
+        let lockstep = self.model.fast.and_then(|f| f.lockstep());
+        let per: Vec<Result<SubjectGrad, FitError>> = match (&self.groups, lockstep) {
+            (Some(groups), Some(ls)) => self.lockstep_grads(ls.as_ref(), groups, phi, &theta, &sigma, w_off),
             _ => (0..self.subjects.len())
                 .into_par_iter()
                 .map_init(FastWorkspace::default, |ws, i| {
@@ -1011,7 +1013,9 @@ pub fn fit(
         wall_s: start.elapsed().as_secs_f64(),
         phi_names: obj.names(),
         phi,
-        engine_used: if obj.all_fast() {
+        engine_used: if obj.all_fast() && obj.lockstep_groups() > 0 {
+            format!("fast (DOPRI5 discrete adjoint, subjects in lockstep groups of up to {})", crate::lockstep::LANES)
+        } else if obj.all_fast() {
             "fast (DOPRI5 discrete adjoint)".into()
         } else {
             "generic (solvers::gradient, auto)".into()
