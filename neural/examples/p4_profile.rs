@@ -15,42 +15,9 @@ use insilico_neural::fast::{FastRhs, FastWorkspace, Plan};
 use insilico_neural::fit::{
     problem, subjects_from_dataset, Engine, ErrorModel, FitSpec, Model, Objective, ParamSpec, Stage, Transform,
 };
-use insilico_neural::lockstep::{self, LockWorkspace};
+use insilico_neural::lockstep::{self, LockWorkspace, OneByOne};
 use insilico_neural::{Activation, Channel, Feature, FluxResidual, Mlp};
 use insilico_solvers::{Dataset, DoseMapping, Options, ReadOptions};
-
-/// The model's fast path without its lockstep form: subjects one at a time.
-struct OneByOne<'a>(&'a FluxResidual<PkModel, Mlp>);
-
-impl FastRhs for OneByOne<'_> {
-    fn nstates(&self) -> usize {
-        FastRhs::nstates(self.0)
-    }
-    fn nparams(&self) -> usize {
-        FastRhs::nparams(self.0)
-    }
-    fn rhs(&self, t: f64, x: &[f64], p: &[f64], dx: &mut [f64]) {
-        FastRhs::rhs(self.0, t, x, p, dx)
-    }
-    fn vjp_both(&self, t: f64, x: &[f64], p: &[f64], w: &[f64], gx: &mut [f64], gp: &mut [f64]) {
-        FastRhs::vjp_both(self.0, t, x, p, w, gx, gp)
-    }
-    fn output(&self, k: usize, t: f64, x: &[f64], p: &[f64]) -> f64 {
-        FastRhs::output(self.0, k, t, x, p)
-    }
-    fn output_grad(&self, k: usize, t: f64, x: &[f64], p: &[f64], gx: &mut [f64], gp: &mut [f64]) {
-        FastRhs::output_grad(self.0, k, t, x, p, gx, gp)
-    }
-    fn tape_len(&self) -> usize {
-        FastRhs::tape_len(self.0)
-    }
-    fn rhs_tape(&self, t: f64, x: &[f64], p: &[f64], dx: &mut [f64], tape: &mut [f64]) {
-        FastRhs::rhs_tape(self.0, t, x, p, dx, tape)
-    }
-    fn vjp_tape(&self, t: f64, x: &[f64], p: &[f64], w: &[f64], gx: &mut [f64], gp: &mut [f64], tape: &[f64]) {
-        FastRhs::vjp_tape(self.0, t, x, p, w, gx, gp, tape)
-    }
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<f64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();

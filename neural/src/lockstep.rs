@@ -37,7 +37,7 @@
 use insilico_solvers::{Loss, Options, System};
 
 use crate::coupling::{Channel, Feature};
-use crate::fast::{dense_weights, initial_step, Ev, FastError, FastGradient, Plan, A, B7, C, E};
+use crate::fast::{dense_weights, initial_step, Ev, FastError, FastGradient, FastRhs, Plan, A, B7, C, E};
 use crate::mlp::Mlp;
 use crate::small::{self, Lanes};
 
@@ -817,6 +817,53 @@ impl<'a, S: System + ?Sized> Lockstep<'a, S> {
                 }
             }
         }
+    }
+}
+
+/// A fast-path right-hand side without its lockstep form: `fit` then runs
+/// its subjects one at a time, each with its own step sizes (for
+/// comparisons, or results that do not depend on which subjects are grouped).
+///
+/// ```
+/// use insilico_neural::fast::FastRhs;
+/// use insilico_neural::lockstep::OneByOne;
+/// use insilico_neural::{Activation, Channel, Feature, FluxResidual, Mlp};
+/// use insilico_mechanistic::PkModel;
+/// let pk = PkModel::from_name("pk-1cmt-oral").unwrap();
+/// let net = Mlp::new(&[1, 16, 16, 1], Activation::Tanh).unwrap();
+/// let h = FluxResidual::new(pk, net, vec![(Feature::Output(0), 5.0)], vec![Channel::new(1, Some(2), 0.2)]).unwrap();
+/// assert!(FastRhs::lockstep(&h).is_some());
+/// assert!(OneByOne(&h).lockstep().is_none());
+/// ```
+pub struct OneByOne<'a>(pub &'a dyn FastRhs);
+
+impl FastRhs for OneByOne<'_> {
+    fn nstates(&self) -> usize {
+        self.0.nstates()
+    }
+    fn nparams(&self) -> usize {
+        self.0.nparams()
+    }
+    fn rhs(&self, t: f64, x: &[f64], p: &[f64], dx: &mut [f64]) {
+        self.0.rhs(t, x, p, dx)
+    }
+    fn vjp_both(&self, t: f64, x: &[f64], p: &[f64], w: &[f64], gx: &mut [f64], gp: &mut [f64]) {
+        self.0.vjp_both(t, x, p, w, gx, gp)
+    }
+    fn output(&self, k: usize, t: f64, x: &[f64], p: &[f64]) -> f64 {
+        self.0.output(k, t, x, p)
+    }
+    fn output_grad(&self, k: usize, t: f64, x: &[f64], p: &[f64], gx: &mut [f64], gp: &mut [f64]) {
+        self.0.output_grad(k, t, x, p, gx, gp)
+    }
+    fn tape_len(&self) -> usize {
+        self.0.tape_len()
+    }
+    fn rhs_tape(&self, t: f64, x: &[f64], p: &[f64], dx: &mut [f64], tape: &mut [f64]) {
+        self.0.rhs_tape(t, x, p, dx, tape)
+    }
+    fn vjp_tape(&self, t: f64, x: &[f64], p: &[f64], w: &[f64], gx: &mut [f64], gp: &mut [f64], tape: &[f64]) {
+        self.0.vjp_tape(t, x, p, w, gx, gp, tape)
     }
 }
 
