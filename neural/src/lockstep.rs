@@ -871,7 +871,10 @@ impl FastRhs for OneByOne<'_> {
 /// time, ordered by their events and horizon (so that a group's subjects
 /// stop at the same times and need similar steps), in chunks of [`LANES`].
 /// Returns indices into `plans`; depends on the plans only, not on the
-/// number of threads.
+/// number of threads. The groups come in zigzag order over that sort (first,
+/// last, second, second last, …): work tends to grow along it (larger
+/// doses, later horizons), and a parallel iterator that halves the list
+/// then hands each thread a similar share.
 pub fn groups(plans: &[&Plan]) -> Vec<Vec<usize>> {
     let key = |pl: &Plan| -> Vec<f64> {
         let mut k = vec![pl.t0];
@@ -893,11 +896,21 @@ pub fn groups(plans: &[&Plan]) -> Vec<Vec<usize>> {
         let (ka, kb) = (&keys[a], &keys[b]);
         ka.iter().zip(kb).map(|(x, y)| x.total_cmp(y)).find(|o| o.is_ne()).unwrap_or(ka.len().cmp(&kb.len()))
     });
-    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut sorted: Vec<Vec<usize>> = Vec::new();
     for i in order {
-        match out.last_mut() {
+        match sorted.last_mut() {
             Some(g) if g.len() < LANES && plans[g[0]].t0 == plans[i].t0 => g.push(i),
-            _ => out.push(vec![i]),
+            _ => sorted.push(vec![i]),
+        }
+    }
+    let mut out = Vec::with_capacity(sorted.len());
+    let (mut lo, mut hi) = (0usize, sorted.len());
+    while lo < hi {
+        out.push(std::mem::take(&mut sorted[lo]));
+        lo += 1;
+        if lo < hi {
+            hi -= 1;
+            out.push(std::mem::take(&mut sorted[hi]));
         }
     }
     out
