@@ -50,7 +50,7 @@ const NMAX: usize = 8;
 const MMAX: usize = 16;
 
 /// Lockstep losses and gradients of up to [`LANES`] subjects: what
-/// [`FastRhs::lockstep`](crate::fast::FastRhs::lockstep) returns (a
+/// [`crate::fast::FastRhs::lockstep`] returns (a
 /// [`Lockstep`] built for the wrapped system's own type, so that its methods
 /// inline into the lane loops).
 pub trait LockstepGradient: Send + Sync {
@@ -356,7 +356,9 @@ impl<'a, S: System + ?Sized> Lockstep<'a, S> {
         if x0.len() != n || plans.iter().any(|pl| pl.n != n || pl.t0 != plans[0].t0) {
             return Err(unsup("lockstep subjects must share the state size and the start time"));
         }
-        if params.iter().any(|p| p.len() != np || p[m0..] != params[0][m0..]) {
+        // Bitwise, so that NaN weights (reported by the integrator) do not read as "different".
+        let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        if params.iter().any(|p| p.len() != np || !same(&p[m0..], &params[0][m0..])) {
             return Err(unsup("lockstep subjects must share the network weights"));
         }
         // Lanes beyond `nl` repeat the last subject and are discarded.
