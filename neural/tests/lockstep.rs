@@ -187,3 +187,46 @@ fn objective_is_independent_of_the_thread_count() {
     assert_eq!(f1.to_bits(), f3.to_bits());
     assert!(g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()));
 }
+
+/// Lanes with different events (repeated boluses, an infusion, a reset) at
+/// different times: the group stops at all of them, each lane applies its own,
+/// and every lane still matches its one-subject result.
+#[test]
+fn lanes_with_different_events_match_one_by_one() {
+    use insilico_solvers::{Dose, Problem, Schedule};
+    let h = hybrid();
+    let ls = FastRhs::lockstep(&h).unwrap();
+    let mut p = vec![0.9, 0.0, 22.0];
+    p.extend(h.net().init(9, 0.8));
+    let x0 = [0.0; 3];
+    let times = [0.5, 1.0, 3.0, 6.5, 10.0, 11.5, 14.0, 20.0];
+    let schedules = [
+        Schedule::new().dose(Dose::bolus(0.0, 0, 100.0)).dose(Dose::bolus(12.0, 0, 50.0)),
+        Schedule::new().dose(Dose::infusion(0.0, 1, 80.0, 2.0)).dose(Dose::bolus(6.0, 0, 40.0)),
+        Schedule::new().dose(Dose::bolus(0.0, 0, 120.0)).reset(10.0).dose(Dose::bolus(11.0, 0, 60.0)),
+    ];
+    let probs: Vec<Problem> =
+        schedules.iter().map(|s| Problem::new(&h, p.clone()).with_schedule(s.clone()).observe(0, &times)).collect();
+    let plans: Vec<Plan> = probs.iter().map(|pr| Plan::new(pr).unwrap()).collect();
+    let loss = |j: usize, y: f64| (0.5 * (y - 1.0 - j as f64 * 0.1).powi(2), y - 1.0 - j as f64 * 0.1);
+    let tight = Options { rtol: 1e-10, atol: 1e-12, ..Options::default() };
+    let pl: Vec<&Plan> = plans.iter().collect();
+    let pp: Vec<&[f64]> = vec![&p; 3].into_iter().map(|v| v.as_slice()).collect();
+    let mut lws = LockWorkspace::default();
+    let lock = ls.gradient(&pl, &pp, &x0, &tight, &[&loss, &loss, &loss], &mut lws).unwrap();
+    let mut ws = FastWorkspace::default();
+    for (l, plan) in plans.iter().enumerate() {
+        let one = plan.gradient(&h, &p, &x0, &tight, &loss, &mut ws).unwrap();
+        let scale = one.d_params.iter().map(|v| v.abs()).fold(0.0, f64::max);
+        assert!((lock[l].loss - one.loss).abs() <= 1e-8 * one.loss.abs().max(1.0), "lane {l} loss");
+        for (a, b) in lock[l].predictions.iter().zip(&one.predictions) {
+            assert!((a - b).abs() <= 1e-8 * b.abs().max(1.0), "lane {l} prediction {a} vs {b}");
+        }
+        for (k, (a, b)) in lock[l].d_params.iter().zip(&one.d_params).enumerate() {
+            assert!((a - b).abs() <= 1e-7 * scale, "lane {l} param {k}: {a} vs {b}");
+        }
+        for (a, b) in lock[l].d_x0.iter().zip(&one.d_x0) {
+            assert!((a - b).abs() <= 1e-7 * b.abs().max(1.0), "lane {l} x0: {a} vs {b}");
+        }
+    }
+}
