@@ -3,11 +3,15 @@
 //! `examples/p4_hybrid.toml`). Fast path (DOPRI5 discrete adjoint) on all
 //! threads and on one, at the P4 config's tolerances and tighter ones,
 //! against the generic diffsol-based `solvers::gradient` (adjoint and forward).
+//! The fast path integrates subjects in lockstep groups
+//! (`insilico_neural::lockstep`) as `fit` does; "one at a time" is the same
+//! fast path without lockstep (`lockstep::OneByOne`), the reference for it.
 use criterion::{criterion_group, criterion_main, Criterion};
 use insilico_mechanistic::PkModel;
 use insilico_neural::fit::{
     subjects_from_dataset, Engine, ErrorModel, FitSpec, Model, Objective, ParamSpec, Stage, Transform,
 };
+use insilico_neural::lockstep::OneByOne;
 use insilico_neural::{Activation, Channel, Feature, FluxResidual, Mlp};
 use insilico_solvers::{Dataset, DoseMapping, Options, ReadOptions};
 
@@ -25,14 +29,23 @@ fn bench(c: &mut Criterion) {
         weights_init: h.net().init(1, 0.5),
         weight_prior_sd: Some(1.0),
     };
+    let one = OneByOne(&h);
+    let model1 = Model {
+        system: &h,
+        fast: Some(&one),
+        n_weights: h.net().n_params(),
+        weights_init: h.net().init(1, 0.5),
+        weight_prior_sd: Some(1.0),
+    };
     let mut cl = ParamSpec::new("CL", 0.0);
     cl.fixed = true;
     cl.transform = Transform::Identity;
-    for (name, engine, rtol, atol) in [
-        ("fast, P4 config (rtol 1e-5, atol 1e-6)", Engine::Fast, 1e-5, 1e-6),
-        ("fast rtol 1e-6", Engine::Fast, 1e-6, 1e-9),
-        ("fast rtol 1e-8", Engine::Fast, 1e-8, 1e-9),
-        ("generic rtol 1e-6", Engine::Generic, 1e-6, 1e-9),
+    for (name, engine, rtol, atol, model) in [
+        ("fast, P4 config (rtol 1e-5, atol 1e-6)", Engine::Fast, 1e-5, 1e-6, &model),
+        ("fast one at a time, P4 config", Engine::Fast, 1e-5, 1e-6, &model1),
+        ("fast rtol 1e-6", Engine::Fast, 1e-6, 1e-9, &model),
+        ("fast rtol 1e-8", Engine::Fast, 1e-8, 1e-9, &model),
+        ("generic rtol 1e-6", Engine::Generic, 1e-6, 1e-9, &model),
     ] {
         let spec = FitSpec {
             params: vec![ParamSpec::new("ka", 1.0), cl.clone(), ParamSpec::new("V", 20.0)],
@@ -48,7 +61,7 @@ fn bench(c: &mut Criterion) {
             engine,
             x0: None,
         };
-        let obj = Objective::new(&model, &spec, subjects.iter().collect(), false).unwrap();
+        let obj = Objective::new(model, &spec, subjects.iter().collect(), false).unwrap();
         let phi = obj.initial();
         c.bench_function(&format!("P4 full-data gradient, {name}, {} threads", rayon::current_num_threads()), |b| {
             b.iter(|| obj.value_grad(&phi).unwrap())

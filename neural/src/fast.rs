@@ -49,6 +49,8 @@ use std::cell::RefCell;
 use insilico_solvers::{DoseKind, Event, Loss, Options, Problem, SteadyState, System};
 
 use crate::coupling::FluxResidual;
+use crate::lockstep::{Lockstep, LockstepGradient};
+use crate::mlp::Mlp;
 use crate::residual::Residual;
 
 /// Errors of the fast path.
@@ -116,6 +118,12 @@ pub trait FastRhs: Sync {
         let _ = tape;
         self.vjp_both(t, x, p, w, gx, gp)
     }
+    /// The lockstep form ([`crate::lockstep`]: several subjects integrated
+    /// together, the network evaluated for all of them at once), if this
+    /// right-hand side has one (`None`, the default: subjects run one by one).
+    fn lockstep(&self) -> Option<Box<dyn LockstepGradient + '_>> {
+        None
+    }
 }
 
 /// Any [`System`] without exogenous inputs, through its `vjp_state` and `vjp_params`.
@@ -160,7 +168,7 @@ impl FastRhs for Generic<'_> {
     }
 }
 
-impl<S: System, R: Residual> FastRhs for FluxResidual<S, R> {
+impl<S: System, R: Residual + 'static> FastRhs for FluxResidual<S, R> {
     fn nstates(&self) -> usize {
         System::nstates(self)
     }
@@ -188,10 +196,15 @@ impl<S: System, R: Residual> FastRhs for FluxResidual<S, R> {
     fn vjp_tape(&self, t: f64, x: &[f64], p: &[f64], w: &[f64], gx: &mut [f64], gp: &mut [f64], tape: &[f64]) {
         FluxResidual::vjp_tape(self, t, x, p, w, gx, gp, tape)
     }
+    fn lockstep(&self) -> Option<Box<dyn LockstepGradient + '_>> {
+        let net = (self.net() as &dyn std::any::Any).downcast_ref::<Mlp>()?;
+        let ls = Lockstep::new(self.system(), net, self.features(), self.channels())?;
+        Some(Box::new(ls))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Ev {
+pub(crate) enum Ev {
     Jump { cmt: usize, amount: f64 },
     Rate { cmt: usize, delta: f64 },
     Reset,
@@ -200,13 +213,13 @@ enum Ev {
 /// A subject's events and observations, compiled once for many solves.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    t0: f64,
+    pub(crate) t0: f64,
     /// Events sorted by time (stable: record order at equal times).
-    events: Vec<(f64, Ev)>,
+    pub(crate) events: Vec<(f64, Ev)>,
     /// Observations sorted by time: (time, output, index in the problem).
-    obs: Vec<(f64, usize, usize)>,
-    horizon: f64,
-    n: usize,
+    pub(crate) obs: Vec<(f64, usize, usize)>,
+    pub(crate) horizon: f64,
+    pub(crate) n: usize,
 }
 
 /// Loss, gradient and predictions from [`Plan::gradient`].
@@ -272,8 +285,8 @@ enum Item {
 }
 
 // Dormand–Prince 5(4).
-const C: [f64; 7] = [0.0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0];
-const A: [[f64; 6]; 7] = [
+pub(crate) const C: [f64; 7] = [0.0, 0.2, 0.3, 0.8, 8.0 / 9.0, 1.0, 1.0];
+pub(crate) const A: [[f64; 6]; 7] = [
     [0.0; 6],
     [0.2, 0.0, 0.0, 0.0, 0.0, 0.0],
     [3.0 / 40.0, 9.0 / 40.0, 0.0, 0.0, 0.0, 0.0],
@@ -283,7 +296,7 @@ const A: [[f64; 6]; 7] = [
     [35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0],
 ];
 /// `B` with the (zero) weight of the FSAL stage 7.
-const B7: [f64; 7] = [35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0, 0.0];
+pub(crate) const B7: [f64; 7] = [35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0, 0.0];
 /// Hairer's `contd5` coefficients of DOPRI5's 4th-order continuous extension.
 const D: [f64; 7] = [
     -12715105075.0 / 11282082432.0,
@@ -298,7 +311,7 @@ const D: [f64; 7] = [
 /// Weights of DOPRI5's continuous extension: `x(t + θh) = x + h Σ_s b_s(θ) k_s`
 /// over the 7 stages (`k7 = f(t + h, x_{n+1})`). Hairer's `contd5`,
 /// `x + θ(r2 + (1−θ)(r3 + θ(r4 + (1−θ) r5)))`, expanded per stage; `b(1) = B`.
-fn dense_weights(theta: f64) -> [f64; 7] {
+pub(crate) fn dense_weights(theta: f64) -> [f64; 7] {
     let t1 = 1.0 - theta;
     let mut b = [0.0; 7];
     for (s, bs) in b.iter_mut().enumerate() {
@@ -313,7 +326,7 @@ fn dense_weights(theta: f64) -> [f64; 7] {
     b
 }
 
-const E: [f64; 7] =
+pub(crate) const E: [f64; 7] =
     [71.0 / 57600.0, 0.0, -71.0 / 16695.0, 71.0 / 1920.0, -17253.0 / 339200.0, 22.0 / 525.0, -1.0 / 40.0];
 
 impl Plan {
@@ -754,7 +767,7 @@ fn attr(a: insilico_solvers::Attr) -> Option<f64> {
 }
 
 /// Hairer's starting step, simplified: `0.01 ‖x‖/‖f‖`, bounded by the span.
-fn initial_step(x: &[f64], f: &[f64], opts: &Options, span: f64) -> f64 {
+pub(crate) fn initial_step(x: &[f64], f: &[f64], opts: &Options, span: f64) -> f64 {
     let n = x.len() as f64;
     let (mut d0, mut d1) = (0.0, 0.0);
     for (xi, fi) in x.iter().zip(f) {

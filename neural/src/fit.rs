@@ -47,6 +47,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::fast::{FastRhs, FastWorkspace, Generic, Plan};
+use crate::lockstep::{LockWorkspace, LockstepGradient};
 
 /// Errors of fitting.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -362,6 +363,11 @@ pub struct Objective<'a> {
     x0: Vec<f64>,
     with_eta: bool,
     penalty: Option<&'a dyn Penalty>,
+    /// Subjects integrated together ([`crate::lockstep`]), when the model
+    /// has a lockstep form and every subject is on the fast path. (The
+    /// lockstep form itself is fetched per gradient: an `Objective` holding
+    /// a boxed trait object would keep its borrows alive until it is dropped.)
+    groups: Option<Vec<Vec<usize>>>,
 }
 
 /// One subject's contribution.
@@ -445,6 +451,11 @@ impl<'a> Objective<'a> {
             };
             plans.push(plan);
         }
+        // Lockstep groups when every subject is on the fast path and the model has a lockstep form.
+        let groups = match (spec.engine, model.fast.and_then(|f| f.lockstep())) {
+            (Engine::Generic, _) | (_, None) => None,
+            _ => plans.iter().map(|p| p.as_ref()).collect::<Option<Vec<&Plan>>>().map(|p| crate::lockstep::groups(&p)),
+        };
         Ok(Objective {
             model,
             spec,
@@ -457,6 +468,7 @@ impl<'a> Objective<'a> {
             x0,
             with_eta,
             penalty: None,
+            groups,
         })
     }
 
@@ -468,6 +480,12 @@ impl<'a> Objective<'a> {
     /// Whether every subject runs on the fast path.
     pub fn all_fast(&self) -> bool {
         self.plans.iter().all(|p| p.is_some())
+    }
+
+    /// Number of lockstep groups the subjects are integrated in (0: one
+    /// subject at a time; see [`crate::lockstep`]).
+    pub fn lockstep_groups(&self) -> usize {
+        self.groups.as_ref().map_or(0, |g| g.len())
     }
 
     /// The initial optimiser vector.
@@ -612,6 +630,21 @@ impl<'a> Objective<'a> {
                 }
             }
         };
+        self.finish(i, l, dp, preds, sigma, want_grad)
+    }
+
+    /// A subject's contribution from its loss, parameter gradient and predictions.
+    fn finish(
+        &self,
+        i: usize,
+        l: f64,
+        dp: Vec<f64>,
+        preds: Vec<f64>,
+        sigma: &[f64],
+        want_grad: bool,
+    ) -> Result<SubjectGrad, FitError> {
+        let s = self.subjects[i];
+        let err = self.spec.error;
         if !l.is_finite() {
             return Err(FitError::Solve { subject: s.id.clone(), reason: "the loss is not finite".into() });
         }
@@ -628,16 +661,92 @@ impl<'a> Objective<'a> {
         Ok(SubjectGrad { loss: l, d_theta, d_w, d_lnsig, preds })
     }
 
+    /// Every subject's contribution by lockstep groups, in subject order.
+    fn lockstep_grads(
+        &self,
+        ls: &dyn LockstepGradient,
+        groups: &[Vec<usize>],
+        phi: &[f64],
+        theta: &[f64],
+        sigma: &[f64],
+        w_off: usize,
+    ) -> Vec<Result<SubjectGrad, FitError>> {
+        let err = self.spec.error;
+        let per_group: Vec<Vec<(usize, Result<SubjectGrad, FitError>)>> = groups
+            .par_iter()
+            .map(|g| {
+                LockWorkspace::with_thread_local(|ws| {
+                    let ps: Vec<Vec<f64>> =
+                        g.iter().map(|&i| self.subject_params(phi, theta, w_off, i, self.with_eta)).collect();
+                    let prefs: Vec<&[f64]> = ps.iter().map(|v| v.as_slice()).collect();
+                    let plans: Option<Vec<&Plan>> = g.iter().map(|&i| self.plans[i].as_ref()).collect();
+                    let mk = |i: usize| {
+                        let s = self.subjects[i];
+                        move |j: usize, y: f64| {
+                            let (l, d, _) = err.nll(s.dv[j], y, sigma);
+                            (l, d)
+                        }
+                    };
+                    let losses: Vec<_> = g.iter().map(|&i| mk(i)).collect();
+                    let lrefs: Vec<&insilico_solvers::Loss> =
+                        losses.iter().map(|f| f as &insilico_solvers::Loss).collect();
+                    let res = match plans {
+                        Some(plans) => ls.gradient(&plans, &prefs, &self.x0, &self.spec.options, &lrefs, ws),
+                        None => Err(crate::fast::FastError::Unsupported("a subject is not on the fast path".into())),
+                    };
+                    match res {
+                        Ok(gs) => g
+                            .iter()
+                            .zip(gs)
+                            .map(|(&i, r)| (i, self.finish(i, r.loss, r.d_params, r.predictions, sigma, true)))
+                            .collect(),
+                        Err(e) => g
+                            .iter()
+                            .map(|&i| {
+                                (
+                                    i,
+                                    Err(FitError::Solve {
+                                        subject: self.subjects[i].id.clone(),
+                                        reason: e.to_string(),
+                                    }),
+                                )
+                            })
+                            .collect(),
+                    }
+                })
+            })
+            .collect();
+        let mut per: Vec<Option<Result<SubjectGrad, FitError>>> = (0..self.subjects.len()).map(|_| None).collect();
+        for (i, r) in per_group.into_iter().flatten() {
+            per[i] = Some(r);
+        }
+        per.into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| {
+                    Err(FitError::Solve {
+                        subject: self.subjects[i].id.clone(),
+                        reason: "not in a lockstep group".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// Objective value and gradient at `φ`.
     pub fn value_grad(&self, phi: &[f64]) -> Result<(f64, Vec<f64>), FitError> {
         let (theta, sigma, omega, w_off) = self.decode(phi);
-        let per: Vec<Result<SubjectGrad, FitError>> = (0..self.subjects.len())
-            .into_par_iter()
-            .map_init(FastWorkspace::default, |ws, i| {
-                let p = self.subject_params(phi, &theta, w_off, i, self.with_eta);
-                self.subject_grad(i, &p, &sigma, true, ws)
-            })
-            .collect();
+        let lockstep = self.model.fast.and_then(|f| f.lockstep());
+        let per: Vec<Result<SubjectGrad, FitError>> = match (&self.groups, lockstep) {
+            (Some(groups), Some(ls)) => self.lockstep_grads(ls.as_ref(), groups, phi, &theta, &sigma, w_off),
+            _ => (0..self.subjects.len())
+                .into_par_iter()
+                .map_init(FastWorkspace::default, |ws, i| {
+                    let p = self.subject_params(phi, &theta, w_off, i, self.with_eta);
+                    self.subject_grad(i, &p, &sigma, true, ws)
+                })
+                .collect(),
+        };
         let mut g = vec![0.0; self.dim()];
         let mut f = 0.0;
         let nfree = self.free_params.len();
@@ -950,7 +1059,9 @@ pub fn fit_with_penalty(
         wall_s: start.elapsed().as_secs_f64(),
         phi_names: obj.names(),
         phi,
-        engine_used: if obj.all_fast() {
+        engine_used: if obj.all_fast() && obj.lockstep_groups() > 0 {
+            format!("fast (DOPRI5 discrete adjoint, subjects in lockstep groups of up to {})", crate::lockstep::LANES)
+        } else if obj.all_fast() {
             "fast (DOPRI5 discrete adjoint)".into()
         } else {
             "generic (solvers::gradient, auto)".into()

@@ -11,6 +11,7 @@
 //! | fit shared parameters, network weights and per-subject random effects to a NONMEM-layout dataset | [`fit`] |
 //! | constrain a learned flux's shape (non-decreasing, saturable) beyond the data | [`shape`] ([`fit::Penalty`]) |
 //! | fast loss gradients for small systems (explicit RK with a discrete adjoint) | [`fast`] |
+//! | the same for several subjects at once, network evaluated across subjects | [`lockstep`] |
 //!
 //! ## Example
 //! ```
@@ -29,6 +30,7 @@
 pub mod coupling;
 pub mod fast;
 pub mod fit;
+pub mod lockstep;
 pub mod mlp;
 pub mod residual;
 pub mod shape;
