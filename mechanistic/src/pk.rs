@@ -363,14 +363,17 @@ impl PkModel {
 }
 
 impl System for PkModel {
+    #[inline]
     fn nstates(&self) -> usize {
         self.off() + self.compartments + 1
     }
 
+    #[inline]
     fn nparams(&self) -> usize {
         self.off() + if self.mm() { 2 } else { 1 } + 1 + 2 * self.n_peripherals()
     }
 
+    #[inline]
     fn rhs(&self, _t: f64, x: &[f64], _u: &[f64], p: &[f64], dx: &mut [f64]) {
         let ic = self.central();
         let v1 = p[self.v1_index()];
@@ -392,6 +395,7 @@ impl System for PkModel {
         dx[self.eliminated()] = e;
     }
 
+    #[inline]
     fn jvp(&self, _t: f64, x: &[f64], _u: &[f64], p: &[f64], v: &[f64], out: &mut [f64]) {
         let ic = self.central();
         let v1 = p[self.v1_index()];
@@ -413,6 +417,7 @@ impl System for PkModel {
         out[self.eliminated()] = de;
     }
 
+    #[inline]
     fn vjp_state(&self, _t: f64, x: &[f64], _u: &[f64], p: &[f64], w: &[f64], out: &mut [f64]) {
         let ic = self.central();
         let ie = self.eliminated();
@@ -464,6 +469,7 @@ impl System for PkModel {
         out[self.eliminated()] = de;
     }
 
+    #[inline]
     fn vjp_params(&self, _t: f64, x: &[f64], _u: &[f64], p: &[f64], w: &[f64], out: &mut [f64]) {
         let ic = self.central();
         let iv1 = self.v1_index();
@@ -521,15 +527,18 @@ impl System for PkModel {
         vec![self.eliminated()]
     }
 
+    #[inline]
     fn noutputs(&self) -> usize {
         1
     }
 
+    #[inline]
     fn output(&self, k: usize, _t: f64, x: &[f64], p: &[f64]) -> f64 {
         debug_assert_eq!(k, 0, "PK models have a single output");
         self.output_scale * x[self.central()] / p[self.v1_index()]
     }
 
+    #[inline]
     fn output_grad(&self, k: usize, _t: f64, x: &[f64], p: &[f64], gx: &mut [f64], gp: &mut [f64]) {
         debug_assert_eq!(k, 0, "PK models have a single output");
         let ic = self.central();
