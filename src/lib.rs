@@ -8,7 +8,7 @@
 //!
 //! | task | where |
 //! |---|---|
-//! | write a right-hand side, solve it under a dosing schedule | [`solvers`] ([`solvers::System`], [`solvers::solve`], [`solvers::Schedule`]) |
+//! | write a right-hand side, solve it under a dosing schedule | [`solvers`] ([`solvers::System`], [`solvers::solve()`], [`solvers::Schedule`]) |
 //! | read a NONMEM-layout dataset | [`solvers::data::Dataset`] |
 //! | use a ready PK model or its closed form | [`mechanistic::pk`] |
 //! | simulate a dataset from a TOML config (what `insilico simulate` does) | [`simulate`] |

@@ -5,8 +5,10 @@
 //!
 //! * [`BatchModel`] — a small model with an exact Jacobian and its CUDA C twin.
 //! * [`Regimen`] — dose trains and exposure-window trains, expanded on the fly.
-//! * [`integrate`] — one trajectory, adaptive [`Stepper::Tsit5`] or
-//!   [`Stepper::Rosenbrock`] steps between breakpoints, dense output.
+//! * [`integrate()`] — one trajectory, adaptive [`Stepper::Tsit5`] or
+//!   [`Stepper::Rosenbrock`] steps between breakpoints, dense output;
+//!   [`integrate_lanes`] — several trajectories side by side on one core
+//!   (each bit-for-bit as alone), which the batch solvers use.
 //! * [`solve_grid`] / [`solve_summaries`] — a [`Batch`] in parallel on all
 //!   cores (rayon), identical results for any thread count.
 //! * [`generators`] — grids, Latin hypercubes, Sobol points and seeded
@@ -17,7 +19,7 @@
 //! * [`linear`] — the exact matrix-exponential path for linear models: the
 //!   limit every integrator is measured against.
 //!
-//! With the `cuda` feature, [`cuda`] runs the same algorithms as NVRTC-compiled
+//! With the `cuda` feature, the `cuda` module runs the same algorithms as NVRTC-compiled
 //! kernels, one trajectory per GPU thread.
 //!
 //! ```

@@ -2,7 +2,7 @@
 //! adaptive Dormand–Prince 5(4) integrator with a **discrete adjoint** over
 //! the stored steps, allocation-free once its [`FastWorkspace`] has grown.
 //!
-//! The generic [`insilico_solvers::gradient`] builds diffsol solvers for
+//! The generic [`insilico_solvers::gradient()`] builds diffsol solvers for
 //! every call and integrates an adjoint ODE; for a hybrid model of a few
 //! states fitted to a few hundred observations that construction dominates.
 //! Here a [`Plan`] is compiled once per subject (events and observations

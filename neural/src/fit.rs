@@ -26,7 +26,7 @@
 //! # Gradients
 //! Per subject, by the fast path ([`crate::fast`], a discrete adjoint whose
 //! cost does not grow with the number of weights) when the schedule allows,
-//! else by [`insilico_solvers::gradient`] with [`GradientMethod::Auto`]
+//! else by [`insilico_solvers::gradient()`] with [`GradientMethod::Auto`]
 //! (forward sensitivities when parameters and states number ≤ 16, adjoint
 //! otherwise). Subjects run in parallel (rayon); their contributions are
 //! added in subject order, so results do not depend on the thread count.
@@ -214,7 +214,7 @@ pub enum Engine {
     Auto,
     /// Always [`crate::fast`] (error if a schedule is unsupported).
     Fast,
-    /// Always [`insilico_solvers::gradient`] (with [`GradientMethod::Auto`]).
+    /// Always [`insilico_solvers::gradient()`] (with [`GradientMethod::Auto`]).
     Generic,
 }
 

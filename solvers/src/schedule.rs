@@ -3,7 +3,7 @@
 //!
 //! A [`Schedule`] is what a dataset's dosing records (or a regimen written in
 //! code) become. The solver expands it for a given parameter vector into
-//! breakpoints (see [`crate::events`]) and integrates segment by segment.
+//! breakpoints (see the private `events` module) and integrates segment by segment.
 
 /// A dosing attribute that is either a fixed value or one of the model's
 /// parameters (so that gradients flow through it).

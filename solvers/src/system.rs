@@ -14,7 +14,7 @@
 ///
 /// Every derivative is exact (written by hand or generated); tests check
 /// each against central finite differences with
-/// [`check_derivatives`](crate::check_derivatives).
+/// [`crate::check_derivatives`].
 ///
 /// # Example
 /// ```
