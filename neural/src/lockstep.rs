@@ -25,7 +25,7 @@
 //! network VJPs instead of seven.
 //!
 //! Supported: a [`FluxResidual`] with one feature (a state, an output or
-//! time), one rate-form channel and a `1 → H1 → H2 → 1` tanh [`Mlp`] with a
+//! time), one channel (rate or saturating form) and a `1 → H1 → H2 → 1` tanh [`Mlp`] with a
 //! specialised kernel ([`FastRhs::lockstep`] returns `None` otherwise), over
 //! any wrapped [`System`] with at most 8 states and 16 parameters; lanes
 //! must share the start time and the network weights (mechanistic parameters
@@ -102,11 +102,11 @@ impl<S: ?Sized> std::fmt::Debug for Lockstep<'_, S> {
 }
 
 /// The channel's gate `a(x)` and `a'(x)` (flux = `s · a(x_from) · softplus(g)`):
-/// `a(x) = x` for the rate form, the only one [`Lockstep::new`] accepts. A
-/// further channel form needs an arm here (and in [`Lockstep::new`]'s check).
+/// [`Channel::gate`], so every channel form of the coupling (rate, saturating)
+/// is integrated here exactly as on the one-subject path.
 #[inline(always)]
-fn gate(_c: &Channel, x: f64) -> (f64, f64) {
-    (x, 1.0)
+fn gate(c: &Channel, x: f64) -> (f64, f64) {
+    c.gate(x)
 }
 
 #[inline(always)]
@@ -206,10 +206,9 @@ impl<'a, S: System + ?Sized> Lockstep<'a, S> {
             Feature::Time => true,
             Feature::Input(_) => false,
         };
-        // Only the rate form `s · x · softplus(g)`: a channel equal to the one `Channel::new` builds.
-        let rate_form = channel == Channel::new(channel.from, channel.to, channel.scale);
+        // Any channel form (`FluxResidual::new` validated its constants); `gate` evaluates it.
         let channel_ok = channel.from < n && channel.to.is_none_or(|b| b < n && b != channel.from);
-        if !feature_ok || !rate_form || !channel_ok || sys.ninputs() > 0 || n > NMAX || m0 > MMAX || fscale == 0.0 {
+        if !feature_ok || !channel_ok || sys.ninputs() > 0 || n > NMAX || m0 > MMAX || fscale == 0.0 {
             return None;
         }
         Some(Lockstep { sys, h1, h2, feature, fscale, channel, n, m0 })

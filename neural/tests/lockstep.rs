@@ -9,13 +9,18 @@ use insilico_neural::fit::{
     Transform,
 };
 use insilico_neural::lockstep::{self, LockWorkspace};
-use insilico_neural::{Activation, Channel, Feature, FluxResidual, Mlp};
+use insilico_neural::{Activation, Channel, ChannelForm, Feature, FluxResidual, Mlp};
 use insilico_solvers::{gradient, Dataset, DoseMapping, GradientMethod, Loss, Method, Options, ReadOptions};
 
 fn hybrid() -> FluxResidual<PkModel, Mlp> {
+    hybrid_with(ChannelForm::Rate)
+}
+
+fn hybrid_with(form: ChannelForm) -> FluxResidual<PkModel, Mlp> {
     let pk = PkModel::from_name("pk-1cmt-oral").unwrap();
     let net = Mlp::new(&[1, 16, 16, 1], Activation::Tanh).unwrap();
-    FluxResidual::new(pk, net, vec![(Feature::Output(0), 5.0)], vec![Channel::new(1, Some(2), 0.2)]).unwrap()
+    let channel = Channel::new(1, Some(2), 0.2).with_form(form);
+    FluxResidual::new(pk, net, vec![(Feature::Output(0), 5.0)], vec![channel]).unwrap()
 }
 
 fn data() -> Vec<FitSubject> {
@@ -40,7 +45,15 @@ fn lanes(h: &FluxResidual<PkModel, Mlp>, subjects: &[FitSubject], ids: &[usize])
 
 #[test]
 fn lockstep_matches_one_by_one_generic_and_fd() {
-    let h = hybrid();
+    // The rate form, and the saturating form with a half-saturation amount (30 mg)
+    // inside the range these subjects reach, so the gate's curvature matters.
+    for form in [ChannelForm::Rate, ChannelForm::Saturating { half: 30.0 }] {
+        lockstep_matches_for(form);
+    }
+}
+
+fn lockstep_matches_for(form: ChannelForm) {
+    let h = hybrid_with(form);
     let ls = FastRhs::lockstep(&h).expect("P4 has a lockstep form");
     let subjects = data();
     let ids = [0usize, 9, 17, 23];
