@@ -55,7 +55,10 @@
 //! * `fit.json`: for each mode, named estimates (with standard errors where
 //!   computed), σ, ω, per-subject random effects, loss history, number of
 //!   gradient evaluations, wall time, time per full-data gradient, and the
-//!   held-out errors; the top level repeats the last mode.
+//!   held-out errors; the top level repeats the last mode. With a hold-out,
+//!   `validation_criterion` says how held-out subjects were scored:
+//!   `typical` (η = 0 prediction; pooled) or `conditional` (each subject's
+//!   MAP η; population), see `insilico_neural::fit`.
 //! * `model.json`: the fitted model in reloadable form (estimates, network
 //!   widths and weights, per-subject η), read by `simulate --fitted`.
 //! * `predictions.csv`: `ID,TIME,DV,PRED,IPRED` for every fitted observation.
@@ -883,7 +886,12 @@ pub fn run_fit(
         summary += &format!(
             "{mode}: objective {:.4}{}, {} gradient evaluations ({}), {:.2} s, {:.3} ms per full-data gradient\n",
             r.loss,
-            r.validation_loss.map(|v| format!(", validation {v:.4}")).unwrap_or_default(),
+            r.validation_loss
+                .map(|v| format!(
+                    ", validation {v:.4} ({})",
+                    r.validation_criterion.map(|c| c.as_str()).unwrap_or("typical")
+                ))
+                .unwrap_or_default(),
             r.n_gradients,
             r.engine_used,
             r.wall_s,
@@ -907,6 +915,7 @@ pub fn run_fit(
                 "n_weights": model.n_weights,
                 "loss": r.loss,
                 "validation_loss": r.validation_loss,
+                "validation_criterion": r.validation_criterion,
                 "validation_ids": r.validation_ids,
                 "loss_history": history,
                 "n_gradient_evaluations": r.n_gradients,
@@ -1001,7 +1010,10 @@ fn outputs(
         &[
             ("training".into(), r.history.iter().map(|h| (h.iteration as f64, h.loss)).collect()),
             (
-                "validation (PRED)".into(),
+                match r.validation_criterion {
+                    Some(fit::ValidationCriterion::Conditional) => "validation (conditional, MAP eta)".into(),
+                    _ => "validation (PRED)".into(),
+                },
                 r.history.iter().filter_map(|h| h.validation.map(|v| (h.iteration as f64, v))).collect(),
             ),
         ]
@@ -1413,6 +1425,7 @@ pub fn simulate_fitted(cfg: &FitConfig, fitted: &Path, ds: &Dataset, out: &Path)
             weights: weights.clone(),
             loss: 0.0,
             validation_loss: None,
+            validation_criterion: None,
             validation_ids: Vec::new(),
             history: Vec::new(),
             n_gradients: 0,
