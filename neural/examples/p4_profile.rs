@@ -10,57 +10,24 @@
 //! `cargo run --release -p insilico-neural --example p4_profile [rtol atol]`
 use std::time::Instant;
 
-use insilico_mechanistic::PkModel;
 use insilico_neural::fast::{FastRhs, FastWorkspace, Plan};
-use insilico_neural::fit::{
-    problem, subjects_from_dataset, Engine, ErrorModel, FitSpec, Model, Objective, ParamSpec, Stage, Transform,
-};
+use insilico_neural::fit::{problem, Engine, Objective};
 use insilico_neural::lockstep::{self, LockWorkspace, OneByOne};
-use insilico_neural::{Activation, Channel, Feature, FluxResidual, Mlp};
-use insilico_solvers::{Dataset, DoseMapping, Options, ReadOptions};
+use insilico_neural::ChannelForm;
+
+#[path = "../tests/common/p4.rs"]
+mod p4;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<f64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let rtol = args.first().copied().unwrap_or(1e-5);
     let atol = args.get(1).copied().unwrap_or(1e-6);
-    let pk = PkModel::from_name("pk-1cmt-oral")?;
-    let net = Mlp::new(&[1, 16, 16, 1], Activation::Tanh)?;
-    let h = FluxResidual::new(pk, net, vec![(Feature::Output(0), 5.0)], vec![Channel::new(1, Some(2), 0.2)])?;
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ude_train.csv");
-    let ds = Dataset::from_path(path, &ReadOptions::default())?;
-    let subjects = subjects_from_dataset(&ds, &DoseMapping::new(2, 1, 2))?;
-    let model = Model {
-        system: &h,
-        fast: Some(&h),
-        n_weights: h.net().n_params(),
-        weights_init: h.net().init(1, 0.5),
-        weight_prior_sd: Some(1.0),
-    };
-    let mut cl = ParamSpec::new("CL", 0.0);
-    cl.fixed = true;
-    cl.transform = Transform::Identity;
-    let spec = |rtol: f64, atol: f64| FitSpec {
-        params: vec![ParamSpec::new("ka", 1.0), cl.clone(), ParamSpec::new("V", 20.0)],
-        error: ErrorModel::Proportional,
-        sigma_init: vec![0.1],
-        sigma_fixed: false,
-        stages: vec![Stage::Lbfgs { iterations: 1 }],
-        validation_fraction: 0.0,
-        patience: 0,
-        check_every: 1,
-        seed: 1,
-        options: Options { rtol, atol, ..Options::default() },
-        engine: Engine::Fast,
-        x0: None,
-    };
+    let h = p4::hybrid(ChannelForm::Rate)?;
+    let subjects = p4::subjects()?;
+    let model = p4::model(&h, &h);
+    let spec = |rtol: f64, atol: f64| p4::spec(rtol, atol, Engine::Fast, 1);
     let one = OneByOne(&h);
-    let model1 = Model {
-        system: &h,
-        fast: Some(&one),
-        n_weights: h.net().n_params(),
-        weights_init: h.net().init(1, 0.5),
-        weight_prior_sd: Some(1.0),
-    };
+    let model1 = p4::model(&h, &one);
     let sp = spec(rtol, atol);
     let obj = Objective::new(&model, &sp, subjects.iter().collect(), false)?;
     let obj1 = Objective::new(&model1, &sp, subjects.iter().collect(), false)?;

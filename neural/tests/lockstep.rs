@@ -4,29 +4,24 @@
 
 use insilico_mechanistic::PkModel;
 use insilico_neural::fast::{FastRhs, FastWorkspace, Plan};
-use insilico_neural::fit::{
-    problem, subjects_from_dataset, Engine, ErrorModel, FitSpec, FitSubject, Model, Objective, ParamSpec, Stage,
-    Transform,
-};
+use insilico_neural::fit::{problem, Engine, FitSubject, Objective};
 use insilico_neural::lockstep::{self, LockWorkspace};
-use insilico_neural::{Activation, Channel, ChannelForm, Feature, FluxResidual, Mlp};
-use insilico_solvers::{gradient, Dataset, DoseMapping, GradientMethod, Loss, Method, Options, ReadOptions};
+use insilico_neural::{ChannelForm, FluxResidual, Mlp};
+use insilico_solvers::{gradient, GradientMethod, Loss, Method, Options};
+
+mod common;
+use common::p4;
 
 fn hybrid() -> FluxResidual<PkModel, Mlp> {
     hybrid_with(ChannelForm::Rate)
 }
 
 fn hybrid_with(form: ChannelForm) -> FluxResidual<PkModel, Mlp> {
-    let pk = PkModel::from_name("pk-1cmt-oral").unwrap();
-    let net = Mlp::new(&[1, 16, 16, 1], Activation::Tanh).unwrap();
-    let channel = Channel::new(1, Some(2), 0.2).with_form(form);
-    FluxResidual::new(pk, net, vec![(Feature::Output(0), 5.0)], vec![channel]).unwrap()
+    p4::hybrid(form).unwrap()
 }
 
 fn data() -> Vec<FitSubject> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ude_train.csv");
-    let ds = Dataset::from_path(path, &ReadOptions::default()).unwrap();
-    subjects_from_dataset(&ds, &DoseMapping::new(2, 1, 2)).unwrap()
+    p4::subjects().unwrap()
 }
 
 /// Subjects of different doses and horizons, each with its own ka and V (as with random effects).
@@ -165,30 +160,8 @@ fn partial_groups_and_padding() {
 fn objective_is_independent_of_the_thread_count() {
     let h = hybrid();
     let subjects = data();
-    let model = Model {
-        system: &h,
-        fast: Some(&h),
-        n_weights: h.net().n_params(),
-        weights_init: h.net().init(1, 0.5),
-        weight_prior_sd: Some(1.0),
-    };
-    let mut cl = ParamSpec::new("CL", 0.0);
-    cl.fixed = true;
-    cl.transform = Transform::Identity;
-    let spec = FitSpec {
-        params: vec![ParamSpec::new("ka", 1.0), cl, ParamSpec::new("V", 20.0)],
-        error: ErrorModel::Proportional,
-        sigma_init: vec![0.1],
-        sigma_fixed: false,
-        stages: vec![Stage::Lbfgs { iterations: 1 }],
-        validation_fraction: 0.0,
-        patience: 0,
-        check_every: 1,
-        seed: 1,
-        options: Options { rtol: 1e-5, atol: 1e-6, ..Options::default() },
-        engine: Engine::Fast,
-        x0: None,
-    };
+    let model = p4::model(&h, &h);
+    let spec = p4::spec(1e-5, 1e-6, Engine::Fast, 1);
     let obj = Objective::new(&model, &spec, subjects.iter().collect(), false).unwrap();
     let phi = obj.initial();
     let run = |threads: usize| {

@@ -4,25 +4,23 @@
 
 use insilico_mechanistic::PkModel;
 use insilico_neural::fast::{FastWorkspace, Generic, Plan};
-use insilico_neural::fit::{subjects_from_dataset, Engine, ErrorModel, FitSpec, Model, Objective, ParamSpec, Stage};
-use insilico_neural::{Activation, Channel, ChannelForm, Feature, FluxResidual, Mlp};
-use insilico_solvers::{gradient, Dataset, DoseMapping, GradientMethod, Method, Options, ReadOptions, System};
+use insilico_neural::fit::{Engine, ErrorModel, FitSpec, Model, Objective, ParamSpec, Stage};
+use insilico_neural::{ChannelForm, FluxResidual, Mlp};
+use insilico_solvers::{gradient, GradientMethod, Method, Options, System};
+
+mod common;
+use common::p4;
 
 fn hybrid() -> FluxResidual<PkModel, Mlp> {
     hybrid_form(ChannelForm::Rate)
 }
 
 fn hybrid_form(form: ChannelForm) -> FluxResidual<PkModel, Mlp> {
-    let pk = PkModel::from_name("pk-1cmt-oral").unwrap();
-    let net = Mlp::new(&[1, 16, 16, 1], Activation::Tanh).unwrap();
-    let ch = Channel::new(1, Some(2), 0.2).with_form(form);
-    FluxResidual::new(pk, net, vec![(Feature::Output(0), 5.0)], vec![ch]).unwrap()
+    p4::hybrid(form).unwrap()
 }
 
 fn data() -> Vec<insilico_neural::fit::FitSubject> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/ude_train.csv");
-    let ds = Dataset::from_path(path, &ReadOptions::default()).unwrap();
-    subjects_from_dataset(&ds, &DoseMapping::new(2, 1, 2)).unwrap()
+    p4::subjects().unwrap()
 }
 
 /// Both channel forms: the rate form and the saturating (bounded-flux) form
