@@ -37,6 +37,7 @@
 
 pub use insilico_kernels as kernels;
 pub use insilico_mechanistic as mechanistic;
+pub use insilico_model as model;
 pub use insilico_models_zoo as models_zoo;
 pub use insilico_neural as neural;
 pub use insilico_solvers as solvers;

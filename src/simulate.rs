@@ -4,17 +4,18 @@
 //! # The config file
 //!
 //! ```toml
-//! model = "pk-1cmt-oral"      # pk-{1,2,3}cmt-{oral,iv}, optionally with the suffix -mm
+//! model = "pk-1cmt-oral"      # a zoo model (models-zoo/) or the path of a model file (`*.model`)
+//! output = "cp"               # optional: which of the model's outputs is PRED (default: the first)
 //! data = "../../shared/data/nmtest.csv"   # relative to the config file's directory
 //! ignore_columns = []         # optional: NONMEM-named columns to read as plain covariates
-//! output_scale = 1000.0       # optional (default 1): PRED = output_scale * central / V
+//! output_scale = 1000.0       # optional (default 1): PRED = output_scale * the output
 //! method = "bdf"              # optional: bdf (default) | esdirk34 | tr-bdf2 | tsit45
 //! rtol = 1e-8                 # optional (default 1e-8)
 //! atol = 1e-10                # optional (default 1e-10), in amount units
 //! max_steps = 1000000         # optional (default 1,000,000 per subject)
 //!
-//! [params]                    # every parameter of the model by name, nothing else
-//! ka = 1.5                    # (names compared case-insensitively)
+//! [params]                    # parameters of the model by name (compared case-insensitively);
+//! ka = 1.5                    # those with a default in the model file may be left out
 //! CL = 1.1
 //! V = 20
 //!
@@ -32,12 +33,20 @@
 //! 2 = 2.5                     # a number: a fixed value
 //! ```
 //!
-//! Compartments are the model's dosable states, numbered as NONMEM's `CMT`
-//! (1-based, in the order of the model's states; see
-//! [`crate::mechanistic`]): for oral models `depot` = 1, `central` = 2,
-//! `peripheral1` = 3, `peripheral2` = 4; for IV models `central` = 1,
-//! `peripheral1` = 2, `peripheral2` = 3. A key of a `[dosing.*]` table is
-//! such a number or state name.
+//! Compartments are the model's states, numbered as NONMEM's `CMT` (1-based,
+//! in the order of the model's `states:` declaration): for the oral zoo
+//! models `depot` = 1, `central` = 2, `peripheral1` = 3, `peripheral2` = 4;
+//! for the IV ones `central` = 1, `peripheral1` = 2, `peripheral2` = 3. A key
+//! of a `[dosing.*]` table is such a number or state name. Observations
+//! without a CMT default to `central` where the model has such a state.
+//!
+//! Dose attributes written in the model (`alag(depot) = tlag`, `f(s)`,
+//! `rate(s)`, `dur(s)`) apply to every dose into that state; giving the same
+//! attribute for the same compartment in `[dosing.*]` too is an error.
+//! Covariates declared in the model are read per subject from the dataset
+//! column of that name (any case); a model default applies where the
+//! dataset has no such column, and a value that changes within a subject is
+//! refused (time-varying covariates are not supported by `simulate` yet).
 //!
 //! Unknown keys anywhere, unknown or missing parameters, an unknown model or
 //! method, a compartment or column that does not exist: each is an error
@@ -46,8 +55,8 @@
 //! # The output
 //!
 //! One row per observation record (EVID 0) in dataset order: `ID,TIME,PRED`,
-//! where PRED is the model's concentration output `output_scale · central / V`
-//! (V1 for multi-compartment models) at TIME. An observation at the time of
+//! where PRED is `output_scale` times the chosen model output (for the PK zoo
+//! models `cp = central / V`, V1 for multi-compartment models) at TIME. An observation at the time of
 //! a dose sees the dose. The observation's CMT does not change PRED (the
 //! model has one output, as a NONMEM `$ERROR` block that ignores CMT).
 
@@ -58,8 +67,10 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use std::sync::Arc;
+
 use crate::error::Error;
-use crate::mechanistic::PkModel;
+use crate::model::{Compiled, DoseAttr, ModelSystem};
 use crate::solvers::data::{ColumnOrValue, Dataset, DoseMapping, ReadOptions};
 use crate::solvers::{solve, Method, ObservationPoint, Options, Problem, System};
 
@@ -83,7 +94,9 @@ pub const DEFAULT_ATOL: f64 = 1e-10;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     model: String,
+    output: Option<String>,
     data: String,
+    #[serde(default)]
     params: toml::Table,
     #[serde(default)]
     ignore_columns: Vec<String>,
@@ -125,9 +138,13 @@ enum Source {
 pub struct Simulation {
     /// Config file name, for messages.
     pub source: String,
-    /// The model (its output scale set from the config).
-    pub model: PkModel,
-    /// Parameters in the model's order ([`System::param_names`]).
+    /// The compiled model.
+    pub model: Arc<Compiled>,
+    /// Index of the model output written as PRED.
+    pub output: usize,
+    /// Factor applied to that output.
+    pub output_scale: f64,
+    /// Every parameter `θ` in the model's order ([`System::param_names`]).
     pub params: Vec<f64>,
     /// The dataset's path, resolved against the config file's directory.
     pub data: PathBuf,
@@ -204,21 +221,33 @@ impl Simulation {
         let cfg_err = |reason: String| Error::Config { file: name.to_string(), reason };
         let raw: RawConfig = toml::from_str(text).map_err(|e| cfg_err(e.to_string()))?;
 
-        let model = PkModel::from_name(raw.model.trim()).map_err(|e| cfg_err(format!("key `model`: {e}")))?;
+        let model =
+            crate::models_zoo::resolve(&raw.model, base_dir).map_err(|e| cfg_err(format!("key `model`: {e}")))?;
         let output_scale = raw.output_scale.unwrap_or(1.0);
         if !(output_scale.is_finite() && output_scale > 0.0) {
             return Err(cfg_err(format!("key `output_scale` must be a finite number > 0, found {output_scale}")));
         }
-        let model = model.with_output_scale(output_scale);
+        let outputs = model.output_names();
+        let output = match &raw.output {
+            None => 0,
+            Some(o) => outputs.iter().position(|n| n.eq_ignore_ascii_case(o.trim())).ok_or_else(|| {
+                cfg_err(format!(
+                    "key `output`: model {} has no output `{o}` (its outputs are {})",
+                    model.name(),
+                    fmt_list(&outputs)
+                ))
+            })?,
+        };
 
-        // Parameters by name.
-        let names = model.param_names();
+        // Parameters by name; the model's defaults where the config gives none.
+        let names = model.scalar_param_names();
         let expected = fmt_list(&names);
         let mut params: Vec<Option<f64>> = vec![None; names.len()];
         for (key, value) in &raw.params {
             let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(key.trim())) else {
                 return Err(cfg_err(format!(
-                    "unknown parameter `{key}` in [params] for model {model} (its parameters are {expected})"
+                    "unknown parameter `{key}` in [params] for model {} (its parameters are {expected})",
+                    model.name()
                 )));
             };
             let v = match value {
@@ -239,17 +268,28 @@ impl Simulation {
             }
             params[i] = Some(v);
         }
-        let missing: Vec<&str> =
-            names.iter().zip(&params).filter(|(_, v)| v.is_none()).map(|(n, _)| n.as_str()).collect();
+        let missing: Vec<&str> = names
+            .iter()
+            .zip(&params)
+            .filter(|(n, v)| v.is_none() && model.param_index(n).and_then(|k| model.params()[k].default).is_none())
+            .map(|(n, _)| *n)
+            .collect();
         if !missing.is_empty() {
             return Err(cfg_err(format!(
-                "missing parameter{} `{}` in [params] for model {model} (its parameters are {expected})",
+                "missing parameter{} `{}` in [params] for model {} (its parameters are {expected})",
                 if missing.len() > 1 { "s" } else { "" },
-                missing.join("`, `")
+                missing.join("`, `"),
+                model.name()
             )));
         }
-        let params: Vec<f64> = params.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect();
-        model.validate_params(&params).map_err(|e| cfg_err(format!("[params]: {e}")))?;
+        let mut theta = model.default_params(0);
+        for (name, v) in names.iter().zip(&params) {
+            if let (Some(v), Some(k)) = (v, model.param_index(name)) {
+                theta[k] = *v;
+            }
+        }
+        model.check_params(&theta).map_err(|e| cfg_err(format!("[params]: {e}")))?;
+        let params = theta;
 
         // Solver settings.
         let method = match &raw.method {
@@ -279,18 +319,18 @@ impl Simulation {
         }
 
         // Dose mapping.
-        let n = model.n_compartments();
-        let states = model.state_names();
-        let central = model.central() + 1;
+        let n = model.nstates();
+        let states: Vec<String> = model.state_names().iter().map(|s| s.to_string()).collect();
+        let central = states.iter().position(|s| s == "central").map_or(1, |i| i + 1);
+        let model_name = model.name().to_string();
         let cmt_key = |table: &str, key: &str| -> Result<usize, Error> {
             let k = key.trim();
             let by_number = k.parse::<usize>().ok().filter(|c| (1..=n).contains(c));
-            let by_name = states[..n].iter().position(|s| s.eq_ignore_ascii_case(k)).map(|i| i + 1);
+            let by_name = states.iter().position(|s| s.eq_ignore_ascii_case(k)).map(|i| i + 1);
             by_number.or(by_name).ok_or_else(|| {
-                let named: Vec<String> =
-                    states[..n].iter().enumerate().map(|(i, s)| format!("{} = {s}", i + 1)).collect();
+                let named: Vec<String> = states.iter().enumerate().map(|(i, s)| format!("{} = {s}", i + 1)).collect();
                 cfg_err(format!(
-                    "[dosing.{table}]: `{key}` is not a compartment of model {model} \
+                    "[dosing.{table}]: `{key}` is not a compartment of model {model_name} \
                      (use a number or a name: {})",
                     named.join(", ")
                 ))
@@ -300,7 +340,7 @@ impl Simulation {
             if (1..=n).contains(&c) {
                 Ok(c)
             } else {
-                Err(cfg_err(format!("[dosing] {key} = {c}: model {model} has compartments 1..={n}")))
+                Err(cfg_err(format!("[dosing] {key} = {c}: model {model_name} has compartments 1..={n}")))
             }
         };
         let mut mapping = DoseMapping::new(
@@ -345,6 +385,22 @@ impl Simulation {
                 };
                 list.push((c, src));
             }
+            let attr = match table {
+                "bioavailability" => DoseAttr::Bioavailability,
+                "lag" => DoseAttr::Lag,
+                "rate" => DoseAttr::Rate,
+                _ => DoseAttr::Duration,
+            };
+            for (c, _) in &list {
+                if model.has_dose_attr(c - 1, attr) {
+                    return Err(cfg_err(format!(
+                        "[dosing.{table}] compartment {c} ({}): the model already sets {}({}); give it in one place",
+                        states[c - 1],
+                        attr.keyword(),
+                        states[c - 1]
+                    )));
+                }
+            }
             match table {
                 "bioavailability" => mapping.bioavailability = list,
                 "lag" => mapping.lag = list,
@@ -363,7 +419,9 @@ impl Simulation {
         };
         Ok(Simulation {
             source: name.to_string(),
-            model,
+            model: Compiled::new(model),
+            output,
+            output_scale,
             params,
             data,
             read_options: ReadOptions { ignore: raw.ignore_columns },
@@ -437,12 +495,20 @@ impl Simulation {
 
     /// Simulates one subject of `ds`: its predictions in record order.
     pub fn run_subject(&self, ds: &Dataset, subj: &crate::solvers::data::Subject) -> Result<Vec<Prediction>, Error> {
-        let (schedule, obs) = subj.to_schedule(ds, &self.mapping)?;
+        let covariates = self.subject_covariates(ds, subj)?;
+        let sys = ModelSystem::from_compiled(self.model.clone(), &covariates)
+            .map_err(|e| Error::Config { file: self.source.clone(), reason: e.to_string() })?;
+        let mapping = self.subject_mapping(&sys);
+        let (schedule, obs) = subj.to_schedule(ds, &mapping)?;
         let t0 = subj.records.iter().map(|r| r.time).fold(0.0f64, f64::min);
-        let model: &dyn System = &self.model;
+        let model: &dyn System = &sys;
         let mut prob = Problem::new(model, self.params.clone()).with_schedule(schedule);
+        let x0 = sys.initial_state(&self.params);
+        if x0.iter().any(|v| *v != 0.0) {
+            prob = prob.with_x0(x0);
+        }
         prob.t0 = t0;
-        prob.observations = obs.iter().map(|o| ObservationPoint { time: o.time, output: 0 }).collect();
+        prob.observations = obs.iter().map(|o| ObservationPoint { time: o.time, output: self.output }).collect();
         let sol = solve(&prob, self.method, &self.options).map_err(|error| Error::Solve {
             file: ds.file.clone(),
             subject: subj.id.clone(),
@@ -451,19 +517,101 @@ impl Simulation {
         Ok(obs
             .iter()
             .zip(&sol.outputs)
-            .map(|(o, &pred)| Prediction { id: subj.id.clone(), time: o.time, pred })
+            .map(|(o, &pred)| Prediction { id: subj.id.clone(), time: o.time, pred: self.output_scale * pred })
             .collect())
+    }
+
+    /// The config's dose mapping plus the dose attributes the model itself
+    /// sets (`alag(s)`, `f(s)`, `rate(s)`, `dur(s)`) for this subject.
+    fn subject_mapping(&self, sys: &ModelSystem) -> DoseMapping {
+        let mut mapping = self.mapping.clone();
+        for s in 0..sys.model().nstates() {
+            for (attr, list) in [
+                (DoseAttr::Bioavailability, &mut mapping.bioavailability),
+                (DoseAttr::Lag, &mut mapping.lag),
+                (DoseAttr::Rate, &mut mapping.rate),
+                (DoseAttr::Duration, &mut mapping.duration),
+            ] {
+                if let Some(src) = sys.dose_attribute(s, attr, &self.params) {
+                    list.push((s + 1, src));
+                }
+            }
+        }
+        mapping
+    }
+
+    /// The model's covariates for one subject, from the dataset columns of
+    /// the same names (any case), else the model's defaults.
+    fn subject_covariates(&self, ds: &Dataset, subj: &crate::solvers::data::Subject) -> Result<Vec<f64>, Error> {
+        let m = &self.model.model;
+        let mut out = Vec::with_capacity(m.covariates().len());
+        for cov in m.covariates() {
+            let col = ds.covariate_names.iter().position(|n| n.eq_ignore_ascii_case(&cov.name));
+            let value = match col {
+                None => cov.default.ok_or_else(|| Error::Config {
+                    file: self.source.clone(),
+                    reason: format!(
+                        "model {} reads covariate `{}`, which is not a column of {} and has no default in the model \
+                         (write `covariates: {} = <value>` in the model, or add the column)",
+                        m.name(),
+                        cov.name,
+                        ds.file,
+                        cov.name
+                    ),
+                })?,
+                Some(k) => {
+                    let mut value: Option<(f64, usize)> = None;
+                    for r in &subj.records {
+                        let Some(v) = r.covariates.get(k).copied().flatten() else { continue };
+                        match value {
+                            None => value = Some((v, r.line)),
+                            Some((first, line)) if first != v => {
+                                return Err(Error::Config {
+                                    file: self.source.clone(),
+                                    reason: format!(
+                                        "covariate `{}` of subject `{}` changes from {first} (line {line}) to {v} \
+                                         (line {}) in {}: time-varying covariates are not supported by simulate yet",
+                                        cov.name, subj.id, r.line, ds.file
+                                    ),
+                                })
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                    match (value, cov.default) {
+                        (Some((v, _)), _) => v,
+                        (None, Some(d)) => d,
+                        (None, None) => {
+                            return Err(Error::Config {
+                                file: self.source.clone(),
+                                reason: format!(
+                                    "covariate `{}` is missing on every record of subject `{}` in {} and the model gives no default",
+                                    cov.name, subj.id, ds.file
+                                ),
+                            })
+                        }
+                    }
+                }
+            };
+            out.push(value);
+        }
+        Ok(out)
     }
 
     /// One line describing the model, parameters and solver settings.
     pub fn describe(&self) -> String {
-        let params: Vec<String> =
-            self.model.param_names().iter().zip(&self.params).map(|(n, v)| format!("{n}={v}")).collect();
+        let m = &self.model.model;
+        let params: Vec<String> = m
+            .scalar_param_names()
+            .iter()
+            .filter_map(|n| m.param_index(n).map(|k| format!("{n}={}", self.params[k])))
+            .collect();
         format!(
-            "model {} ({}), output scale {}, method {}, rtol {:e}, atol {:e}",
-            self.model,
+            "model {} ({}), output {} x {}, method {}, rtol {:e}, atol {:e}",
+            m.name(),
             params.join(", "),
-            self.model.output_scale,
+            self.output_scale,
+            m.output_names()[self.output],
             self.method.name(),
             self.options.rtol,
             self.options.atol
@@ -498,14 +646,14 @@ V = 20
     #[test]
     fn minimal_config_defaults() {
         let s = parse(BASE).unwrap();
-        assert_eq!(s.model.name(), "pk-1cmt-oral");
+        assert_eq!(s.model.model.name(), "pk-1cmt-oral");
         assert_eq!(s.params, vec![1.5, 1.1, 20.0]);
         assert_eq!(s.data, PathBuf::from("/cfg/d.csv"));
         assert_eq!(s.method, Method::Bdf);
         assert_eq!(s.options.rtol, 1e-8);
         assert_eq!(s.options.atol, 1e-10);
-        assert_eq!(s.model.output_scale, 1.0);
-        assert_eq!(s.mapping.n_compartments, 2);
+        assert_eq!(s.output_scale, 1.0);
+        assert_eq!(s.mapping.n_compartments, 3);
         assert_eq!(s.mapping.default_dose_cmt, 1);
         assert_eq!(s.mapping.default_obs_cmt, 2);
     }
@@ -513,7 +661,7 @@ V = 20
     #[test]
     fn iv_defaults_to_central() {
         let s = parse("model = \"pk-2cmt-iv\"\ndata = \"x.csv\"\n[params]\ncl=1\nv1=2\nq=3\nv2=4\n").unwrap();
-        assert_eq!(s.mapping.n_compartments, 2);
+        assert_eq!(s.mapping.n_compartments, 3);
         assert_eq!(s.mapping.default_dose_cmt, 1);
         assert_eq!(s.mapping.default_obs_cmt, 1);
         assert_eq!(s.params, vec![1.0, 2.0, 3.0, 4.0]);
@@ -538,9 +686,9 @@ V = 20
         let e = err(&BASE.replace("V = 20", ""));
         assert!(e.contains("test.toml") && e.contains("missing parameter `V`"), "{e}");
         let e = err(&BASE.replace("pk-1cmt-oral", "pk-9cmt"));
-        assert!(e.contains("test.toml") && e.contains("unknown PK model `pk-9cmt`"), "{e}");
+        assert!(e.contains("test.toml") && e.contains("pk-9cmt: not a zoo model"), "{e}");
         let e = err(&BASE.replace("V = 20", "V = -20"));
-        assert!(e.contains("test.toml") && e.contains("V = -20"), "{e}");
+        assert!(e.contains("test.toml") && e.contains("`V` = -20 lies outside its range (0, inf)"), "{e}");
         let e = err(&BASE.replace("V = 20", "V = \"big\""));
         assert!(e.contains("parameter `V`") && e.contains("must be a number"), "{e}");
         let e = err(&format!("method = \"rk4\"\n{BASE}"));
@@ -551,8 +699,8 @@ V = 20
         assert!(e.contains("peripheral1") && e.contains("1 = depot, 2 = central"), "{e}");
         let e = err(&format!("{BASE}\n[dosing.rate]\n2 = 0\n"));
         assert!(e.contains("[dosing.rate]") && e.contains("> 0"), "{e}");
-        let e = err(&format!("{BASE}\n[dosing]\nobs_cmt = 3\n"));
-        assert!(e.contains("obs_cmt = 3"), "{e}");
+        let e = err(&format!("{BASE}\n[dosing]\nobs_cmt = 4\n"));
+        assert!(e.contains("obs_cmt = 4"), "{e}");
         let e = err(&format!("{BASE}\nrtol = 0\n"));
         assert!(e.contains("rtol"), "{e}");
         let e = err("model = \"pk-1cmt-oral\"\n[params]\nka=1\n");

@@ -68,7 +68,7 @@ fn bad_config_and_data_are_clear_errors() {
     std::fs::write(&cfg, base.replace("pk-1cmt-oral", "pk-1cmt-sc")).unwrap();
     let (out, _, se) = run(bin().arg("simulate").arg(&cfg));
     assert_eq!(out.status.code(), Some(1));
-    assert!(se.contains("bad.toml") && se.contains("unknown PK model"), "{se}");
+    assert!(se.contains("bad.toml") && se.contains("pk-1cmt-sc: not a zoo model"), "{se}");
 
     std::fs::write(&cfg, base).unwrap();
     let (out, _, se) = run(bin().arg("simulate").arg(&cfg));

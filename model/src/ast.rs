@@ -94,6 +94,54 @@ pub struct Declared {
     pub ident: Ident,
     /// The default value, if given.
     pub value: Option<f64>,
+    /// Allowed range, if given (`ka = 1 in (0, inf)`).
+    pub bounds: Option<Bounds>,
+}
+
+/// An allowed range `(lo, hi)`, `[lo, hi]` or half-open mixes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    /// Lower end.
+    pub lo: f64,
+    /// Whether `lo` itself is allowed (`[`).
+    pub lo_closed: bool,
+    /// Upper end.
+    pub hi: f64,
+    /// Whether `hi` itself is allowed (`]`).
+    pub hi_closed: bool,
+}
+
+impl Bounds {
+    /// Whether `v` lies in the range (NaN never does).
+    pub fn contains(&self, v: f64) -> bool {
+        let above = if self.lo_closed { v >= self.lo } else { v > self.lo };
+        let below = if self.hi_closed { v <= self.hi } else { v < self.hi };
+        above && below
+    }
+}
+
+impl std::fmt::Display for Bounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let num = |v: f64| {
+            if v.is_infinite() {
+                if v > 0.0 {
+                    "inf".to_string()
+                } else {
+                    "-inf".to_string()
+                }
+            } else {
+                v.to_string()
+            }
+        };
+        write!(
+            f,
+            "{}{}, {}{}",
+            if self.lo_closed { '[' } else { '(' },
+            num(self.lo),
+            num(self.hi),
+            if self.hi_closed { ']' } else { ')' }
+        )
+    }
 }
 
 /// Dose attributes that a statement can set for a state.

@@ -92,8 +92,10 @@ pub fn lower(src: &Source<'_>, stmts: &[Stmt], name: String) -> Result<Model, Mo
     l.finish(name)
 }
 
+/// Names that cannot be declared or assigned. Function names may be: a call
+/// `hill(...)` and a name `hill` are told apart by the parentheses.
 fn is_reserved(name: &str) -> bool {
-    FUNCTIONS.iter().any(|(f, _)| *f == name) || matches!(name, "t" | "out" | "in" | "if" | "else" | "flux" | "d")
+    matches!(name, "t" | "out" | "in" | "if" | "else" | "flux")
 }
 
 impl<'s> Lowerer<'s> {
@@ -130,6 +132,7 @@ impl<'s> Lowerer<'s> {
                             name: d.ident.name.clone(),
                             kind: ParamKind::Declared,
                             default: d.value,
+                            bounds: d.bounds,
                         });
                     }
                 }
@@ -169,7 +172,12 @@ impl<'s> Lowerer<'s> {
         for id in randoms {
             let v = self.g.var(Var::Param(self.params.len() as u32));
             self.declare(&id, "random effect", Binding::Node(v))?;
-            self.params.push(Param { name: id.name.clone(), kind: ParamKind::Random, default: Some(0.0) });
+            self.params.push(Param {
+                name: id.name.clone(),
+                kind: ParamKind::Random,
+                default: Some(0.0),
+                bounds: None,
+            });
         }
         for (ident, widths, act) in nets {
             let activation = Activation::parse(&act.name).ok_or_else(|| {
@@ -184,6 +192,7 @@ impl<'s> Lowerer<'s> {
                     name: format!("{}.w{k}", ident.name),
                     kind: ParamKind::Weight { net, k },
                     default: None,
+                    bounds: None,
                 });
             }
             self.networks.push(Network { name: ident.name.clone(), mlp, offset });

@@ -36,6 +36,8 @@ pub struct Param {
     pub kind: ParamKind,
     /// The default value written in the model (random effects: 0; weights: seeded initialisation).
     pub default: Option<f64>,
+    /// The allowed range written in the model (`in (0, inf)`), if any.
+    pub bounds: Option<crate::ast::Bounds>,
 }
 
 /// A network declared in the model.
@@ -309,6 +311,25 @@ impl Model {
             theta[net.offset..net.offset + w.len()].copy_from_slice(&w);
         }
         theta
+    }
+    /// Checks every value of `θ` against its parameter's range (and that it
+    /// is finite); the error names the parameter, its value and the range.
+    pub fn check_params(&self, theta: &[f64]) -> Result<(), ModelError> {
+        let bad = |message: String| ModelError::Values { model: self.name.clone(), message };
+        if theta.len() != self.params.len() {
+            return Err(bad(format!("{} parameter values for {} parameters", theta.len(), self.params.len())));
+        }
+        for (p, &v) in self.params.iter().zip(theta) {
+            if !v.is_finite() {
+                return Err(bad(format!("parameter `{}` = {v} is not a finite number", p.name)));
+            }
+            if let Some(b) = p.bounds {
+                if !b.contains(v) {
+                    return Err(bad(format!("parameter `{}` = {v} lies outside its range {b}", p.name)));
+                }
+            }
+        }
+        Ok(())
     }
     /// Default covariate values (NaN where the model gives none).
     pub fn default_covariates(&self) -> Vec<f64> {

@@ -1,6 +1,6 @@
 //! Lexer and recursive-descent parser of model files (see docs/models.md).
 
-use crate::ast::{BinOp, Declared, DoseAttr, Expr, Ident, Stmt, UnOp};
+use crate::ast::{BinOp, Bounds, Declared, DoseAttr, Expr, Ident, Stmt, UnOp};
 use crate::error::{ModelError, Source, Span};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -490,13 +490,65 @@ impl Parser<'_> {
             } else {
                 None
             };
-            v.push(Declared { ident, value });
+            let bounds = if matches!(self.peek(), Tok::Ident(w) if w == "in") {
+                self.bump();
+                Some(self.bounds()?)
+            } else {
+                None
+            };
+            if let (Some(b), Some(v)) = (bounds, value) {
+                if !b.contains(v) {
+                    return Err(self
+                        .src
+                        .error(ident.span, format!("the default {v} of `{}` lies outside its range {b}", ident.name)));
+                }
+            }
+            v.push(Declared { ident, value, bounds });
             if self.peek() != &Tok::Comma {
                 break;
             }
             self.bump();
         }
         Ok(v)
+    }
+
+    /// `(lo, hi)`, `[lo, hi]`, `(0, inf)`, ...
+    fn bounds(&mut self) -> Result<Bounds, ModelError> {
+        let lo_closed = match self.peek() {
+            Tok::LParen => false,
+            Tok::LBracket => true,
+            _ => return Err(self.err_here("`(` or `[` opening a range, as `in (0, inf)`")),
+        };
+        self.bump();
+        let lo = self.bound_number()?;
+        self.expect(Tok::Comma, "`,` between the ends of the range")?;
+        let hi = self.bound_number()?;
+        let hi_closed = match self.peek() {
+            Tok::RParen => false,
+            Tok::RBracket => true,
+            _ => return Err(self.err_here("`)` or `]` closing the range")),
+        };
+        self.bump();
+        if !(lo < hi) {
+            return Err(self.src.error(self.prev_span(), format!("an empty range: {lo} is not below {hi}")));
+        }
+        Ok(Bounds { lo, lo_closed, hi, hi_closed })
+    }
+
+    fn bound_number(&mut self) -> Result<f64, ModelError> {
+        let neg = if self.peek() == &Tok::Minus {
+            self.bump();
+            true
+        } else {
+            false
+        };
+        let v = match self.peek().clone() {
+            Tok::Num(v) => v,
+            Tok::Ident(w) if w.eq_ignore_ascii_case("inf") => f64::INFINITY,
+            _ => return Err(self.err_here("a number or `inf`")),
+        };
+        self.bump();
+        Ok(if neg { -v } else { v })
     }
 
     fn signed_number(&mut self) -> Result<f64, ModelError> {
