@@ -15,6 +15,7 @@
 //! | solve it with diffsol (every method, sensitivities, adjoint) | [`ModelSystem`] (a [`System`](insilico_solvers::System)) |
 //! | the expression graph and its derivatives | [`expr::Graph`], [`Derivatives`] |
 //! | evaluate any set of roots | [`tape::Program`] |
+//! | run it on the batched CPU integrators (and their CUDA twins) | [`LaneModel`] (a [`BatchModel`](insilico_kernels::BatchModel)) |
 //!
 //! ## Example
 //! ```
@@ -38,8 +39,10 @@
 #![warn(missing_docs)]
 
 pub mod ast;
+mod cuda;
 pub mod error;
 pub mod expr;
+pub mod lanes;
 mod lower;
 pub mod model;
 pub mod parser;
@@ -49,4 +52,5 @@ pub mod tape;
 pub use ast::DoseAttr;
 pub use error::{ModelError, Span};
 pub use model::{Covariate, Derivatives, Model, Network, Param, ParamKind};
+pub use lanes::LaneModel;
 pub use system::{Compiled, ModelSystem};

@@ -1,0 +1,410 @@
+//! Backend 2: the model on the batched integrators of `insilico-kernels`
+//! ([`BatchModel`]), as a compact register program.
+//!
+//! The graph is split once: nodes that depend only on parameters and
+//! covariates are computed per trajectory by [`BatchModel::prepare`] into
+//! the derived constants (divisions such as `CL/V1` leave the right-hand
+//! side, as in a hand-written model); the rest runs as a straight-line
+//! program over a small register file `[x | derived | u | temporaries]` in
+//! every right-hand side, Jacobian and output evaluation. The instructions
+//! are those of [`crate::tape::Program`], in the same order, so this
+//! engine, the diffsol [`crate::ModelSystem`] and the generated CUDA code
+//! do the same floating-point operations.
+
+use std::sync::Arc;
+
+use insilico_kernels::{BatchModel, CudaSource};
+
+use crate::error::ModelError;
+use crate::expr::{eval_binary, eval_unary, Graph, Id, Op, Var};
+use crate::model::{Model, ParamKind};
+use crate::tape::{eval_network, Env, Program};
+
+/// Most derived constants the batched integrators carry per trajectory.
+pub const MAX_DERIVED: usize = 64;
+/// Most registers of one right-hand side, Jacobian or output program.
+pub const MAX_REGISTERS: usize = 512;
+
+/// One instruction over the register file (operands are register numbers).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum LaneIns {
+    Const(f64),
+    Unary(Op, u16),
+    Binary(Op, u16, u16),
+    Select(u16, u16, u16),
+    Net { net: u32, out: u32, grad: Option<u32>, args: Vec<u16> },
+}
+
+/// A straight-line program of dynamic nodes; instruction `k` writes register `base + k`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LaneProgram {
+    pub(crate) code: Vec<LaneIns>,
+    /// Register of each root.
+    pub(crate) roots: Vec<u16>,
+}
+
+/// How the graph's nodes map onto the register file, shared by the programs.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub(crate) n: usize,
+    /// Static nodes kept as derived constants, in slot order.
+    pub(crate) derived: Vec<Id>,
+    pub(crate) ninputs: usize,
+}
+
+impl Layout {
+    pub(crate) fn base(&self) -> usize {
+        self.n + self.derived.len() + self.ninputs
+    }
+}
+
+/// The model compiled for the batched integrators; `N` is its number of states.
+#[derive(Debug, Clone)]
+pub struct LaneModel<const N: usize> {
+    inner: Arc<LaneInner>,
+    output: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct LaneInner {
+    pub(crate) model: Model,
+    pub(crate) layout: Layout,
+    /// Computes the derived constants from `[scalar θ | covariates]`.
+    pub(crate) prepare: Program,
+    pub(crate) rhs: LaneProgram,
+    pub(crate) jac: LaneProgram,
+    pub(crate) jac_entries: Vec<(usize, usize)>,
+    pub(crate) outputs: Vec<LaneProgram>,
+    /// Network weights shared by every trajectory (the tail of `θ`).
+    pub(crate) weights: Vec<f64>,
+    pub(crate) n_scalar: usize,
+    /// `θ` as the networks read it: zeros for the scalar parameters, then the weights.
+    net_theta: Vec<f64>,
+}
+
+fn engine_err(m: &Model, reason: String) -> ModelError {
+    ModelError::Engine { model: m.name().to_string(), engine: "the batched engine", reason }
+}
+
+impl<const N: usize> LaneModel<N> {
+    /// Compiles `model` for the batched integrators. `weights` are the
+    /// network weights shared by every trajectory (the tail of `θ` after
+    /// the scalar parameters; empty for models without networks); `output`
+    /// names the observed output (the integrators observe one per pass).
+    pub fn new(model: &Model, weights: &[f64], output: &str) -> Result<LaneModel<N>, ModelError> {
+        let n = model.nstates();
+        if n != N {
+            return Err(engine_err(model, format!("compiled for {N} states, the model has {n}")));
+        }
+        let output = model
+            .output_names()
+            .iter()
+            .position(|o| *o == output)
+            .ok_or_else(|| engine_err(model, format!("no output `{output}` (outputs: {})", model.output_names().join(", "))))?;
+        Ok(LaneModel { inner: Arc::new(LaneInner::new(model, weights)?), output })
+    }
+
+    /// The same compiled model observing another output.
+    pub fn with_output(&self, output: &str) -> Result<LaneModel<N>, ModelError> {
+        let m = &self.inner.model;
+        let k = m
+            .output_names()
+            .iter()
+            .position(|o| *o == output)
+            .ok_or_else(|| engine_err(m, format!("no output `{output}` (outputs: {})", m.output_names().join(", "))))?;
+        Ok(LaneModel { inner: self.inner.clone(), output: k })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.inner.model
+    }
+
+    /// The initial state for per-trajectory parameters `p` (`[scalar θ | covariates]`).
+    pub fn initial_state(&self, p: &[f64]) -> [f64; N] {
+        let inner = &self.inner;
+        let (theta, cov) = inner.split(p);
+        let prog = Program::new(inner.model.graph(), inner.model.init_nodes());
+        let v = prog.eval(&Env { x: &[], p: &theta, u: &[], cov, t: 0.0 }, inner.model.networks());
+        std::array::from_fn(|i| v[i])
+    }
+}
+
+impl LaneInner {
+    fn new(model: &Model, weights: &[f64]) -> Result<LaneInner, ModelError> {
+        let g = model.graph();
+        if model.is_time_dependent() {
+            return Err(engine_err(
+                model,
+                "a right-hand side reads `t`; the batched integrators take autonomous models (time enters through \
+                 the schedule). The diffsol engine (`simulate`, `fit`) runs it"
+                    .into(),
+            ));
+        }
+        let outs = model.output_nodes();
+        if outs.iter().any(|&y| g.deps(y).input || g.deps(y).time) {
+            return Err(engine_err(model, "an output reads an input or `t`".into()));
+        }
+        let n_scalar = model.params().iter().filter(|p| !matches!(p.kind, ParamKind::Weight { .. })).count();
+        let n_weights = model.params().len() - n_scalar;
+        if weights.len() != n_weights {
+            return Err(engine_err(model, format!("{} network weights given, the model has {n_weights}", weights.len())));
+        }
+        let d = model.derivatives();
+        let jac_roots: Vec<Id> = d.jac.iter().map(|e| e.2).collect();
+        // Static nodes read by dynamic ones, or roots themselves: the derived constants.
+        let mut all_roots: Vec<Id> = model.rhs_nodes().to_vec();
+        all_roots.extend(&jac_roots);
+        all_roots.extend(&outs);
+        let mut derived = Vec::new();
+        let mut is_derived = vec![false; g.len()];
+        let mut mark = |id: Id, derived: &mut Vec<Id>| {
+            if !is_derived[id as usize] && g.constant(id).is_none() {
+                is_derived[id as usize] = true;
+                derived.push(id);
+            }
+        };
+        for &id in &g.closure(&all_roots) {
+            let dyn_node = !g.deps(id).is_static();
+            if dyn_node {
+                for a in g.op(id).operands() {
+                    if g.deps(a).is_static() {
+                        mark(a, &mut derived);
+                    }
+                }
+            }
+        }
+        for &r in &all_roots {
+            if g.deps(r).is_static() {
+                mark(r, &mut derived);
+            }
+        }
+        if derived.len() > MAX_DERIVED {
+            return Err(engine_err(
+                model,
+                format!(
+                    "it needs {} per-trajectory constants, the batched integrators carry at most {MAX_DERIVED}; \
+                     the diffsol engine (`simulate`, `fit`) runs it",
+                    derived.len()
+                ),
+            ));
+        }
+        let layout = Layout { n: model.nstates(), derived, ninputs: model.inputs().len() };
+        if layout.ninputs > insilico_kernels::integrate::MAX_INPUTS {
+            return Err(engine_err(
+                model,
+                format!("{} inputs, the batched integrators take at most {}", layout.ninputs, insilico_kernels::integrate::MAX_INPUTS),
+            ));
+        }
+        let prepare = Program::new(g, &layout.derived);
+        let rhs = lane_program(g, &layout, model.rhs_nodes(), model)?;
+        let jac = lane_program(g, &layout, &jac_roots, model)?;
+        let outputs = outs.iter().map(|&y| lane_program(g, &layout, &[y], model)).collect::<Result<_, _>>()?;
+        Ok(LaneInner {
+            model: model.clone(),
+            jac_entries: d.jac.iter().map(|e| (e.0, e.1)).collect(),
+            layout,
+            prepare,
+            rhs,
+            jac,
+            outputs,
+            weights: weights.to_vec(),
+            n_scalar,
+            net_theta: std::iter::repeat_n(0.0, n_scalar).chain(weights.iter().copied()).collect(),
+        })
+    }
+
+    /// `θ` (scalar parameters, then the shared weights) and the covariates from per-trajectory `p`.
+    fn split<'a>(&self, p: &'a [f64]) -> (Vec<f64>, &'a [f64]) {
+        let k = self.n_scalar.min(p.len());
+        let mut theta = p[..k].to_vec();
+        theta.resize(self.n_scalar, f64::NAN);
+        theta.extend_from_slice(&self.weights);
+        (theta, &p[k..])
+    }
+
+    /// Runs `prog` with states `x`, derived constants `d`, inputs `u`.
+    #[inline]
+    fn run(&self, prog: &LaneProgram, x: &[f64], d: &[f64], u: &[f64], regs: &mut [f64]) {
+        let lay = &self.layout;
+        let nd = lay.derived.len();
+        regs[..lay.n].copy_from_slice(&x[..lay.n]);
+        regs[lay.n..lay.n + nd].copy_from_slice(&d[..nd]);
+        regs[lay.n + nd..lay.n + nd + lay.ninputs].copy_from_slice(&u[..lay.ninputs]);
+        let base = lay.base();
+        for (k, ins) in prog.code.iter().enumerate() {
+            let v = match ins {
+                LaneIns::Const(c) => *c,
+                LaneIns::Binary(op, a, b) => {
+                    let (a, b) = (regs[*a as usize], regs[*b as usize]);
+                    match op {
+                        Op::Add(..) => a + b,
+                        Op::Sub(..) => a - b,
+                        Op::Mul(..) => a * b,
+                        Op::Div(..) => a / b,
+                        op => eval_binary(op, a, b),
+                    }
+                }
+                LaneIns::Unary(op, a) => {
+                    let a = regs[*a as usize];
+                    match op {
+                        Op::Neg(_) => -a,
+                        op => eval_unary(op, a),
+                    }
+                }
+                LaneIns::Select(c, a, b) => {
+                    if regs[*c as usize] != 0.0 {
+                        regs[*a as usize]
+                    } else {
+                        regs[*b as usize]
+                    }
+                }
+                LaneIns::Net { net, out, grad, args } => {
+                    let a: Vec<f64> = args.iter().map(|&r| regs[r as usize]).collect();
+                    eval_network(&self.model.networks()[*net as usize], &self.net_theta, &a, *out, *grad)
+                }
+            };
+            regs[base + k] = v;
+        }
+    }
+
+    fn registers(&self, prog: &LaneProgram) -> usize {
+        self.layout.base() + prog.code.len()
+    }
+}
+
+/// Compiles the dynamic part of `roots` into a lane program.
+fn lane_program(g: &Graph, lay: &Layout, roots: &[Id], model: &Model) -> Result<LaneProgram, ModelError> {
+    let base = lay.base();
+    let mut reg = vec![u16::MAX; g.len()];
+    for (slot, &id) in lay.derived.iter().enumerate() {
+        reg[id as usize] = (lay.n + slot) as u16;
+    }
+    let mut code = Vec::new();
+    let mut consts: Vec<(Id, usize)> = Vec::new();
+    for id in g.closure(roots) {
+        if reg[id as usize] != u16::MAX {
+            continue;
+        }
+        match g.op(id) {
+            Op::Var(Var::State(i)) => {
+                reg[id as usize] = *i as u16;
+                continue;
+            }
+            Op::Var(Var::Input(i)) => {
+                reg[id as usize] = (lay.n + lay.derived.len() + *i as usize) as u16;
+                continue;
+            }
+            Op::Var(_) => continue, // static leaves are reached through derived constants
+            Op::Const(b) => {
+                // Constants are materialised only where a root or a dynamic node needs them.
+                consts.push((id, code.len()));
+                reg[id as usize] = (base + code.len()) as u16;
+                code.push(LaneIns::Const(f64::from_bits(*b)));
+                continue;
+            }
+            _ => {}
+        }
+        if g.deps(id).is_static() {
+            continue;
+        }
+        let r = |a: &Id| reg[*a as usize];
+        let ins = match g.op(id) {
+            Op::Select(c, a, b) => LaneIns::Select(r(c), r(a), r(b)),
+            Op::Net { net, out, args } => LaneIns::Net { net: *net, out: *out, grad: None, args: args.iter().map(r).collect() },
+            Op::NetGrad { net, out, wrt, args } => {
+                LaneIns::Net { net: *net, out: *out, grad: Some(*wrt), args: args.iter().map(r).collect() }
+            }
+            op => {
+                let ops = op.operands();
+                if ops.len() == 1 {
+                    LaneIns::Unary(op.clone(), r(&ops[0]))
+                } else {
+                    LaneIns::Binary(op.clone(), r(&ops[0]), r(&ops[1]))
+                }
+            }
+        };
+        reg[id as usize] = (base + code.len()) as u16;
+        code.push(ins);
+    }
+    if base + code.len() > MAX_REGISTERS {
+        return Err(engine_err(
+            model,
+            format!("a program needs {} registers, the batched engine allows {MAX_REGISTERS}", base + code.len()),
+        ));
+    }
+    let roots = roots.iter().map(|&id| reg[id as usize]).collect::<Vec<_>>();
+    if roots.contains(&u16::MAX) {
+        return Err(engine_err(model, "internal: a root has no register".into()));
+    }
+    Ok(LaneProgram { code, roots })
+}
+
+/// Calls `f` with a zeroed register file of at least `n` values, on the
+/// stack for the common small programs.
+#[inline(always)]
+fn with_registers<R>(n: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
+    if n <= 32 {
+        f(&mut [0.0; 32])
+    } else if n <= 128 {
+        f(&mut [0.0; 128])
+    } else {
+        f(&mut [0.0; MAX_REGISTERS])
+    }
+}
+
+impl<const N: usize> BatchModel<N> for LaneModel<N> {
+    fn nparams(&self) -> usize {
+        self.inner.n_scalar + self.inner.model.covariates().len()
+    }
+    fn nderived(&self) -> usize {
+        self.inner.layout.derived.len()
+    }
+    fn prepare(&self, p: &[f64], d: &mut [f64]) {
+        let inner = &self.inner;
+        let (theta, cov) = inner.split(p);
+        let v = inner.prepare.eval(&Env { x: &[], p: &theta, u: &[], cov, t: 0.0 }, inner.model.networks());
+        d[..v.len()].copy_from_slice(&v);
+    }
+    fn ninputs(&self) -> usize {
+        self.inner.layout.ninputs
+    }
+    #[inline]
+    fn rhs(&self, x: &[f64; N], d: &[f64], u: &[f64], dx: &mut [f64; N]) {
+        let inner = &*self.inner;
+        let prog = &inner.rhs;
+        with_registers(inner.registers(prog), |regs| {
+            inner.run(prog, x, d, u, regs);
+            for (o, &r) in dx.iter_mut().zip(&prog.roots) {
+                *o = regs[r as usize];
+            }
+        })
+    }
+    fn jacobian(&self, x: &[f64; N], d: &[f64], u: &[f64], jac: &mut [[f64; N]; N]) {
+        let inner = &*self.inner;
+        let prog = &inner.jac;
+        *jac = [[0.0; N]; N];
+        with_registers(inner.registers(prog), |regs| {
+            inner.run(prog, x, d, u, regs);
+            for (&(i, j), &r) in inner.jac_entries.iter().zip(&prog.roots) {
+                jac[i][j] = regs[r as usize];
+            }
+        })
+    }
+    #[inline]
+    fn output(&self, x: &[f64; N], d: &[f64]) -> f64 {
+        let inner = &*self.inner;
+        let prog = &inner.outputs[self.output];
+        let u = [0.0; 4];
+        with_registers(inner.registers(prog), |regs| {
+            inner.run(prog, x, d, &u, regs);
+            regs[prog.roots[0] as usize]
+        })
+    }
+    fn cuda_source(&self) -> CudaSource {
+        crate::cuda::cuda_source(&self.inner, self.output)
+    }
+    fn weights(&self) -> &[f64] {
+        &self.inner.weights
+    }
+}

@@ -1,0 +1,89 @@
+//! One model, several engines: a zoo model file on the batched CPU
+//! integrators against the closed form (P1), against the hand-written
+//! `TwoCmtOral` it replaces, and against diffsol through `ModelSystem`.
+
+use insilico::kernels::{solve_grid, Batch, Regimen, Stepper, Tolerances, TwoCmtOral};
+use insilico::model::{LaneModel, ModelSystem};
+use insilico::models_zoo;
+use insilico::solvers::{solve, Method, Problem};
+use insilico::validation::p1;
+
+fn p1_batch(regs: &[p1::Regimen]) -> Batch<4> {
+    let rows: Vec<Vec<f64>> = regs.iter().map(|r| r.params()).collect();
+    let regimens = regs
+        .iter()
+        .map(|r| Regimen::repeated_bolus(r.dose, 0, r.tau, p1::HORIZON).expect("P1 regimen"))
+        .collect();
+    Batch::from_rows(&rows, regimens).expect("P1 batch")
+}
+
+/// P1 regimens spread over the sweep (every 97th of the 10,000).
+fn sample() -> Vec<p1::Regimen> {
+    p1::sweep().into_iter().step_by(97).collect()
+}
+
+#[test]
+fn p1_zoo_model_on_the_batched_engine_matches_the_closed_form() {
+    let model = models_zoo::load("pk-2cmt-oral").unwrap();
+    let lanes = LaneModel::<4>::new(&model, &[], "cp").unwrap();
+    let regs = sample();
+    let batch = p1_batch(&regs);
+    let grid = p1::grid();
+    let tol = Tolerances { rtol: 1e-6, atol: 1e-9, ..Tolerances::default() };
+    for stepper in [Stepper::Tsit5, Stepper::Rosenbrock] {
+        let zoo = solve_grid(&lanes, stepper, &batch, &grid, p1::HORIZON, &tol);
+        let hand = solve_grid(&TwoCmtOral, stepper, &batch, &grid, p1::HORIZON, &tol);
+        let mut worst: f64 = 0.0;
+        let mut vs_hand: f64 = 0.0;
+        for (k, r) in regs.iter().enumerate() {
+            let exact = p1::closed_form(r).unwrap();
+            let got = &zoo.values[k * grid.len()..(k + 1) * grid.len()];
+            worst = worst.max(p1::max_rel_err(got, &exact));
+            vs_hand = vs_hand.max(p1::max_rel_err(got, &hand.values[k * grid.len()..(k + 1) * grid.len()]));
+        }
+        // The acceptance bar of P1 (1e-6 against the closed form).
+        assert!(worst <= 1e-6, "{stepper:?}: max rel err {worst:e}");
+        // Same model, arithmetic written differently: agreement at the tolerance level.
+        assert!(vs_hand <= 1e-6, "{stepper:?}: against TwoCmtOral {vs_hand:e}");
+    }
+}
+
+#[test]
+fn batched_engine_and_diffsol_agree_on_a_nonlinear_model() {
+    let model = models_zoo::load("pk-1cmt-oral-mm-linear").unwrap();
+    let lanes = LaneModel::<3>::new(&model, &[], "cp").unwrap();
+    let p = vec![1.1, 40.0, 2.0, 1.5, 25.0];
+    let times: Vec<f64> = (0..=96).map(|h| h as f64).collect();
+    let regimen = Regimen::repeated_bolus(300.0, 0, 12.0, 96.0).unwrap();
+    let batch = Batch::<3>::from_rows(std::slice::from_ref(&p), vec![regimen]).unwrap();
+    let tol = Tolerances { rtol: 1e-10, atol: 1e-12, ..Tolerances::default() };
+    let lane = solve_grid(&lanes, Stepper::Tsit5, &batch, &times, 96.0, &tol);
+    let sys = ModelSystem::new(&model, &[]).unwrap();
+    let mut schedule = insilico::solvers::Schedule::new();
+    for k in 0..8 {
+        schedule = schedule.dose(insilico::solvers::Dose::bolus(12.0 * k as f64, 0, 300.0));
+    }
+    let prob = Problem::new(&sys, p).with_schedule(schedule).observe(0, &times);
+    let opts = insilico::solvers::Options { rtol: 1e-10, atol: 1e-12, ..Default::default() };
+    let sol = solve(&prob, Method::Bdf, &opts).unwrap();
+    let err = p1::max_rel_err(&lane.values, &sol.outputs);
+    assert!(err < 1e-6, "batched vs diffsol: {err:e}");
+}
+
+#[test]
+fn organoid_zoo_model_matches_the_hand_written_one() {
+    use insilico::kernels::organoid::{Organoid, OrganoidOutput, ORGANOID_DEFAULTS};
+    use insilico::kernels::WindowTrain;
+    let model = models_zoo::load("organoid-drug-response").unwrap();
+    let lanes = LaneModel::<6>::new(&model, &[], "viable").unwrap();
+    let times: Vec<f64> = (0..=14).map(|d| 24.0 * d as f64).collect();
+    let regimen = Regimen::new().with_windows(WindowTrain { input: 0, level: 10.0, start: 0.0, duration: 24.0, period: 72.0, count: 5 }).unwrap();
+    let p = ORGANOID_DEFAULTS.to_vec();
+    let mut batch = Batch::<6>::from_rows(std::slice::from_ref(&p), vec![regimen]).unwrap();
+    batch.x0 = lanes.initial_state(&p).to_vec();
+    let tol = Tolerances { rtol: 1e-8, atol: 1e-10, ..Tolerances::default() };
+    let zoo = solve_grid(&lanes, Stepper::Tsit5, &batch, &times, 336.0, &tol);
+    let hand = solve_grid(&Organoid::new(OrganoidOutput::Viable), Stepper::Tsit5, &batch, &times, 336.0, &tol);
+    let err = p1::max_rel_err(&zoo.values, &hand.values);
+    assert!(err <= 1e-9, "organoid zoo vs hand-written: {err:e}");
+}
