@@ -54,7 +54,11 @@ fn main() {
         p[0] *= 0.8 + 0.4 * (k % 10) as f64 / 10.0;
         rows.push(p);
         let level = [1.0, 2.0, 5.0, 10.0, 20.0][k % 5];
-        regimens.push(Regimen::new().with_windows(WindowTrain { input: 0, level, start: 0.0, duration: 24.0, period: 72.0, count: 5 }).unwrap());
+        regimens.push(
+            Regimen::new()
+                .with_windows(WindowTrain { input: 0, level, start: 0.0, duration: 24.0, period: 72.0, count: 5 })
+                .unwrap(),
+        );
     }
     let mut batch = Batch::<6>::from_rows(&rows, regimens).unwrap();
     batch.x0 = rows.iter().flat_map(|p| lanes.initial_state(p)).collect();

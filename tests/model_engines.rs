@@ -10,10 +10,8 @@ use insilico::validation::p1;
 
 fn p1_batch(regs: &[p1::Regimen]) -> Batch<4> {
     let rows: Vec<Vec<f64>> = regs.iter().map(|r| r.params()).collect();
-    let regimens = regs
-        .iter()
-        .map(|r| Regimen::repeated_bolus(r.dose, 0, r.tau, p1::HORIZON).expect("P1 regimen"))
-        .collect();
+    let regimens =
+        regs.iter().map(|r| Regimen::repeated_bolus(r.dose, 0, r.tau, p1::HORIZON).expect("P1 regimen")).collect();
     Batch::from_rows(&rows, regimens).expect("P1 batch")
 }
 
@@ -77,7 +75,9 @@ fn organoid_zoo_model_matches_the_hand_written_one() {
     let model = models_zoo::load("organoid-drug-response").unwrap();
     let lanes = LaneModel::<6>::new(&model, &[], "viable").unwrap();
     let times: Vec<f64> = (0..=14).map(|d| 24.0 * d as f64).collect();
-    let regimen = Regimen::new().with_windows(WindowTrain { input: 0, level: 10.0, start: 0.0, duration: 24.0, period: 72.0, count: 5 }).unwrap();
+    let regimen = Regimen::new()
+        .with_windows(WindowTrain { input: 0, level: 10.0, start: 0.0, duration: 24.0, period: 72.0, count: 5 })
+        .unwrap();
     let p = ORGANOID_DEFAULTS.to_vec();
     let mut batch = Batch::<6>::from_rows(std::slice::from_ref(&p), vec![regimen]).unwrap();
     batch.x0 = lanes.initial_state(&p).to_vec();
@@ -86,4 +86,55 @@ fn organoid_zoo_model_matches_the_hand_written_one() {
     let hand = solve_grid(&Organoid::new(OrganoidOutput::Viable), Stepper::Tsit5, &batch, &times, 336.0, &tol);
     let err = p1::max_rel_err(&zoo.values, &hand.values);
     assert!(err <= 1e-9, "organoid zoo vs hand-written: {err:e}");
+}
+
+#[test]
+fn jit_and_interpreter_agree_bit_for_bit() {
+    use insilico::kernels::BatchModel;
+    use insilico::model::Backend;
+    for name in models_zoo::names() {
+        let model = models_zoo::load(name).unwrap();
+        macro_rules! check {
+            ($n:literal) => {{
+                let weights: Vec<f64> = model.default_params(3)[model.scalar_param_names().len()..].to_vec();
+                let out = model.output_names()[0].to_string();
+                let jit = LaneModel::<$n>::with_backend(&model, &weights, &out, Backend::Jit).unwrap();
+                let tape = LaneModel::<$n>::with_backend(&model, &weights, &out, Backend::Interpreter).unwrap();
+                assert!(jit.jit_error().is_none(), "{name}: {:?}", jit.jit_error());
+                if model.networks().is_empty() {
+                    assert!(jit.native_programs() >= 3, "{name}: only {} native programs", jit.native_programs());
+                }
+                let np = jit.nparams();
+                let mut s = 1u64;
+                for _ in 0..50 {
+                    let mut r = || {
+                        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        0.1 + 2.0 * ((s >> 11) as f64 / (1u64 << 53) as f64)
+                    };
+                    let p: Vec<f64> = (0..np).map(|_| r()).collect();
+                    let x: [f64; $n] = std::array::from_fn(|_| r() - 0.5);
+                    let u: Vec<f64> = (0..jit.ninputs()).map(|_| r()).collect();
+                    let mut d = vec![0.0; jit.nderived()];
+                    jit.prepare(&p, &mut d);
+                    let (mut a, mut b) = ([0.0; $n], [0.0; $n]);
+                    jit.rhs(&x, &d, &u, &mut a);
+                    tape.rhs(&x, &d, &u, &mut b);
+                    assert_eq!(a.map(f64::to_bits), b.map(f64::to_bits), "{name} rhs");
+                    let (mut ja, mut jb) = ([[0.0; $n]; $n], [[0.0; $n]; $n]);
+                    jit.jacobian(&x, &d, &u, &mut ja);
+                    tape.jacobian(&x, &d, &u, &mut jb);
+                    assert_eq!(format!("{ja:?}"), format!("{jb:?}"), "{name} jacobian");
+                    assert_eq!(jit.output(&x, &d).to_bits(), tape.output(&x, &d).to_bits(), "{name} output");
+                }
+            }};
+        }
+        match model.nstates() {
+            2 => check!(2),
+            3 => check!(3),
+            4 => check!(4),
+            5 => check!(5),
+            6 => check!(6),
+            n => panic!("{name}: add a case for {n} states"),
+        }
+    }
 }

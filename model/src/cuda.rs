@@ -11,7 +11,7 @@ use std::fmt::Write;
 use insilico_kernels::CudaSource;
 
 use crate::expr::{Op, Var};
-use crate::lanes::{LaneIns, LaneInner, LaneProgram};
+use crate::lanes::{LaneInner, LaneIns, LaneProgram};
 use crate::tape::{Ins, Program};
 
 /// A C literal for `v` that reads back as exactly `v`.
@@ -95,7 +95,8 @@ fn network_function(name: &str, idx: usize, widths: &[usize], tanh: bool) -> Str
         widths.iter().map(|w| w.to_string()).collect::<Vec<_>>().join(" -> ")
     );
     let _ = writeln!(s, "    double a[{maxw}], t[{maxw}], z[{maxw}], tz[{maxw}];");
-    let _ = writeln!(s, "    for (int i = 0; i < {}; ++i) {{ a[i] = in[i]; t[i] = (i == grad) ? 1.0 : 0.0; }}", widths[0]);
+    let _ =
+        writeln!(s, "    for (int i = 0; i < {}; ++i) {{ a[i] = in[i]; t[i] = (i == grad) ? 1.0 : 0.0; }}", widths[0]);
     let mut off = 0;
     for l in 0..nl {
         let (ni, no) = (widths[l], widths[l + 1]);

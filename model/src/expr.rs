@@ -318,6 +318,16 @@ impl Graph {
                     let q = self.div(x, b);
                     return self.neg(q);
                 }
+                // A state-dependent value over a per-trajectory constant (`central / V`)
+                // becomes a product with the hoisted reciprocal: engines then divide
+                // once per trajectory, not in every right-hand side (as a hand-written
+                // model would, at a cost of at most one extra rounding). Every engine
+                // uses this graph, so they still agree bit for bit.
+                if !self.deps(a).is_static() && self.deps(b).is_static() && self.constant(b).is_none() {
+                    let one = self.num(1.0);
+                    let r = self.intern(Op::Div(one, b));
+                    return self.mul(a, r);
+                }
                 self.intern(Op::Div(a, b))
             }
         }

@@ -17,6 +17,7 @@ use insilico_kernels::{BatchModel, CudaSource};
 
 use crate::error::ModelError;
 use crate::expr::{eval_binary, eval_unary, Graph, Id, Op, Var};
+use crate::jit::{Jit, NativeFn};
 use crate::model::{Model, ParamKind};
 use crate::tape::{eval_network, Env, Program};
 
@@ -58,6 +59,18 @@ impl Layout {
     }
 }
 
+/// How a [`LaneModel`] runs its programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// Native code from Cranelift, falling back to the interpreter for
+    /// programs it cannot compile (those with networks) or where the JIT
+    /// is unavailable.
+    #[default]
+    Jit,
+    /// The register-program interpreter only (the reference the JIT is tested against).
+    Interpreter,
+}
+
 /// The model compiled for the batched integrators; `N` is its number of states.
 #[derive(Debug, Clone)]
 pub struct LaneModel<const N: usize> {
@@ -80,6 +93,10 @@ pub(crate) struct LaneInner {
     pub(crate) n_scalar: usize,
     /// `θ` as the networks read it: zeros for the scalar parameters, then the weights.
     net_theta: Vec<f64>,
+    /// Native code of `[rhs, jac, outputs...]`, where compiled.
+    pub(crate) jit: Option<Jit>,
+    /// Why the JIT was not used, when it failed.
+    jit_error: Option<String>,
 }
 
 fn engine_err(m: &Model, reason: String) -> ModelError {
@@ -92,26 +109,44 @@ impl<const N: usize> LaneModel<N> {
     /// the scalar parameters; empty for models without networks); `output`
     /// names the observed output (the integrators observe one per pass).
     pub fn new(model: &Model, weights: &[f64], output: &str) -> Result<LaneModel<N>, ModelError> {
+        Self::with_backend(model, weights, output, Backend::Jit)
+    }
+
+    /// [`LaneModel::new`] with a chosen [`Backend`].
+    pub fn with_backend(
+        model: &Model,
+        weights: &[f64],
+        output: &str,
+        backend: Backend,
+    ) -> Result<LaneModel<N>, ModelError> {
         let n = model.nstates();
         if n != N {
             return Err(engine_err(model, format!("compiled for {N} states, the model has {n}")));
         }
-        let output = model
-            .output_names()
-            .iter()
-            .position(|o| *o == output)
-            .ok_or_else(|| engine_err(model, format!("no output `{output}` (outputs: {})", model.output_names().join(", "))))?;
-        Ok(LaneModel { inner: Arc::new(LaneInner::new(model, weights)?), output })
+        let output = model.output_names().iter().position(|o| *o == output).ok_or_else(|| {
+            engine_err(model, format!("no output `{output}` (outputs: {})", model.output_names().join(", ")))
+        })?;
+        Ok(LaneModel { inner: Arc::new(LaneInner::new(model, weights, backend)?), output })
+    }
+
+    /// Why the JIT could not compile this model, if it failed (the
+    /// interpreter then runs every program).
+    pub fn jit_error(&self) -> Option<&str> {
+        self.inner.jit_error.as_deref()
+    }
+
+    /// How many of the right-hand side, Jacobian and output programs run as native code.
+    pub fn native_programs(&self) -> usize {
+        self.inner.jit.as_ref().map_or(0, |j| j.functions.iter().flatten().count())
     }
 
     /// The same compiled model observing another output.
     pub fn with_output(&self, output: &str) -> Result<LaneModel<N>, ModelError> {
         let m = &self.inner.model;
-        let k = m
-            .output_names()
-            .iter()
-            .position(|o| *o == output)
-            .ok_or_else(|| engine_err(m, format!("no output `{output}` (outputs: {})", m.output_names().join(", "))))?;
+        let k =
+            m.output_names().iter().position(|o| *o == output).ok_or_else(|| {
+                engine_err(m, format!("no output `{output}` (outputs: {})", m.output_names().join(", ")))
+            })?;
         Ok(LaneModel { inner: self.inner.clone(), output: k })
     }
 
@@ -131,7 +166,7 @@ impl<const N: usize> LaneModel<N> {
 }
 
 impl LaneInner {
-    fn new(model: &Model, weights: &[f64]) -> Result<LaneInner, ModelError> {
+    fn new(model: &Model, weights: &[f64], backend: Backend) -> Result<LaneInner, ModelError> {
         let g = model.graph();
         if model.is_time_dependent() {
             return Err(engine_err(
@@ -148,7 +183,10 @@ impl LaneInner {
         let n_scalar = model.params().iter().filter(|p| !matches!(p.kind, ParamKind::Weight { .. })).count();
         let n_weights = model.params().len() - n_scalar;
         if weights.len() != n_weights {
-            return Err(engine_err(model, format!("{} network weights given, the model has {n_weights}", weights.len())));
+            return Err(engine_err(
+                model,
+                format!("{} network weights given, the model has {n_weights}", weights.len()),
+            ));
         }
         let d = model.derivatives();
         let jac_roots: Vec<Id> = d.jac.iter().map(|e| e.2).collect();
@@ -193,14 +231,33 @@ impl LaneInner {
         if layout.ninputs > insilico_kernels::integrate::MAX_INPUTS {
             return Err(engine_err(
                 model,
-                format!("{} inputs, the batched integrators take at most {}", layout.ninputs, insilico_kernels::integrate::MAX_INPUTS),
+                format!(
+                    "{} inputs, the batched integrators take at most {}",
+                    layout.ninputs,
+                    insilico_kernels::integrate::MAX_INPUTS
+                ),
             ));
         }
         let prepare = Program::new(g, &layout.derived);
         let rhs = lane_program(g, &layout, model.rhs_nodes(), model)?;
         let jac = lane_program(g, &layout, &jac_roots, model)?;
-        let outputs = outs.iter().map(|&y| lane_program(g, &layout, &[y], model)).collect::<Result<_, _>>()?;
+        let outputs: Vec<LaneProgram> =
+            outs.iter().map(|&y| lane_program(g, &layout, &[y], model)).collect::<Result<_, _>>()?;
+        let (jit, jit_error) = match backend {
+            Backend::Interpreter => (None, None),
+            Backend::Jit => {
+                let mut progs = vec![&rhs, &jac];
+                progs.extend(outputs.iter());
+                // A JIT failure (an unsupported host, say) leaves the interpreter in charge.
+                match Jit::compile(&layout, &progs) {
+                    Ok(j) => (Some(j), None),
+                    Err(e) => (None, Some(e.0)),
+                }
+            }
+        };
         Ok(LaneInner {
+            jit,
+            jit_error,
             model: model.clone(),
             jac_entries: d.jac.iter().map(|e| (e.0, e.1)).collect(),
             layout,
@@ -271,6 +328,12 @@ impl LaneInner {
     fn registers(&self, prog: &LaneProgram) -> usize {
         self.layout.base() + prog.code.len()
     }
+
+    /// Native code of program `k` of `[rhs, jac, outputs...]`, if compiled.
+    #[inline(always)]
+    fn native(&self, k: usize) -> Option<NativeFn> {
+        self.jit.as_ref().and_then(|j| j.functions.get(k).copied().flatten())
+    }
 }
 
 /// Compiles the dynamic part of `roots` into a lane program.
@@ -281,8 +344,20 @@ fn lane_program(g: &Graph, lay: &Layout, roots: &[Id], model: &Model) -> Result<
         reg[id as usize] = (lay.n + slot) as u16;
     }
     let mut code = Vec::new();
-    let mut consts: Vec<(Id, usize)> = Vec::new();
-    for id in g.closure(roots) {
+    // Constants are materialised only where a dynamic node or a root reads them.
+    let closure = g.closure(roots);
+    let mut wanted = vec![false; g.len()];
+    for &id in &closure {
+        if !g.deps(id).is_static() {
+            for a in g.op(id).operands() {
+                wanted[a as usize] = true;
+            }
+        }
+    }
+    for &r in roots {
+        wanted[r as usize] = true;
+    }
+    for id in closure {
         if reg[id as usize] != u16::MAX {
             continue;
         }
@@ -297,10 +372,10 @@ fn lane_program(g: &Graph, lay: &Layout, roots: &[Id], model: &Model) -> Result<
             }
             Op::Var(_) => continue, // static leaves are reached through derived constants
             Op::Const(b) => {
-                // Constants are materialised only where a root or a dynamic node needs them.
-                consts.push((id, code.len()));
-                reg[id as usize] = (base + code.len()) as u16;
-                code.push(LaneIns::Const(f64::from_bits(*b)));
+                if wanted[id as usize] {
+                    reg[id as usize] = (base + code.len()) as u16;
+                    code.push(LaneIns::Const(f64::from_bits(*b)));
+                }
                 continue;
             }
             _ => {}
@@ -311,7 +386,9 @@ fn lane_program(g: &Graph, lay: &Layout, roots: &[Id], model: &Model) -> Result<
         let r = |a: &Id| reg[*a as usize];
         let ins = match g.op(id) {
             Op::Select(c, a, b) => LaneIns::Select(r(c), r(a), r(b)),
-            Op::Net { net, out, args } => LaneIns::Net { net: *net, out: *out, grad: None, args: args.iter().map(r).collect() },
+            Op::Net { net, out, args } => {
+                LaneIns::Net { net: *net, out: *out, grad: None, args: args.iter().map(r).collect() }
+            }
             Op::NetGrad { net, out, wrt, args } => {
                 LaneIns::Net { net: *net, out: *out, grad: Some(*wrt), args: args.iter().map(r).collect() }
             }
@@ -372,6 +449,13 @@ impl<const N: usize> BatchModel<N> for LaneModel<N> {
     #[inline]
     fn rhs(&self, x: &[f64; N], d: &[f64], u: &[f64], dx: &mut [f64; N]) {
         let inner = &*self.inner;
+        if let Some(f) = inner.native(0) {
+            // SAFETY: the code reads n states, nd derived constants and ninputs inputs and writes
+            // n values; the integrator passes slices of exactly those lengths (checked in debug).
+            debug_assert!(d.len() >= inner.layout.derived.len() && u.len() >= inner.layout.ninputs);
+            unsafe { f(x.as_ptr(), d.as_ptr(), u.as_ptr(), dx.as_mut_ptr()) };
+            return;
+        }
         let prog = &inner.rhs;
         with_registers(inner.registers(prog), |regs| {
             inner.run(prog, x, d, u, regs);
@@ -384,6 +468,15 @@ impl<const N: usize> BatchModel<N> for LaneModel<N> {
         let inner = &*self.inner;
         let prog = &inner.jac;
         *jac = [[0.0; N]; N];
+        if let Some(f) = inner.native(1) {
+            let mut vals = vec![0.0; inner.jac_entries.len()];
+            // SAFETY: as in `rhs`; the code writes one value per Jacobian entry into `vals`.
+            unsafe { f(x.as_ptr(), d.as_ptr(), u.as_ptr(), vals.as_mut_ptr()) };
+            for (&(i, j), v) in inner.jac_entries.iter().zip(vals) {
+                jac[i][j] = v;
+            }
+            return;
+        }
         with_registers(inner.registers(prog), |regs| {
             inner.run(prog, x, d, u, regs);
             for (&(i, j), &r) in inner.jac_entries.iter().zip(&prog.roots) {
@@ -396,6 +489,12 @@ impl<const N: usize> BatchModel<N> for LaneModel<N> {
         let inner = &*self.inner;
         let prog = &inner.outputs[self.output];
         let u = [0.0; 4];
+        if let Some(f) = inner.native(2 + self.output) {
+            let mut y = 0.0;
+            // SAFETY: as in `rhs`; an output program writes one value.
+            unsafe { f(x.as_ptr(), d.as_ptr(), u.as_ptr(), &mut y) };
+            return y;
+        }
         with_registers(inner.registers(prog), |regs| {
             inner.run(prog, x, d, &u, regs);
             regs[prog.roots[0] as usize]

@@ -42,6 +42,7 @@ pub mod ast;
 mod cuda;
 pub mod error;
 pub mod expr;
+mod jit;
 pub mod lanes;
 mod lower;
 pub mod model;
@@ -51,6 +52,6 @@ pub mod tape;
 
 pub use ast::DoseAttr;
 pub use error::{ModelError, Span};
+pub use lanes::{Backend, LaneModel};
 pub use model::{Covariate, Derivatives, Model, Network, Param, ParamKind};
-pub use lanes::LaneModel;
 pub use system::{Compiled, ModelSystem};
