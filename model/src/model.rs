@@ -117,6 +117,8 @@ pub struct Derivatives {
     pub out_net_nodes: Vec<Id>,
     /// `∂f_i/∂t` (for non-autonomous models; empty when none depends on `t`).
     pub dfdt: Vec<(usize, Id)>,
+    /// `∂x_i(0)/∂θ_k` (not weights).
+    pub dinit: SparseNodes,
 }
 
 /// Which index of `[Option<Id>; 4]` holds each dose attribute.
@@ -216,6 +218,14 @@ impl Model {
             let e = g.diff(f, DiffVar::Var(Var::Time)).map_err(|k| net_err(k, &self.networks))?;
             if g.constant(e) != Some(0.0) {
                 d.dfdt.push((i, e));
+            }
+        }
+        for &k in &scalar_params {
+            for (i, &x0) in self.init.iter().enumerate() {
+                let e = g.diff(x0, DiffVar::Var(Var::Param(k as u32))).map_err(|k| net_err(k, &self.networks))?;
+                if g.constant(e) != Some(0.0) {
+                    d.dinit.push((i, k, e));
+                }
             }
         }
         self.derived = Arc::new(d);

@@ -129,6 +129,16 @@ impl ModelSystem {
         self.compiled.init.eval(&self.env(0.0, &[], &[], p), self.model().networks())
     }
 
+    /// `∂x(0)/∂θ` as `(state, parameter, value)` entries: chain it with a
+    /// gradient's `∂L/∂x₀` for parameters that set initial values.
+    pub fn initial_state_jacobian(&self, p: &[f64]) -> Vec<(usize, usize, f64)> {
+        let m = self.model();
+        let d = &m.derived.dinit;
+        let prog = Program::new(m.graph(), &d.iter().map(|e| e.2).collect::<Vec<_>>());
+        let v = prog.eval(&self.env(0.0, &[], &[], p), m.networks());
+        d.iter().zip(v).map(|(&(i, k, _), v)| (i, k, v)).collect()
+    }
+
     /// Where a dose attribute of state `state` comes from for this subject:
     /// the parameter itself when the statement is a bare parameter (so
     /// gradients flow through it), else its value for `p` and the covariates.
