@@ -163,7 +163,7 @@ fn lex(src: &Source<'_>) -> Result<Vec<(Tok, Span)>, ModelError> {
             out.push((Tok::Ident(text[start..i].to_string()), Span::new(start, i)));
             continue;
         }
-        let two = if i + 1 < bytes.len() { &text[i..i + 2] } else { "" };
+        let two = text.get(i..i + 2).unwrap_or("");
         let (tok, len) = match two {
             "<=" => (Tok::Le, 2),
             ">=" => (Tok::Ge, 2),
