@@ -64,6 +64,30 @@ pub fn available() -> Result<String, CudaError> {
     ctx.name().map_err(|e| CudaError::Unavailable(format!("{e:?}")))
 }
 
+/// Whether libnvrtc loads (compiling needs it; running also needs a device).
+///
+/// # Safety
+/// Only tries to `dlopen` the library; safe to call from any thread.
+pub unsafe fn nvrtc_present() -> bool {
+    // SAFETY: as documented by cudarc, this only probes the library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// Compiles the kernels of `model` with NVRTC (no device needed: only
+/// libnvrtc), with the options every GPU run uses: no FMA contraction,
+/// IEEE division and square root.
+pub fn compile_model<const N: usize, M: BatchModel<N>>(model: &M) -> Result<cudarc::nvrtc::Ptx, CudaError> {
+    let src = kernel_source(&model.cuda_source().code, N, model.nparams(), model.nderived(), model.ninputs());
+    let opts = CompileOptions {
+        fmad: Some(false),
+        prec_div: Some(true),
+        prec_sqrt: Some(true),
+        options: vec!["--std=c++17".into()],
+        ..Default::default()
+    };
+    compile_ptx_with_opts(&src, opts).map_err(|e| CudaError::Compile(format!("{e:?}")))
+}
+
 /// The kernel source for a model with `n` states, `np` parameters, `nd` derived constants and `nu` inputs.
 pub fn kernel_source(model_code: &str, n: usize, np: usize, nd: usize, nu: usize) -> String {
     format!(
@@ -441,16 +465,8 @@ impl GpuEnsemble {
         if N > 32 {
             return Err(CudaError::Unsupported(format!("models up to 32 states run on the GPU; this one has {N}")));
         }
-        let src = kernel_source(&model.cuda_source().code, N, model.nparams(), model.nderived(), model.ninputs());
         let t0 = std::time::Instant::now();
-        let opts = CompileOptions {
-            fmad: Some(false),
-            prec_div: Some(true),
-            prec_sqrt: Some(true),
-            options: vec!["--std=c++17".into()],
-            ..Default::default()
-        };
-        let ptx = compile_ptx_with_opts(&src, opts).map_err(|e| CudaError::Compile(format!("{e:?}")))?;
+        let ptx = compile_model(model)?;
         let compile_s = t0.elapsed().as_secs_f64();
         let ctx = CudaContext::new(0).map_err(drv)?;
         let module = ctx.load_module(ptx).map_err(drv)?;

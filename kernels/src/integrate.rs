@@ -252,6 +252,35 @@ fn eval<const N: usize, M: BatchModel<N>>(
     }
 }
 
+/// [`eval`] for every stepping lane with one [`BatchModel::rhs_lanes`] call:
+/// `k[s] = f(y)` (or `f(ynew)`), then the infusion rates, as `eval` adds them.
+#[inline(always)]
+fn eval_lanes<const N: usize, const L: usize, M: BatchModel<N>>(
+    model: &M,
+    lanes: &mut [Lane<'_, N>; L],
+    nd: usize,
+    nu: usize,
+    s: usize,
+    from_ynew: bool,
+) {
+    let mut args: [Option<crate::model::LaneRhs<'_, N>>; L] = std::array::from_fn(|_| None);
+    for (slot, lane) in args.iter_mut().zip(lanes.iter_mut()) {
+        if lane.go {
+            let Lane { derived, y, ynew, u, k, .. } = lane;
+            let x = if from_ynew { &*ynew } else { &*y };
+            *slot = Some(crate::model::LaneRhs { x, d: &derived[..nd], u: &u[..nu], dx: &mut k[s] });
+        }
+    }
+    model.rhs_lanes(&mut args);
+    for lane in lanes.iter_mut() {
+        if lane.go && lane.infusing {
+            for i in 0..N {
+                lane.k[s][i] += lane.rate[i];
+            }
+        }
+    }
+}
+
 #[inline]
 fn err_norm<const N: usize>(e: &[f64; N], y0: &[f64; N], y1: &[f64; N], tol: &Tolerances) -> f64 {
     let mut s = 0.0;
@@ -591,6 +620,10 @@ fn tsit5_step<const N: usize, const L: usize, M: BatchModel<N>>(
                 }
             }
         }
+        if model.batches_lanes() {
+            eval_lanes(model, lanes, nd, nu, s, false);
+            return;
+        }
         for lane in lanes.iter_mut() {
             if lane.go {
                 let Lane { derived, y, u, rate, infusing, k, .. } = lane;
@@ -625,10 +658,14 @@ fn tsit5_step<const N: usize, const L: usize, M: BatchModel<N>>(
             }
         }
     }
-    for lane in lanes.iter_mut() {
-        if lane.go {
-            let Lane { derived, ynew, u, rate, infusing, k, .. } = lane;
-            eval(model, ynew, &derived[..nd], &u[..nu], rate, *infusing, &mut k[6]);
+    if model.batches_lanes() {
+        eval_lanes(model, lanes, nd, nu, 6, true);
+    } else {
+        for lane in lanes.iter_mut() {
+            if lane.go {
+                let Lane { derived, ynew, u, rate, infusing, k, .. } = lane;
+                eval(model, ynew, &derived[..nd], &u[..nu], rate, *infusing, &mut k[6]);
+            }
         }
     }
     for lane in lanes.iter_mut() {

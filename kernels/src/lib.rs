@@ -49,5 +49,5 @@ pub mod schedule;
 
 pub use ensemble::{solve_grid, solve_summaries, Batch, BatchError, GridResult, Summary, SummaryObserver, LANES};
 pub use integrate::{integrate, integrate_lanes, Observer, Status, Stepper, Tolerances, TrajectoryStats};
-pub use model::{jacobian_fd_error, BatchModel, CudaSource, HybridOneCmt, TwoCmtOral};
+pub use model::{jacobian_fd_error, BatchModel, CudaSource, HybridOneCmt, LaneRhs, TwoCmtOral};
 pub use schedule::{DoseTrain, Regimen, RegimenError, WindowTrain};

@@ -44,6 +44,35 @@ pub trait BatchModel<const N: usize>: Sync {
     fn weights(&self) -> &[f64] {
         &[]
     }
+    /// Whether the integrators should evaluate the right-hand sides of all
+    /// stepping lanes with one [`BatchModel::rhs_lanes`] call rather than
+    /// [`BatchModel::rhs`] lane by lane. False by default (an inlined
+    /// `rhs` is fastest lane by lane); true for models whose right-hand
+    /// side is an out-of-line call (run-time compiled code), where one call
+    /// for several lanes saves the call and its register spills.
+    fn batches_lanes(&self) -> bool {
+        false
+    }
+    /// `dx = f(x, d, u)` for every `Some` entry (the stepping lanes). Must
+    /// compute, lane by lane, exactly what [`BatchModel::rhs`] computes.
+    fn rhs_lanes(&self, lanes: &mut [Option<LaneRhs<'_, N>>]) {
+        for l in lanes.iter_mut().flatten() {
+            self.rhs(l.x, l.d, l.u, l.dx);
+        }
+    }
+}
+
+/// One lane's arguments of [`BatchModel::rhs_lanes`].
+#[derive(Debug)]
+pub struct LaneRhs<'a, const N: usize> {
+    /// State.
+    pub x: &'a [f64; N],
+    /// Derived constants.
+    pub d: &'a [f64],
+    /// Inputs.
+    pub u: &'a [f64],
+    /// Where `f` goes.
+    pub dx: &'a mut [f64; N],
 }
 
 /// CUDA C source of a model's device functions. The kernel calls

@@ -16,7 +16,8 @@
 //! the interpreter (a network evaluation dwarfs the dispatch cost anyway).
 
 use cranelift_codegen::ir::condcodes::FloatCC;
-use cranelift_codegen::ir::{types, AbiParam, InstBuilder, MemFlagsData, Signature, Value};
+use cranelift_codegen::ir::condcodes::IntCC;
+use cranelift_codegen::ir::{types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, Value};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -28,12 +29,19 @@ use crate::lanes::{LaneIns, LaneProgram, Layout};
 /// A compiled program: `f(x, d, u, out)` writes the roots to `out[0..]`.
 pub(crate) type NativeFn = unsafe extern "C" fn(*const f64, *const f64, *const f64, *mut f64);
 
+/// The right-hand side over several lanes in one call:
+/// `f(n, xs, ds, us, outs)` runs the program for `xs[l], ds[l], us[l]` into `outs[l]`, `l < n`.
+pub(crate) type LanesFn =
+    unsafe extern "C" fn(usize, *const *const f64, *const *const f64, *const *const f64, *const *mut f64);
+
 /// Compiled programs and the module that owns their code.
 pub(crate) struct Jit {
     /// Keeps the code alive; freed on drop.
     module: Option<JITModule>,
     /// One entry per program given to [`Jit::compile`] (`None`: not compiled).
     pub(crate) functions: Vec<Option<NativeFn>>,
+    /// The first program (the right-hand side) over several lanes, if compiled.
+    pub(crate) lanes: Option<LanesFn>,
 }
 
 // SAFETY: after `finalize_definitions` the module's code and data are
@@ -141,115 +149,7 @@ impl Jit {
                 b.seal_block(block);
                 let params = b.block_params(block).to_vec();
                 let (px, pd, pu, pout) = (params[0], params[1], params[2], params[3]);
-                let flags = MemFlagsData::trusted();
-                let nd = layout.derived.len();
-                let base = layout.base();
-                let mut vals: Vec<Option<Value>> = vec![None; base + prog.code.len()];
-                // Leading registers are loaded on first use.
-                let get = |b: &mut FunctionBuilder<'_>, vals: &mut Vec<Option<Value>>, r: u16| -> Value {
-                    let r = r as usize;
-                    if let Some(v) = vals[r] {
-                        return v;
-                    }
-                    let (p, i) = if r < layout.n {
-                        (px, r)
-                    } else if r < layout.n + nd {
-                        (pd, r - layout.n)
-                    } else {
-                        (pu, r - layout.n - nd)
-                    };
-                    let v = b.ins().load(types::F64, flags, p, (8 * i) as i32);
-                    vals[r] = Some(v);
-                    v
-                };
-                let zero = b.ins().f64const(0.0);
-                let one = b.ins().f64const(1.0);
-                for (k, ins) in prog.code.iter().enumerate() {
-                    let v = match ins {
-                        LaneIns::Const(c) => b.ins().f64const(*c),
-                        LaneIns::Select(c, x, y) => {
-                            let (c, x, y) =
-                                (get(&mut b, &mut vals, *c), get(&mut b, &mut vals, *x), get(&mut b, &mut vals, *y));
-                            let t = b.ins().fcmp(FloatCC::NotEqual, c, zero);
-                            b.ins().select(t, x, y)
-                        }
-                        LaneIns::Unary(op, a) => {
-                            let a = get(&mut b, &mut vals, *a);
-                            let call1 = |b: &mut FunctionBuilder<'_>, which: usize| {
-                                let call = b.ins().call(fr1[which], &[a]);
-                                b.inst_results(call)[0]
-                            };
-                            match op {
-                                Op::Neg(_) => b.ins().fneg(a),
-                                Op::Abs(_) => b.ins().fabs(a),
-                                Op::Sqrt(_) => b.ins().sqrt(a),
-                                Op::Exp(_) => call1(&mut b, 0),
-                                Op::Log(_) => call1(&mut b, 1),
-                                Op::Tanh(_) => call1(&mut b, 2),
-                                Op::Softplus(_) => call1(&mut b, 3),
-                                Op::Sigmoid(_) => call1(&mut b, 4),
-                                Op::Not(_) => {
-                                    let t = b.ins().fcmp(FloatCC::Equal, a, zero);
-                                    b.ins().select(t, one, zero)
-                                }
-                                Op::Sign(_) => {
-                                    let minus = b.ins().f64const(-1.0);
-                                    let pos = b.ins().fcmp(FloatCC::GreaterThan, a, zero);
-                                    let neg = b.ins().fcmp(FloatCC::LessThan, a, zero);
-                                    let s = b.ins().select(neg, minus, zero);
-                                    b.ins().select(pos, one, s)
-                                }
-                                Op::Powi(_, n) => powi(&mut b, a, *n),
-                                other => return Err(JitError(format!("no JIT rule for {other:?}"))),
-                            }
-                        }
-                        LaneIns::Binary(op, x, y) => {
-                            let (x, y) = (get(&mut b, &mut vals, *x), get(&mut b, &mut vals, *y));
-                            let cmp = |b: &mut FunctionBuilder<'_>, cc: FloatCC| {
-                                let t = b.ins().fcmp(cc, x, y);
-                                b.ins().select(t, one, zero)
-                            };
-                            match op {
-                                Op::Add(..) => b.ins().fadd(x, y),
-                                Op::Sub(..) => b.ins().fsub(x, y),
-                                Op::Mul(..) => b.ins().fmul(x, y),
-                                Op::Div(..) => b.ins().fdiv(x, y),
-                                Op::Pow(..) => {
-                                    let call = b.ins().call(fr_pow, &[x, y]);
-                                    b.inst_results(call)[0]
-                                }
-                                Op::Min(..) => {
-                                    let t = b.ins().fcmp(FloatCC::LessThanOrEqual, x, y);
-                                    b.ins().select(t, x, y)
-                                }
-                                Op::Max(..) => {
-                                    let t = b.ins().fcmp(FloatCC::LessThanOrEqual, y, x);
-                                    b.ins().select(t, x, y)
-                                }
-                                Op::Lt(..) => cmp(&mut b, FloatCC::LessThan),
-                                Op::Le(..) => cmp(&mut b, FloatCC::LessThanOrEqual),
-                                Op::Eq(..) => cmp(&mut b, FloatCC::Equal),
-                                Op::And(..) | Op::Or(..) => {
-                                    let tx = b.ins().fcmp(FloatCC::NotEqual, x, zero);
-                                    let ty = b.ins().fcmp(FloatCC::NotEqual, y, zero);
-                                    let t = if matches!(op, Op::And(..)) {
-                                        b.ins().band(tx, ty)
-                                    } else {
-                                        b.ins().bor(tx, ty)
-                                    };
-                                    b.ins().select(t, one, zero)
-                                }
-                                other => return Err(JitError(format!("no JIT rule for {other:?}"))),
-                            }
-                        }
-                        LaneIns::Net { .. } => unreachable!("programs with networks are not compiled"),
-                    };
-                    vals[base + k] = Some(v);
-                }
-                for (i, &r) in prog.roots.iter().enumerate() {
-                    let v = get(&mut b, &mut vals, r);
-                    b.ins().store(flags, v, pout, (8 * i) as i32);
-                }
+                emit_body(&mut b, layout, prog, [px, pd, pu, pout], &fr1, fr_pow)?;
                 b.ins().return_(&[]);
                 b.finalize(frontend);
             }
@@ -259,7 +159,57 @@ impl Jit {
             module.clear_context(&mut ctx);
             ids.push(Some(id));
         }
+        // The right-hand side once more, looping over lanes inside one call.
+        let mut lanes_id = None;
+        if let (Some(prog), Some(Some(_))) = (programs.first(), ids.first()) {
+            ctx.func.signature = Signature::new(module.target_config().default_call_conv);
+            for _ in 0..5 {
+                ctx.func.signature.params.push(AbiParam::new(ptr));
+            }
+            {
+                let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+                let fr1: Vec<_> = ids1.iter().map(|id| module.declare_func_in_func(*id, b.func)).collect();
+                let fr_pow = module.declare_func_in_func(id_pow, b.func);
+                let entry = b.create_block();
+                let header = b.create_block();
+                let body = b.create_block();
+                let exit = b.create_block();
+                b.append_block_params_for_function_params(entry);
+                b.append_block_param(header, ptr);
+                b.switch_to_block(entry);
+                let params = b.block_params(entry).to_vec();
+                let (n, xs, ds, us, outs) = (params[0], params[1], params[2], params[3], params[4]);
+                let zero = b.ins().iconst(ptr, 0);
+                b.ins().jump(header, &[zero.into()]);
+                b.switch_to_block(header);
+                let l = b.block_params(header)[0];
+                let more = b.ins().icmp(IntCC::UnsignedLessThan, l, n);
+                b.ins().brif(more, body, &[], exit, &[]);
+                b.switch_to_block(body);
+                let flags = MemFlagsData::trusted();
+                let off = b.ins().imul_imm_u(l, i64::from(ptr.bytes()));
+                let at = |b: &mut FunctionBuilder<'_>, base: Value| {
+                    let a = b.ins().iadd(base, off);
+                    b.ins().load(ptr, flags, a, 0)
+                };
+                let (px, pd, pu, pout) = (at(&mut b, xs), at(&mut b, ds), at(&mut b, us), at(&mut b, outs));
+                emit_body(&mut b, layout, prog, [px, pd, pu, pout], &fr1, fr_pow)?;
+                let next = b.ins().iadd_imm_u(l, 1);
+                b.ins().jump(header, &[next.into()]);
+                b.switch_to_block(exit);
+                b.ins().return_(&[]);
+                b.seal_all_blocks();
+                b.finalize(frontend);
+            }
+            let id = module.declare_function("lanes0", Linkage::Local, &ctx.func.signature).map_err(|x| e(&x))?;
+            module.define_function(id, &mut ctx).map_err(|x| e(&x))?;
+            module.clear_context(&mut ctx);
+            lanes_id = Some(id);
+        }
         module.finalize_definitions().map_err(|x| e(&x))?;
+        // SAFETY: compiled above with exactly the `LanesFn` signature.
+        let lanes =
+            lanes_id.map(|id| unsafe { std::mem::transmute::<*const u8, LanesFn>(module.get_finalized_function(id)) });
         let functions = ids
             .iter()
             .map(|id| {
@@ -271,8 +221,129 @@ impl Jit {
                 })
             })
             .collect();
-        Ok(Jit { module: Some(module), functions })
+        Ok(Jit { module: Some(module), functions, lanes })
     }
+}
+
+/// The instructions of `prog`, reading `x`, `d`, `u` through the first three
+/// pointers and storing the roots through the fourth.
+fn emit_body(
+    b: &mut FunctionBuilder<'_>,
+    layout: &Layout,
+    prog: &LaneProgram,
+    [px, pd, pu, pout]: [Value; 4],
+    fr1: &[FuncRef],
+    fr_pow: FuncRef,
+) -> Result<(), JitError> {
+    let flags = MemFlagsData::trusted();
+    let nd = layout.derived.len();
+    let base = layout.base();
+    let mut vals: Vec<Option<Value>> = vec![None; base + prog.code.len()];
+    // Leading registers are loaded on first use.
+    let get = |b: &mut FunctionBuilder<'_>, vals: &mut Vec<Option<Value>>, r: u16| -> Value {
+        let r = r as usize;
+        if let Some(v) = vals[r] {
+            return v;
+        }
+        let (p, i) = if r < layout.n {
+            (px, r)
+        } else if r < layout.n + nd {
+            (pd, r - layout.n)
+        } else {
+            (pu, r - layout.n - nd)
+        };
+        let v = b.ins().load(types::F64, flags, p, (8 * i) as i32);
+        vals[r] = Some(v);
+        v
+    };
+    let zero = b.ins().f64const(0.0);
+    let one = b.ins().f64const(1.0);
+    for (k, ins) in prog.code.iter().enumerate() {
+        let v = match ins {
+            LaneIns::Const(c) => b.ins().f64const(*c),
+            LaneIns::Select(c, x, y) => {
+                let (c, x, y) = (get(b, &mut vals, *c), get(b, &mut vals, *x), get(b, &mut vals, *y));
+                let t = b.ins().fcmp(FloatCC::NotEqual, c, zero);
+                b.ins().select(t, x, y)
+            }
+            LaneIns::Unary(op, a) => {
+                let a = get(b, &mut vals, *a);
+                let call1 = |b: &mut FunctionBuilder<'_>, which: usize| {
+                    let call = b.ins().call(fr1[which], &[a]);
+                    b.inst_results(call)[0]
+                };
+                match op {
+                    Op::Neg(_) => b.ins().fneg(a),
+                    Op::Abs(_) => b.ins().fabs(a),
+                    Op::Sqrt(_) => b.ins().sqrt(a),
+                    Op::Exp(_) => call1(b, 0),
+                    Op::Log(_) => call1(b, 1),
+                    Op::Tanh(_) => call1(b, 2),
+                    Op::Softplus(_) => call1(b, 3),
+                    Op::Sigmoid(_) => call1(b, 4),
+                    Op::Not(_) => {
+                        let t = b.ins().fcmp(FloatCC::Equal, a, zero);
+                        b.ins().select(t, one, zero)
+                    }
+                    Op::Sign(_) => {
+                        let minus = b.ins().f64const(-1.0);
+                        let pos = b.ins().fcmp(FloatCC::GreaterThan, a, zero);
+                        let neg = b.ins().fcmp(FloatCC::LessThan, a, zero);
+                        let s = b.ins().select(neg, minus, zero);
+                        b.ins().select(pos, one, s)
+                    }
+                    Op::Powi(_, n) => powi(b, a, *n),
+                    other => return Err(JitError(format!("no JIT rule for {other:?}"))),
+                }
+            }
+            LaneIns::Binary(op, x, y) => {
+                let (x, y) = (get(b, &mut vals, *x), get(b, &mut vals, *y));
+                let cmp = |b: &mut FunctionBuilder<'_>, cc: FloatCC| {
+                    let t = b.ins().fcmp(cc, x, y);
+                    b.ins().select(t, one, zero)
+                };
+                match op {
+                    Op::Add(..) => b.ins().fadd(x, y),
+                    Op::Sub(..) => b.ins().fsub(x, y),
+                    Op::Mul(..) => b.ins().fmul(x, y),
+                    Op::Div(..) => b.ins().fdiv(x, y),
+                    Op::Pow(..) => {
+                        let call = b.ins().call(fr_pow, &[x, y]);
+                        b.inst_results(call)[0]
+                    }
+                    Op::Min(..) => {
+                        let t = b.ins().fcmp(FloatCC::LessThanOrEqual, x, y);
+                        b.ins().select(t, x, y)
+                    }
+                    Op::Max(..) => {
+                        let t = b.ins().fcmp(FloatCC::LessThanOrEqual, y, x);
+                        b.ins().select(t, x, y)
+                    }
+                    Op::Lt(..) => cmp(b, FloatCC::LessThan),
+                    Op::Le(..) => cmp(b, FloatCC::LessThanOrEqual),
+                    Op::Eq(..) => cmp(b, FloatCC::Equal),
+                    Op::And(..) | Op::Or(..) => {
+                        let tx = b.ins().fcmp(FloatCC::NotEqual, x, zero);
+                        let ty = b.ins().fcmp(FloatCC::NotEqual, y, zero);
+                        let t = if matches!(op, Op::And(..)) { b.ins().band(tx, ty) } else { b.ins().bor(tx, ty) };
+                        b.ins().select(t, one, zero)
+                    }
+                    other => return Err(JitError(format!("no JIT rule for {other:?}"))),
+                }
+            }
+            LaneIns::Net { .. } => return Err(JitError("network instructions are not compiled".into())),
+        };
+        vals[base + k] = Some(v);
+    }
+    for (i, &r) in prog.roots.iter().enumerate() {
+        let v = get(b, &mut vals, r);
+        b.ins().store(flags, v, pout, (8 * i) as i32);
+    }
+    for (i, &r) in prog.roots.iter().enumerate() {
+        let v = get(b, &mut vals, r);
+        b.ins().store(flags, v, pout, (8 * i) as i32);
+    }
+    Ok(())
 }
 
 /// `a^n` as the multiplications of [`crate::expr::powi`], unrolled.

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use insilico_kernels::{BatchModel, CudaSource};
+use insilico_kernels::{BatchModel, CudaSource, LaneRhs};
 
 use crate::error::ModelError;
 use crate::expr::{eval_binary, eval_unary, Graph, Id, Op, Var};
@@ -505,5 +505,35 @@ impl<const N: usize> BatchModel<N> for LaneModel<N> {
     }
     fn weights(&self) -> &[f64] {
         &self.inner.weights
+    }
+    fn batches_lanes(&self) -> bool {
+        self.inner.jit.as_ref().is_some_and(|j| j.lanes.is_some())
+    }
+    fn rhs_lanes(&self, lanes: &mut [Option<LaneRhs<'_, N>>]) {
+        const MAX: usize = 16;
+        let Some(f) = self.inner.jit.as_ref().and_then(|j| j.lanes) else {
+            for l in lanes.iter_mut().flatten() {
+                self.rhs(l.x, l.d, l.u, l.dx);
+            }
+            return;
+        };
+        for group in lanes.chunks_mut(MAX) {
+            let mut xs = [std::ptr::null::<f64>(); MAX];
+            let mut ds = [std::ptr::null::<f64>(); MAX];
+            let mut us = [std::ptr::null::<f64>(); MAX];
+            let mut outs = [std::ptr::null_mut::<f64>(); MAX];
+            let mut n = 0;
+            for l in group.iter_mut().flatten() {
+                debug_assert!(l.d.len() >= self.inner.layout.derived.len() && l.u.len() >= self.inner.layout.ninputs);
+                xs[n] = l.x.as_ptr();
+                ds[n] = l.d.as_ptr();
+                us[n] = l.u.as_ptr();
+                outs[n] = l.dx.as_mut_ptr();
+                n += 1;
+            }
+            // SAFETY: n ≤ MAX entries, each pointing at slices of the lengths the code reads
+            // (n states, the derived constants, the inputs) and a distinct `dx` of n states.
+            unsafe { f(n, xs.as_ptr(), ds.as_ptr(), us.as_ptr(), outs.as_ptr()) };
+        }
     }
 }
