@@ -255,8 +255,8 @@ impl Graph {
     pub fn add(&mut self, a: Id, b: Id) -> Id {
         match (self.constant(a), self.constant(b)) {
             (Some(x), Some(y)) => self.num(x + y),
-            (Some(x), _) if x == 0.0 => b,
-            (_, Some(y)) if y == 0.0 => a,
+            (Some(0.0), _) => b,
+            (_, Some(0.0)) => a,
             _ => {
                 if let Op::Neg(nb) = *self.op(b) {
                     return self.sub(a, nb);
@@ -270,8 +270,8 @@ impl Graph {
     pub fn sub(&mut self, a: Id, b: Id) -> Id {
         match (self.constant(a), self.constant(b)) {
             (Some(x), Some(y)) => self.num(x - y),
-            (_, Some(y)) if y == 0.0 => a,
-            (Some(x), _) if x == 0.0 => self.neg(b),
+            (_, Some(0.0)) => a,
+            (Some(0.0), _) => self.neg(b),
             _ if a == b => self.num(0.0),
             _ => {
                 if let Op::Neg(nb) = *self.op(b) {
@@ -285,12 +285,12 @@ impl Graph {
     pub fn mul(&mut self, a: Id, b: Id) -> Id {
         match (self.constant(a), self.constant(b)) {
             (Some(x), Some(y)) => self.num(x * y),
-            (Some(x), _) if x == 0.0 => a,
-            (_, Some(y)) if y == 0.0 => b,
-            (Some(x), _) if x == 1.0 => b,
-            (_, Some(y)) if y == 1.0 => a,
-            (Some(x), _) if x == -1.0 => self.neg(b),
-            (_, Some(y)) if y == -1.0 => self.neg(a),
+            (Some(0.0), _) => a,
+            (_, Some(0.0)) => b,
+            (Some(1.0), _) => b,
+            (_, Some(1.0)) => a,
+            (Some(-1.0), _) => self.neg(b),
+            (_, Some(-1.0)) => self.neg(a),
             _ => {
                 // (−x)·y = −(x·y) exactly in IEEE arithmetic; pulling the sign out
                 // lets `-k*a` and `k*a` be recognised as one term with two signs.
@@ -311,8 +311,8 @@ impl Graph {
     pub fn div(&mut self, a: Id, b: Id) -> Id {
         match (self.constant(a), self.constant(b)) {
             (Some(x), Some(y)) => self.num(x / y),
-            (Some(x), _) if x == 0.0 => a,
-            (_, Some(y)) if y == 1.0 => a,
+            (Some(0.0), _) => a,
+            (_, Some(1.0)) => a,
             _ => {
                 if let Op::Neg(x) = *self.op(a) {
                     let q = self.div(x, b);

@@ -729,7 +729,7 @@ impl<'s> Lowerer<'s> {
                 s += c[i] * vals[f as usize];
                 scale += (c[i] * vals[f as usize]).abs();
             }
-            if !(s.abs() <= 1e-10 * scale.max(1e-300)) {
+            if s.is_nan() || s.abs() > 1e-10 * scale.max(1e-300) {
                 return false;
             }
         }

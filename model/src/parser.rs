@@ -529,7 +529,7 @@ impl Parser<'_> {
             _ => return Err(self.err_here("`)` or `]` closing the range")),
         };
         self.bump();
-        if !(lo < hi) {
+        if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less) {
             return Err(self.src.error(self.prev_span(), format!("an empty range: {lo} is not below {hi}")));
         }
         Ok(Bounds { lo, lo_closed, hi, hi_closed })
