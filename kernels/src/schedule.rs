@@ -58,6 +58,14 @@ pub struct Regimen {
 /// Errors in a regimen.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RegimenError {
+    /// A schedule uses something the batched integrators do not run.
+    #[error("{what}{}: the batched integrators run bolus and zero-order doses (with F, lag, II/ADDL) and exposure windows; the diffsol engine (`simulate`) runs the full NONMEM grammar", line.map(|l| format!(" (dataset line {l})")).unwrap_or_default())]
+    Unsupported {
+        /// What.
+        what: String,
+        /// Dataset line, when known.
+        line: Option<usize>,
+    },
     /// More trains than [`MAX_TRAINS`].
     #[error("a regimen holds at most {MAX_TRAINS} dose trains and {MAX_TRAINS} window trains")]
     Full,
@@ -110,6 +118,116 @@ impl Regimen {
         self.n_windows += 1;
         Ok(self)
     }
+    /// The exact conversion of a NONMEM [`Schedule`](insilico_solvers::Schedule)
+    /// for parameters `p` (which resolve parameter-valued F, lag, rate and
+    /// duration): each dose record becomes a train of `ADDL + 1` doses of
+    /// `F·AMT` every II starting at `TIME + lag`, zero-order over the
+    /// modelled or data duration (`F·AMT / RATE` for a rate); consecutive
+    /// single records of the same amount, target and duration at a constant
+    /// spacing merge into one train; exposures become window trains.
+    /// Steady-state doses, resets, and more than [`MAX_TRAINS`] trains of
+    /// either kind are refused with the reason (the diffsol engine runs them).
+    ///
+    /// ```
+    /// use insilico_kernels::Regimen;
+    /// use insilico_solvers::{Dose, Schedule};
+    /// let s = Schedule::new().dose(Dose::bolus(0.0, 0, 100.0).repeated(12.0, 3));
+    /// let r = Regimen::from_schedule(&s, &[])?;
+    /// assert_eq!((r.n_doses, r.doses[0].count, r.doses[0].interval), (1, 4, 12.0));
+    /// # Ok::<(), insilico_kernels::RegimenError>(())
+    /// ```
+    pub fn from_schedule(schedule: &insilico_solvers::Schedule, p: &[f64]) -> Result<Self, RegimenError> {
+        use insilico_solvers::{DoseKind, Event, SteadyState};
+        let mut trains: Vec<(DoseTrain, Option<usize>)> = Vec::new();
+        let mut r = Regimen::new();
+        let attr = |a: &insilico_solvers::Attr, what: &'static str, line: Option<usize>| {
+            let v = match a {
+                insilico_solvers::Attr::Param(i) if *i >= p.len() => f64::NAN,
+                a => a.value(p),
+            };
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(RegimenError::Unsupported { what: format!("a {what} of {v}"), line })
+            }
+        };
+        for ev in &schedule.events {
+            match ev {
+                Event::Reset { time } => {
+                    return Err(RegimenError::Unsupported {
+                        what: format!("a reset (EVID 3/4) at t = {time}"),
+                        line: None,
+                    })
+                }
+                Event::Exposure(e) => {
+                    r = r.with_windows(WindowTrain {
+                        start: e.start,
+                        period: e.period,
+                        count: e.repeats.saturating_add(1),
+                        duration: e.duration,
+                        level: e.level,
+                        input: e.input as u32,
+                    })?;
+                }
+                Event::Dose(d) => {
+                    if d.ss != SteadyState::No {
+                        return Err(RegimenError::Unsupported {
+                            what: "a steady-state dose (SS = 1 or 2)".into(),
+                            line: d.line,
+                        });
+                    }
+                    let f = attr(&d.bioavailability, "bioavailability", d.line)?;
+                    let lag = attr(&d.lag, "lag time", d.line)?;
+                    let amount = f * d.amount;
+                    let duration = match &d.kind {
+                        DoseKind::Bolus => 0.0,
+                        DoseKind::Rate(a) => amount / attr(a, "rate", d.line)?,
+                        DoseKind::Duration(a) => attr(a, "duration", d.line)?,
+                    };
+                    let train = DoseTrain {
+                        start: d.time + lag,
+                        interval: if d.addl > 0 { d.ii } else { 0.0 },
+                        count: d.addl.saturating_add(1),
+                        amount,
+                        target: d.cmt as u32,
+                        duration,
+                    };
+                    // Merge a single dose into the previous train when it continues it exactly.
+                    if let Some((prev, _)) = trains.last_mut() {
+                        let same = prev.amount == train.amount
+                            && prev.target == train.target
+                            && prev.duration == train.duration;
+                        if same && train.count == 1 {
+                            let next = if prev.count == 1 { train.start - prev.start } else { prev.interval };
+                            let expected = prev.start + prev.count as f64 * next;
+                            if next > 0.0 && (train.start - expected).abs() <= 1e-12 * expected.abs().max(1.0) {
+                                prev.interval = next;
+                                prev.count += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    trains.push((train, d.line));
+                }
+            }
+        }
+        if trains.len() > MAX_TRAINS {
+            let lines: Vec<String> = trains.iter().filter_map(|t| t.1).map(|l| l.to_string()).collect();
+            return Err(RegimenError::Unsupported {
+                what: format!(
+                    "{} dose trains (the batched integrators hold {MAX_TRAINS}){}",
+                    trains.len(),
+                    if lines.is_empty() { String::new() } else { format!(", from dataset lines {}", lines.join(", ")) }
+                ),
+                line: None,
+            });
+        }
+        for (t, _) in trains {
+            r = r.with_doses(t)?;
+        }
+        Ok(r)
+    }
+
     /// Oral/IV boluses of `amount` into `target` at `0, τ, 2τ, …` while `t < horizon`.
     pub fn repeated_bolus(amount: f64, target: u32, tau: f64, horizon: f64) -> Result<Self, RegimenError> {
         check("dosing interval", tau, tau > 0.0)?;
