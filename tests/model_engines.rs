@@ -39,6 +39,7 @@ fn p1_zoo_model_on_the_batched_engine_matches_the_closed_form() {
             worst = worst.max(p1::max_rel_err(got, &exact));
             vs_hand = vs_hand.max(p1::max_rel_err(got, &hand.values[k * grid.len()..(k + 1) * grid.len()]));
         }
+        println!("P1 sample on {stepper:?}: zoo model vs closed form {worst:e}, vs TwoCmtOral {vs_hand:e}");
         // The acceptance bar of P1 (1e-6 against the closed form).
         assert!(worst <= 1e-6, "{stepper:?}: max rel err {worst:e}");
         // Same model, arithmetic written differently: agreement at the tolerance level.
@@ -85,6 +86,7 @@ fn organoid_zoo_model_matches_the_hand_written_one() {
     let zoo = solve_grid(&lanes, Stepper::Tsit5, &batch, &times, 336.0, &tol);
     let hand = solve_grid(&Organoid::new(OrganoidOutput::Viable), Stepper::Tsit5, &batch, &times, 336.0, &tol);
     let err = p1::max_rel_err(&zoo.values, &hand.values);
+    println!("organoid: zoo model vs hand-written {err:e}");
     assert!(err <= 1e-9, "organoid zoo vs hand-written: {err:e}");
 }
 
