@@ -517,23 +517,26 @@ impl<const N: usize> BatchModel<N> for LaneModel<N> {
             }
             return;
         };
+        use std::mem::MaybeUninit;
         for group in lanes.chunks_mut(MAX) {
-            let mut xs = [std::ptr::null::<f64>(); MAX];
-            let mut ds = [std::ptr::null::<f64>(); MAX];
-            let mut us = [std::ptr::null::<f64>(); MAX];
-            let mut outs = [std::ptr::null_mut::<f64>(); MAX];
+            // Uninitialised: only the first `n` entries are written and read.
+            let mut xs = [const { MaybeUninit::<*const f64>::uninit() }; MAX];
+            let mut ds = [const { MaybeUninit::<*const f64>::uninit() }; MAX];
+            let mut us = [const { MaybeUninit::<*const f64>::uninit() }; MAX];
+            let mut outs = [const { MaybeUninit::<*mut f64>::uninit() }; MAX];
             let mut n = 0;
             for l in group.iter_mut().flatten() {
                 debug_assert!(l.d.len() >= self.inner.layout.derived.len() && l.u.len() >= self.inner.layout.ninputs);
-                xs[n] = l.x.as_ptr();
-                ds[n] = l.d.as_ptr();
-                us[n] = l.u.as_ptr();
-                outs[n] = l.dx.as_mut_ptr();
+                xs[n].write(l.x.as_ptr());
+                ds[n].write(l.d.as_ptr());
+                us[n].write(l.u.as_ptr());
+                outs[n].write(l.dx.as_mut_ptr());
                 n += 1;
             }
-            // SAFETY: n ≤ MAX entries, each pointing at slices of the lengths the code reads
-            // (n states, the derived constants, the inputs) and a distinct `dx` of n states.
-            unsafe { f(n, xs.as_ptr(), ds.as_ptr(), us.as_ptr(), outs.as_ptr()) };
+            // SAFETY: the code reads the first n ≤ MAX entries, all written just above, each
+            // pointing at slices of the lengths it reads (n states, the derived constants, the
+            // inputs) and a distinct `dx` of n states it writes. `MaybeUninit<T>` has `T`'s layout.
+            unsafe { f(n, xs.as_ptr().cast(), ds.as_ptr().cast(), us.as_ptr().cast(), outs.as_ptr().cast()) };
         }
     }
 }
