@@ -42,6 +42,7 @@ pub use insilico_neural as neural;
 pub use insilico_solvers as solvers;
 pub use insilico_validation as validation;
 
+pub mod atomic;
 pub mod bench_p2;
 pub mod bench_p3;
 pub mod error;

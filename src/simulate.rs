@@ -18,6 +18,10 @@
 //! CL = 1.1
 //! V = 20
 //!
+//! [columns]                   # optional: NONMEM columns under another name in the dataset
+//! AMT = "DOSE"                #   (a dose record needs an amount: without an AMT column, or
+//!                             #   this mapping, the dataset is refused)
+//!
 //! [dosing]                    # optional
 //! dose_cmt = 1                # CMT of dose records without one (default 1: depot, or central for iv)
 //! obs_cmt = 2                 # CMT of observations without one (default: central)
@@ -94,6 +98,8 @@ struct RawConfig {
     max_steps: Option<usize>,
     #[serde(default)]
     dosing: RawDosing,
+    #[serde(default)]
+    columns: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,10 +182,10 @@ impl Predictions {
         w.flush()
     }
 
-    /// Writes the rows to the file at `path` (see [`Predictions::write_csv`]).
+    /// Writes the rows to the file at `path` atomically (see
+    /// [`Predictions::write_csv`] and [`crate::atomic`]).
     pub fn write_csv_file(&self, path: &Path) -> Result<(), Error> {
-        let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-        self.write_csv(std::io::BufWriter::new(f)).map_err(|e| Error::io(path, e))
+        crate::atomic::write_file(path, |w| self.write_csv(w)).map_err(Error::Write)
     }
 }
 
@@ -366,7 +372,7 @@ impl Simulation {
             model,
             params,
             data,
-            read_options: ReadOptions { ignore: raw.ignore_columns },
+            read_options: ReadOptions { ignore: raw.ignore_columns, columns: raw.columns.into_iter().collect() },
             mapping,
             method,
             options,
@@ -448,11 +454,24 @@ impl Simulation {
             subject: subj.id.clone(),
             error,
         })?;
-        Ok(obs
+        let rows: Vec<Prediction> = obs
             .iter()
             .zip(&sol.outputs)
             .map(|(o, &pred)| Prediction { id: subj.id.clone(), time: o.time, pred })
-            .collect())
+            .collect();
+        if let Some(bad) = rows.iter().find(|r| !r.pred.is_finite()) {
+            return Err(Error::NonFinite {
+                file: ds.file.clone(),
+                subject: subj.id.clone(),
+                time: bad.time,
+                value: bad.pred,
+                hint: format!(
+                    "check `output_scale` (now {}) and the parameters in {}",
+                    self.model.output_scale, self.source
+                ),
+            });
+        }
+        Ok(rows)
     }
 
     /// One line describing the model, parameters and solver settings.
