@@ -410,8 +410,9 @@ impl FitConfig {
             atol: raw.atol.unwrap_or(1e-8),
             max_steps: raw.max_steps.unwrap_or(100_000),
         };
-        if !(options.rtol > 0.0 && options.atol > 0.0) {
-            return Err(cfg("keys `rtol` and `atol` must be > 0".into()));
+        crate::limits::check_tolerances(options.rtol, options.atol).map_err(|e| cfg(format!("key {e}")))?;
+        if options.max_steps == 0 {
+            return Err(cfg("key `max_steps` must be at least 1".into()));
         }
         let stages = match &raw.stages {
             None => vec![Stage::Lbfgs { iterations: 300 }],

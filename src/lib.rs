@@ -47,6 +47,7 @@ pub mod bench_p2;
 pub mod bench_p3;
 pub mod error;
 pub mod fit_cmd;
+pub mod limits;
 pub mod p1;
 pub mod plots;
 pub mod simulate;

@@ -71,6 +71,9 @@ enum Command {
         /// auto (cuda when usable, else cpu).
         #[arg(long, value_enum, default_value = "cpu")]
         device: sweep_cli::DeviceArg,
+        /// Run a sweep whose estimated output exceeds the config's `max_output_gb` (default 10).
+        #[arg(long)]
+        large: bool,
     },
     /// Run a reference benchmark (default: p1 with its default options).
     Bench {
@@ -142,7 +145,7 @@ fn main() {
         }
         Command::Simulate { config, out, .. } => simulate(config.as_deref(), &out),
         Command::Fit { config, out } => fit_cli::fit(config.as_deref(), &out),
-        Command::Sweep { config, out, device } => sweep_cli::sweep(config.as_deref(), &out, device),
+        Command::Sweep { config, out, device, large } => sweep_cli::sweep(config.as_deref(), &out, device, large),
         Command::Bench { problem } => match problem {
             Some(BenchProblem::P1(args)) => bench_p1(&args),
             Some(BenchProblem::P2(args)) => bench_p23_cli::bench_p2(&args),

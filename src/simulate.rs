@@ -272,11 +272,7 @@ impl Simulation {
             atol: raw.atol.unwrap_or(DEFAULT_ATOL),
             ..Options::default()
         };
-        for (key, v) in [("rtol", options.rtol), ("atol", options.atol)] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(cfg_err(format!("key `{key}` must be a finite number > 0, found {v}")));
-            }
-        }
+        crate::limits::check_tolerances(options.rtol, options.atol).map_err(|e| cfg_err(format!("key {e}")))?;
         if let Some(m) = raw.max_steps {
             if m == 0 {
                 return Err(cfg_err("key `max_steps` must be at least 1".into()));
@@ -466,7 +462,7 @@ impl Simulation {
                 time: bad.time,
                 value: bad.pred,
                 hint: format!(
-                    "check `output_scale` (now {}) and the parameters in {}",
+                    "check `output_scale` (now {:e}) and the parameters in {}",
                     self.model.output_scale, self.source
                 ),
             });
