@@ -461,8 +461,13 @@ impl FitConfig {
                 widths.push(1);
                 // Estimate before allocating: weights and biases of every layer.
                 let n_weights: f64 = widths.windows(2).map(|w| (w[0] as f64 + 1.0) * w[1] as f64).sum();
-                crate::limits::check_alloc(n_weights * 8.0, 8, "the network's weights and their workspaces", "[neural] hidden")
-                    .map_err(cfg)?;
+                crate::limits::check_alloc(
+                    n_weights * 8.0,
+                    8,
+                    "the network's weights and their workspaces",
+                    "[neural] hidden",
+                )
+                .map_err(cfg)?;
                 let mlp = Mlp::new(&widths, act).map_err(|e| cfg(format!("[neural] {e}")))?;
                 match (n.form.as_deref().map(|f| f.trim().to_ascii_lowercase()).as_deref(), n.saturation) {
                     (None | Some("rate"), None) => {}

@@ -298,11 +298,9 @@ fn bench_p1_in_pool(args: &P1Args) -> Result<()> {
     let json = p1::bench_json(primary, &runs, &cf, threads);
     let json_path = args.out.join("bench.json");
     let text = serde_json::to_string_pretty(&json).context("cannot format bench.json")?;
-    std::fs::write(&json_path, text + "\n").with_context(|| format!("cannot write {}", json_path.display()))?;
+    insilico::atomic::write_bytes(&json_path, (text + "\n").as_bytes())?;
     let csv_path = args.out.join("p1.csv");
-    let f = std::fs::File::create(&csv_path).with_context(|| format!("cannot create {}", csv_path.display()))?;
-    p1::write_csv(std::io::BufWriter::new(f), &cases, &primary.metrics)
-        .with_context(|| format!("cannot write {}", csv_path.display()))?;
+    insilico::atomic::write_file(&csv_path, |w| p1::write_csv(w, &cases, &primary.metrics))?;
     println!();
     println!(
         "wrote {} and {} ({} rows, method {})",

@@ -7,6 +7,8 @@
 //! INSILICO_FUZZ_CASES=1000000 cargo test --release --test fuzz_readers
 //! ```
 
+use std::path::Path;
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
@@ -34,9 +36,40 @@ const NAMES: [&str; 18] = [
 ];
 
 const FIELDS: [&str; 34] = [
-    "0", "1", "2", "3", "4", "5", "-1", "-2", ".", "", "100", "0.5", "24", "1e308", "-1e308", "5e-324", "1e-300",
-    "4294967295", "4294967296", "1e11", "nan", "inf", "-inf", "NaN", "abc", "\"1\"", "\"a,b\"", "\"", "1,", " 2 ",
-    "1e", "0x10", "１", "#",
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "-1",
+    "-2",
+    ".",
+    "",
+    "100",
+    "0.5",
+    "24",
+    "1e308",
+    "-1e308",
+    "5e-324",
+    "1e-300",
+    "4294967295",
+    "4294967296",
+    "1e11",
+    "nan",
+    "inf",
+    "-inf",
+    "NaN",
+    "abc",
+    "\"1\"",
+    "\"a,b\"",
+    "\"",
+    "1,",
+    " 2 ",
+    "1e",
+    "0x10",
+    "１",
+    "#",
 ];
 
 fn field() -> impl Strategy<Value = String> {
@@ -290,16 +323,29 @@ fn to_toml(doc: &toml::Value) -> String {
             }
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) if f.is_nan() => "nan".into(),
-            toml::Value::Float(f) if f.is_infinite() => if *f > 0.0 { "inf".into() } else { "-inf".into() },
+            toml::Value::Float(f) if f.is_infinite() => {
+                if *f > 0.0 {
+                    "inf".into()
+                } else {
+                    "-inf".into()
+                }
+            }
             toml::Value::Float(f) => {
                 let s = format!("{f:?}");
-                if s.contains(['.', 'e', 'E']) { s } else { s + ".0" }
+                if s.contains(['.', 'e', 'E']) {
+                    s
+                } else {
+                    s + ".0"
+                }
             }
             toml::Value::Boolean(b) => b.to_string(),
             toml::Value::Datetime(d) => d.to_string(),
             toml::Value::Array(a) => format!("[{}]", a.iter().map(inline).collect::<Vec<_>>().join(", ")),
             toml::Value::Table(t) => {
-                format!("{{ {} }}", t.iter().map(|(k, v)| format!("{} = {}", key(k), inline(v))).collect::<Vec<_>>().join(", "))
+                format!(
+                    "{{ {} }}",
+                    t.iter().map(|(k, v)| format!("{} = {}", key(k), inline(v))).collect::<Vec<_>>().join(", ")
+                )
             }
         }
     }
@@ -402,4 +448,112 @@ fn fuzz_sweep_configs() {
             }
         });
     }
+}
+
+// ---------------------------------------------------------------------------
+// Whole commands on mutated inputs
+// ---------------------------------------------------------------------------
+
+/// Cases of [`fuzz_whole_commands`]: `INSILICO_FUZZ_COMMANDS`, default 24.
+fn command_cases() -> u32 {
+    std::env::var("INSILICO_FUZZ_COMMANDS").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(24)
+}
+
+/// Runs `insilico` under a 4 GiB address-space cap; returns (exit code, stdout, stderr).
+fn capped(args: &[&Path], dir: &Path) -> (Option<i32>, String, String) {
+    let mut sh = String::from("ulimit -v 4194304; exec");
+    sh += &format!(" '{}'", env!("CARGO_BIN_EXE_insilico"));
+    for a in args {
+        sh += &format!(" '{}'", a.display());
+    }
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(sh)
+        .current_dir(dir)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .expect("run insilico");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `simulate` and `sweep` on mutated datasets and configs, as processes
+/// under a 4 GiB memory cap: never a panic or an abort (a signal), and never
+/// a non-finite number written with exit 0.
+#[test]
+fn fuzz_whole_commands() {
+    let dir = std::env::temp_dir().join(format!("insilico-fuzz-cmd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = std::cell::Cell::new(0u64);
+    let (ok_runs, refused) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    let mut runner = TestRunner::new(Config { cases: command_cases(), failure_persistence: None, ..Config::default() });
+    let small_sweep = "model = \"pk-2cmt-oral\"\nhorizon = 48.0\noutput_step = 1.0\nchunk = 8\n[regimen]\ndose = [100, 200]\ninterval = 12\n[population]\nsize = 4\nseed = 1\n";
+    let sweep_seed: &'static str = Box::leak(small_sweep.to_string().into_boxed_str());
+    let strategy = (dataset_text(), mutated(SIMULATE_SEED), mutated(sweep_seed), any::<bool>());
+    runner
+        .run(&strategy, |(data, sim, sweep, use_seed_data)| {
+            n.set(n.get() + 1);
+            let case = dir.join(format!("c{}", n.get()));
+            std::fs::create_dir_all(&case).unwrap();
+            let data = if use_seed_data {
+                "ID,TIME,DOSE,DV,bioav,rat2\n1,0,100,.,1,5\n1,1,.,2,1,5\n".to_string()
+            } else {
+                data
+            };
+            std::fs::write(case.join("d.csv"), data).unwrap();
+            std::fs::write(case.join("s.toml"), &sim).unwrap();
+            let out = case.join("p.csv");
+            let (code, so, se) =
+                capped(&[Path::new("simulate"), &case.join("s.toml"), Path::new("--out"), &out], &case);
+            assert!(code.is_some() && !se.contains("panicked"), "simulate crashed on\n{sim}\n{so}\n{se}");
+            if code == Some(0) {
+                ok_runs.set(ok_runs.get() + 1);
+                let csv = std::fs::read_to_string(&out).unwrap();
+                for line in csv.lines().skip(1) {
+                    let v: f64 = line.rsplit(',').next().unwrap().parse().unwrap();
+                    assert!(v.is_finite(), "non-finite output with exit 0:\n{sim}\n{csv}");
+                }
+            } else {
+                refused.set(refused.get() + 1);
+                assert!(!out.exists() || std::fs::metadata(&out).unwrap().len() > 0);
+            }
+            // The sweep only where it is small (a valid huge sweep would just run long).
+            if let Ok(s) = Sweep::from_toml_str(&sweep, "s.toml") {
+                if s.len() > 4096 || s.times.len() > 4096 {
+                    let _ = std::fs::remove_dir_all(&case);
+                    return Ok(());
+                }
+            }
+            std::fs::write(case.join("w.toml"), &sweep).unwrap();
+            let o = case.join("o");
+            let (code, so, se) = capped(&[Path::new("sweep"), &case.join("w.toml"), Path::new("--out"), &o], &case);
+            assert!(code.is_some() && !se.contains("panicked"), "sweep crashed on\n{sweep}\n{so}\n{se}");
+            if code == Some(0) {
+                let t = insilico::sweep::read_parts(&o).unwrap();
+                for (name, col) in t.names.iter().zip(&t.columns) {
+                    if let insilico::sweep::Values::Float(v) = col {
+                        let status = t.texts("status").unwrap();
+                        for (x, st) in v.iter().zip(status) {
+                            assert!(
+                                x.is_finite() || st != "ok" || name == "failed_at",
+                                "{name} = {x} with status ok:\n{sweep}"
+                            );
+                        }
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(&case);
+            Ok(())
+        })
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "fuzz_whole_commands: {} cases ({} simulate runs exited 0, {} refused), 0 panics, 0 aborts, 0 non-finite outputs with exit 0",
+        n.get(),
+        ok_runs.get(),
+        refused.get()
+    );
 }

@@ -259,12 +259,8 @@ fn d10_full_disk_and_unwritable_paths_leave_no_partial_files() {
     );
     for after in ["0", "2000"] {
         let out_dir = dir.join(format!("fit-{after}"));
-        let (out, _, se) = run(bin()
-            .arg("fit")
-            .arg(&fcfg)
-            .arg("--out")
-            .arg(&out_dir)
-            .env("INSILICO_FAULT_ENOSPC_AFTER", after));
+        let (out, _, se) =
+            run(bin().arg("fit").arg(&fcfg).arg("--out").arg(&out_dir).env("INSILICO_FAULT_ENOSPC_AFTER", after));
         assert!(!out.status.success() && se.contains("No space left") && se.contains("I/O error"), "{se}");
         assert!(!se.contains("invalid fit specification"), "{se}");
         for e in std::fs::read_dir(&out_dir).unwrap().filter_map(|e| e.ok()) {
@@ -277,6 +273,21 @@ fn d10_full_disk_and_unwritable_paths_leave_no_partial_files() {
                 assert!(v.is_ok(), "truncated {}", p.display());
             }
         }
+    }
+    // sweep: the manifest (0 bytes allowed) or the first part (3000) hits a full disk.
+    let scfg = write(&dir, "w.toml", ORGANOID);
+    for after in ["0", "3000"] {
+        let o = dir.join(format!("sweep-{after}"));
+        let (out, _, se) =
+            run(bin().arg("sweep").arg(&scfg).arg("--out").arg(&o).env("INSILICO_FAULT_ENOSPC_AFTER", after));
+        assert!(!out.status.success() && se.contains("No space left") && se.contains(&o.display().to_string()), "{se}");
+        assert!(temp_files(&o).is_empty(), "{:?}", temp_files(&o));
+        for e in std::fs::read_dir(&o).unwrap().filter_map(|e| e.ok()) {
+            assert!(std::fs::metadata(e.path()).unwrap().len() > 0, "zero-byte {}", e.path().display());
+        }
+        // The same command without the fault completes the folder.
+        let (out, so, se) = run(bin().arg("sweep").arg(&scfg).arg("--out").arg(&o));
+        assert!(out.status.success(), "{so}\n{se}");
     }
     let (out, so, se) = run(bin().arg("fit").arg(&fcfg).arg("--out").arg(dir.join("fit-ok")));
     assert!(out.status.success(), "{so}\n{se}");
@@ -291,7 +302,10 @@ fn d11_failed_trajectories_carry_a_status_and_nulls_and_fail_the_command() {
     let cfg = write(&dir, "s.toml", FAILING_P1);
     let (out, so, se) = run(bin().arg("sweep").arg(&cfg).arg("--out").arg(dir.join("o")));
     assert!(!out.status.success(), "{so}\n{se}");
-    assert!(se.contains("8 of 8 trajectories failed") && se.contains("failed with") && se.contains("allow_failures"), "{se}");
+    assert!(
+        se.contains("8 of 8 trajectories failed") && se.contains("failed with") && se.contains("allow_failures"),
+        "{se}"
+    );
     let t = read_parts(&dir.join("o")).unwrap();
     assert!(t.texts("status").unwrap().iter().all(|s| s != "ok"), "{:?}", t.texts("status"));
     for c in ["cmax", "ctrough", "auc"] {
@@ -335,7 +349,8 @@ fn d13_a_truncated_part_is_recomputed_on_resume() {
     let after = read_parts(&o).unwrap();
     assert_eq!(before.ints("id"), after.ints("id"));
     assert_eq!(before.texts("status"), after.texts("status"));
-    let bits = |t: &insilico::sweep::Table| t.floats("efficacy").unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let bits =
+        |t: &insilico::sweep::Table| t.floats("efficacy").unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&before), bits(&after));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -526,7 +526,9 @@ impl Layout {
         }
         for k in [ID, TIME] {
             if layout.nm[k].is_none() {
-                if names.iter().all(|n| parse_num(n).is_ok_and(|v| v.is_some())) {
+                let numeric = names.iter().all(|n| parse_num(n).is_ok())
+                    && names.iter().any(|n| parse_num(n).is_ok_and(|v| v.is_some()));
+                if numeric {
                     return Err(DataError::Field {
                         file: file.to_string(),
                         line,

@@ -119,7 +119,7 @@ use crate::kernels::{
     WindowTrain, LANES,
 };
 
-pub use io::{read_parts, Table};
+pub use io::{read_parts, Table, Values};
 pub use report::{GroupRow, SweepReport};
 
 /// The organoid regimen sweep run by `insilico sweep` without arguments
