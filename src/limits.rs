@@ -47,20 +47,6 @@ pub fn fmt_bytes(b: f64) -> String {
     format!("{b:.0} B")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refuses_with_the_estimate_and_the_key() {
-        assert_eq!(check_alloc(100.0, 8, "x", "k").unwrap(), 100);
-        let e = check_alloc(1e11, 8, "the grid axis", "[params] EC50.n").unwrap_err();
-        assert!(e.contains("800 GB") && e.contains("`[params] EC50.n`") && e.contains("1.00e11"), "{e}");
-        assert!(check_alloc(f64::INFINITY, 8, "x", "k").is_err());
-        assert!(check_alloc(f64::NAN, 8, "x", "k").is_err());
-    }
-}
-
 /// Smallest relative tolerance accepted (below it round-off dominates).
 pub const MIN_RTOL: f64 = 1e-14;
 /// Largest relative tolerance accepted (above it nothing is accurate).
@@ -76,4 +62,18 @@ pub fn check_tolerances(rtol: f64, atol: f64) -> Result<(), String> {
         return Err(format!("atol = {atol:e}: must be a finite number > 0"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_with_the_estimate_and_the_key() {
+        assert_eq!(check_alloc(100.0, 8, "x", "k").unwrap(), 100);
+        let e = check_alloc(1e11, 8, "the grid axis", "[params] EC50.n").unwrap_err();
+        assert!(e.contains("800 GB") && e.contains("`[params] EC50.n`") && e.contains("1.00e11"), "{e}");
+        assert!(check_alloc(f64::INFINITY, 8, "x", "k").is_err());
+        assert!(check_alloc(f64::NAN, 8, "x", "k").is_err());
+    }
 }

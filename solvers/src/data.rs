@@ -533,12 +533,11 @@ impl Layout {
                         file: file.to_string(),
                         line,
                         column: "(header)".into(),
-                        reason: format!(
-                            "the first line that is not blank or a comment holds numbers, not column names: \
+                        reason: "the first line that is not blank or a comment holds numbers, not column names: \
                              the dataset has no header; add a header line such as `ID,TIME,AMT,DV` \
                              (a header commented out as `#ID,TIME,...`, NONMEM's IGNORE=# convention, is \
                              read as the header when it names ID and TIME; found no such line)"
-                        ),
+                            .into(),
                     });
                 }
                 return Err(DataError::MissingColumn { file: file.to_string(), column: NM_COLUMNS[k].to_string() });
