@@ -51,6 +51,7 @@ pub mod limits;
 pub mod p1;
 pub mod plots;
 pub mod simulate;
+pub mod status;
 pub mod surrogate;
 pub mod sweep;
 

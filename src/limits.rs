@@ -41,7 +41,8 @@ pub fn fmt_bytes(b: f64) -> String {
     let units = [("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)];
     for (u, s) in units {
         if b >= s {
-            return format!("{:.3} {u}", b / s).replace(".000 ", " ");
+            let v = format!("{:.3}", b / s);
+            return format!("{} {u}", v.trim_end_matches('0').trim_end_matches('.'));
         }
     }
     format!("{b:.0} B")

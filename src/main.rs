@@ -222,13 +222,22 @@ fn simulate(config: Option<&Path>, out: &Path) -> Result<()> {
     let wall = start.elapsed().as_secs_f64();
     preds.write_csv_file(out).context("cannot write the predictions")?;
     println!(
-        "wrote   {}: {} rows (ID,TIME,PRED), {} subjects solved in {:.3} s on {} threads",
+        "wrote   {}: {} rows ({}), {} subjects solved in {:.3} s on {} threads",
         out.display(),
         preds.rows.len(),
+        if preds.with_status { "ID,TIME,PRED,STATUS" } else { "ID,TIME,PRED" },
         preds.subjects,
         wall,
         rayon::current_num_threads()
     );
+    if preds.failed() > 0 {
+        println!(
+            "warning {} of {} rows have no prediction: their subject's solve failed (STATUS column; \
+             allow_failures = true)",
+            preds.failed(),
+            preds.rows.len()
+        );
+    }
     if config.is_none() {
         println!(
             "Next: `insilico simulate examples/nmtest.toml --out pred.csv` reproduces NONMEM's \

@@ -12,6 +12,9 @@
 //! rtol = 1e-8                 # optional (default 1e-8)
 //! atol = 1e-10                # optional (default 1e-10), in amount units
 //! max_steps = 1000000         # optional (default 1,000,000 per subject)
+//! allow_failures = false      # optional (default false): a subject whose solve fails fails the
+//!                             #   command; true: its rows get an empty PRED and the cause in a
+//!                             #   STATUS column (ID,TIME,PRED,STATUS; see insilico::status)
 //!
 //! [params]                    # every parameter of the model by name, nothing else
 //! ka = 1.5                    # (names compared case-insensitively)
@@ -96,6 +99,7 @@ struct RawConfig {
     rtol: Option<f64>,
     atol: Option<f64>,
     max_steps: Option<usize>,
+    allow_failures: Option<bool>,
     #[serde(default)]
     dosing: RawDosing,
     #[serde(default)]
@@ -145,6 +149,9 @@ pub struct Simulation {
     pub method: Method,
     /// Tolerances and step limit.
     pub options: Options,
+    /// A subject whose solve fails is written with an empty PRED and its
+    /// `STATUS` instead of failing the command (config key `allow_failures`).
+    pub allow_failures: bool,
 }
 
 /// One output row.
@@ -154,8 +161,10 @@ pub struct Prediction {
     pub id: String,
     /// Observation time.
     pub time: f64,
-    /// Model prediction.
+    /// Model prediction (NaN, written empty, when `status` is not `ok`).
     pub pred: f64,
+    /// `ok`, or why the subject's solve failed ([`crate::status`]).
+    pub status: &'static str,
 }
 
 /// The result of [`Simulation::run`].
@@ -165,21 +174,35 @@ pub struct Predictions {
     pub subjects: usize,
     /// One row per observation record, in dataset order.
     pub rows: Vec<Prediction>,
+    /// Write the `STATUS` column (`allow_failures = true`).
+    pub with_status: bool,
 }
 
 impl Predictions {
-    /// Writes `ID,TIME,PRED` rows (numbers in Rust's shortest round-trip form).
+    /// Writes `ID,TIME,PRED` rows (numbers in Rust's shortest round-trip
+    /// form), with a `STATUS` column when [`Predictions::with_status`]; a
+    /// failed row's PRED is empty, never a number.
     pub fn write_csv<W: Write>(&self, mut w: W) -> std::io::Result<()> {
-        writeln!(w, "ID,TIME,PRED")?;
+        writeln!(w, "{}", if self.with_status { "ID,TIME,PRED,STATUS" } else { "ID,TIME,PRED" })?;
         for r in &self.rows {
             let id = if r.id.contains([',', '"', '\n', '\r']) {
                 format!("\"{}\"", r.id.replace('"', "\"\""))
             } else {
                 r.id.clone()
             };
-            writeln!(w, "{id},{},{}", r.time, r.pred)?;
+            let pred = if r.status == crate::status::OK { r.pred.to_string() } else { String::new() };
+            if self.with_status {
+                writeln!(w, "{id},{},{pred},{}", r.time, r.status)?;
+            } else {
+                writeln!(w, "{id},{},{pred}", r.time)?;
+            }
         }
         w.flush()
+    }
+
+    /// Rows whose subject failed (`status` not `ok`).
+    pub fn failed(&self) -> usize {
+        self.rows.iter().filter(|r| r.status != crate::status::OK).count()
     }
 
     /// Writes the rows to the file at `path` atomically (see
@@ -372,6 +395,7 @@ impl Simulation {
             mapping,
             method,
             options,
+            allow_failures: raw.allow_failures.unwrap_or(false),
         })
     }
 
@@ -429,12 +453,42 @@ impl Simulation {
             .subjects
             .par_iter()
             .map(|subj| {
-                let out = self.run_subject(ds, subj);
+                let out = match self.run_subject(ds, subj) {
+                    Err(e) if self.allow_failures => self.failed_rows(ds, subj, &e),
+                    other => other,
+                };
                 progress();
                 out
             })
             .collect::<Result<_, _>>()?;
-        Ok(Predictions { subjects: ds.subjects.len(), rows: per_subject.into_iter().flatten().collect() })
+        Ok(Predictions {
+            subjects: ds.subjects.len(),
+            rows: per_subject.into_iter().flatten().collect(),
+            with_status: self.allow_failures,
+        })
+    }
+
+    /// The rows of a subject whose solve failed with `e` (`allow_failures`):
+    /// no prediction, the cause in `status`. Errors that are not the
+    /// solve's (the dataset, the mapping) still fail the command.
+    fn failed_rows(
+        &self,
+        ds: &Dataset,
+        subj: &crate::solvers::data::Subject,
+        e: &Error,
+    ) -> Result<Vec<Prediction>, Error> {
+        let status = match e {
+            Error::Solve { error, .. } => crate::status::of_solver_error(error),
+            Error::NonFinite { .. } => "non_finite",
+            _ => return Err(self.clone_error(e)),
+        };
+        let (_, obs) = subj.to_schedule(ds, &self.mapping)?;
+        Ok(obs.iter().map(|o| Prediction { id: subj.id.clone(), time: o.time, pred: f64::NAN, status }).collect())
+    }
+
+    /// A copy of a non-solve error (errors are not `Clone`).
+    fn clone_error(&self, e: &Error) -> Error {
+        Error::Config { file: self.source.clone(), reason: e.to_string() }
     }
 
     /// Simulates one subject of `ds`: its predictions in record order.
@@ -453,7 +507,7 @@ impl Simulation {
         let rows: Vec<Prediction> = obs
             .iter()
             .zip(&sol.outputs)
-            .map(|(o, &pred)| Prediction { id: subj.id.clone(), time: o.time, pred })
+            .map(|(o, &pred)| Prediction { id: subj.id.clone(), time: o.time, pred, status: crate::status::OK })
             .collect();
         if let Some(bad) = rows.iter().find(|r| !r.pred.is_finite()) {
             return Err(Error::NonFinite {
@@ -606,9 +660,10 @@ V = 20
         let p = Predictions {
             subjects: 1,
             rows: vec![
-                Prediction { id: "a".into(), time: 0.5, pred: 1.25 },
-                Prediction { id: "b,c".into(), time: 2.0, pred: 0.0 },
+                Prediction { id: "a".into(), time: 0.5, pred: 1.25, status: "ok" },
+                Prediction { id: "b,c".into(), time: 2.0, pred: 0.0, status: "ok" },
             ],
+            with_status: false,
         };
         let mut out = Vec::new();
         p.write_csv(&mut out).unwrap();

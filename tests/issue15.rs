@@ -367,6 +367,25 @@ fn d14_tolerances_are_range_checked_in_every_config() {
 }
 
 #[test]
+fn d11_simulate_failures_share_the_status_column() {
+    let dir = scratch("d11s");
+    write(&dir, "d.csv", "ID,TIME,AMT,II,ADDL,DV\n1,0,100,.,.,.\n1,1,.,.,.,1\n2,0,100,0.1,1000,.\n2,100,.,.,.,1\n");
+    // Subject 2 (1001 doses) needs more than 300 steps.
+    let cfg = write(&dir, "s.toml", &format!("max_steps = 300\n{SIM}"));
+    let (out, _, se) = run(bin().arg("simulate").arg(&cfg).arg("--out").arg(dir.join("p.csv")));
+    assert!(!out.status.success() && se.contains("subject `2`") && se.contains("max_steps"), "{se}");
+    let cfg = write(&dir, "a.toml", &format!("allow_failures = true\nmax_steps = 300\n{SIM}"));
+    let (out, so, se) = run(bin().arg("simulate").arg(&cfg).arg("--out").arg(dir.join("p.csv")));
+    assert!(out.status.success() && so.contains("1 of 2 rows have no prediction"), "{so}\n{se}");
+    let csv = std::fs::read_to_string(dir.join("p.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "ID,TIME,PRED,STATUS");
+    assert!(lines[1].starts_with("1,1,") && lines[1].ends_with(",ok"), "{csv}");
+    assert_eq!(lines[2], "2,100,,max_steps", "{csv}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn d14_max_steps_message_names_the_config_key() {
     let sim = Simulation::from_toml_str(&format!("max_steps = 1\n{SIM}"), "s.toml", None).unwrap();
     let ds = insilico::solvers::Dataset::from_str("d.csv", DATA, &Default::default()).unwrap();

@@ -1531,13 +1531,7 @@ impl crate::kernels::Observer for Traced<'_> {
 /// `max_steps`), `step_too_small`, `non_finite` (a NaN or infinite state or
 /// output) or `singular` (a singular Rosenbrock matrix).
 pub fn status_name(code: i32) -> &'static str {
-    match code {
-        0 => "ok",
-        1 => "max_steps",
-        2 => "step_too_small",
-        3 => "non_finite",
-        _ => "singular",
-    }
+    crate::status::of_kernel_code(code)
 }
 
 #[cfg(feature = "cuda")]
