@@ -289,6 +289,11 @@ fn d10_full_disk_and_unwritable_paths_leave_no_partial_files() {
         let (out, so, se) = run(bin().arg("sweep").arg(&scfg).arg("--out").arg(&o));
         assert!(out.status.success(), "{so}\n{se}");
     }
+    // Unwritable output folders (below a regular file) for fit and sweep: I/O errors naming the path.
+    let (out, _, se) = run(bin().arg("fit").arg(&fcfg).arg("--out").arg(dir.join("d.csv/fit")));
+    assert!(!out.status.success() && se.contains("d.csv/fit") && !se.contains("invalid fit"), "{se}");
+    let (out, _, se) = run(bin().arg("sweep").arg(&scfg).arg("--out").arg(dir.join("d.csv/sweep")));
+    assert!(!out.status.success() && se.contains("d.csv/sweep"), "{se}");
     let (out, so, se) = run(bin().arg("fit").arg(&fcfg).arg("--out").arg(dir.join("fit-ok")));
     assert!(out.status.success(), "{so}\n{se}");
     let _ = std::fs::remove_dir_all(&dir);
