@@ -489,6 +489,8 @@ fn fuzz_whole_commands() {
     std::fs::create_dir_all(&dir).unwrap();
     let n = std::cell::Cell::new(0u64);
     let (ok_runs, refused) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
+    let (sweep_ok, sweep_refused, sweep_skipped) =
+        (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     let mut runner = TestRunner::new(Config { cases: command_cases(), failure_persistence: None, ..Config::default() });
     let small_sweep = "model = \"pk-2cmt-oral\"\nhorizon = 48.0\noutput_step = 1.0\nchunk = 8\n[regimen]\ndose = [100, 200]\ninterval = 12\n[population]\nsize = 4\nseed = 1\n";
     let sweep_seed: &'static str = Box::leak(small_sweep.to_string().into_boxed_str());
@@ -523,6 +525,7 @@ fn fuzz_whole_commands() {
             // The sweep only where it is small (a valid huge sweep would just run long).
             if let Ok(s) = Sweep::from_toml_str(&sweep, "s.toml") {
                 if s.len() > 4096 || s.times.len() > 4096 {
+                    sweep_skipped.set(sweep_skipped.get() + 1);
                     let _ = std::fs::remove_dir_all(&case);
                     return Ok(());
                 }
@@ -532,6 +535,7 @@ fn fuzz_whole_commands() {
             let (code, so, se) = capped(&[Path::new("sweep"), &case.join("w.toml"), Path::new("--out"), &o], &case);
             assert!(code.is_some() && !se.contains("panicked"), "sweep crashed on\n{sweep}\n{so}\n{se}");
             if code == Some(0) {
+                sweep_ok.set(sweep_ok.get() + 1);
                 let t = insilico::sweep::read_parts(&o).unwrap();
                 for (name, col) in t.names.iter().zip(&t.columns) {
                     if let insilico::sweep::Values::Float(v) = col {
@@ -545,15 +549,22 @@ fn fuzz_whole_commands() {
                     }
                 }
             }
+            if code != Some(0) {
+                sweep_refused.set(sweep_refused.get() + 1);
+            }
             let _ = std::fs::remove_dir_all(&case);
             Ok(())
         })
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!(
-        "fuzz_whole_commands: {} cases ({} simulate runs exited 0, {} refused), 0 panics, 0 aborts, 0 non-finite outputs with exit 0",
+        "fuzz_whole_commands: {} cases (simulate: {} exited 0, {} refused; sweep: {} exited 0, {} refused, {} \
+         valid but too large to run here), 0 panics, 0 aborts, 0 non-finite outputs with exit 0",
         n.get(),
         ok_runs.get(),
-        refused.get()
+        refused.get(),
+        sweep_ok.get(),
+        sweep_refused.get(),
+        sweep_skipped.get()
     );
 }

@@ -185,7 +185,6 @@ fn summarise(
     w: &mut dyn Write,
     fail: &mut dyn FnMut(SweepError) -> std::io::Error,
 ) -> std::io::Result<Summary> {
-    let _ = key_names;
     let mut header: Vec<String> = vec!["group".into()];
     header.extend(key_names.iter().cloned());
     header.push("n".into());
