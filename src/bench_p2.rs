@@ -255,8 +255,7 @@ pub fn run(out: &Path, opts: &P2Options) -> Result<serde_json::Value, Error> {
         worst_mb
     );
     let csv_path = out.join("p2.csv");
-    let f = std::fs::File::create(&csv_path).map_err(|e| Error::io(&csv_path, e))?;
-    write_csv(std::io::BufWriter::new(f), &regs, &results).map_err(|e| Error::io(&csv_path, e))?;
+    crate::atomic::write_file(&csv_path, |w| write_csv(w, &regs, &results))?;
     let mut doc = serde_json::json!({
         "problem": "p2",
         "method": method.name(),
@@ -307,7 +306,7 @@ pub fn run(out: &Path, opts: &P2Options) -> Result<serde_json::Value, Error> {
     }
     let json_path = out.join("bench.json");
     let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::Bench(format!("bench.json: {e}")))?;
-    std::fs::write(&json_path, text + "\n").map_err(|e| Error::io(&json_path, e))?;
+    crate::atomic::write_bytes(&json_path, (text + "\n").as_bytes())?;
     println!("wrote {} and {} ({} rows)", json_path.display(), csv_path.display(), regs.len() * OUTPUT_TIMES.len());
     Ok(doc)
 }

@@ -178,8 +178,7 @@ pub fn run(out: &Path, opts: &P3Options) -> Result<serde_json::Value, Error> {
         println!("{t:<10.3e} {:.12}   {:.12}   {:.12}", p[0], p[1], p[2]);
     }
     let csv_path = out.join("p3.csv");
-    let f = std::fs::File::create(&csv_path).map_err(|e| Error::io(&csv_path, e))?;
-    write_csv(std::io::BufWriter::new(f), &times, &pops).map_err(|e| Error::io(&csv_path, e))?;
+    crate::atomic::write_file(&csv_path, |w| write_csv(w, &times, &pops))?;
     let doc = serde_json::json!({
         "problem": "p3",
         "method": method.name(),
@@ -205,7 +204,7 @@ pub fn run(out: &Path, opts: &P3Options) -> Result<serde_json::Value, Error> {
     });
     let json_path = out.join("bench.json");
     let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::Bench(format!("bench.json: {e}")))?;
-    std::fs::write(&json_path, text + "\n").map_err(|e| Error::io(&json_path, e))?;
+    crate::atomic::write_bytes(&json_path, (text + "\n").as_bytes())?;
     println!("wrote {} and {}", json_path.display(), csv_path.display());
     Ok(doc)
 }

@@ -33,6 +33,20 @@ pub enum Error {
         /// The solver's error.
         error: crate::solvers::Error,
     },
+    /// A prediction came out NaN or infinite: never written as a number.
+    #[error("{file}: subject `{subject}`: the prediction at time {time} is {value}, not a finite number; {hint}")]
+    NonFinite {
+        /// Dataset file name.
+        file: String,
+        /// The subject's ID.
+        subject: String,
+        /// Observation time.
+        time: f64,
+        /// The non-finite value.
+        value: f64,
+        /// What to check.
+        hint: String,
+    },
     /// A PK model or closed form refused its input.
     #[error("{context}: {error}")]
     Model {
@@ -49,6 +63,9 @@ pub enum Error {
         /// The I/O error.
         error: std::io::Error,
     },
+    /// An output file could not be written (atomically: nothing partial is left).
+    #[error(transparent)]
+    Write(#[from] crate::atomic::WriteError),
     /// A benchmark failed (bad arguments, a solve that did not finish, ...).
     #[error("{0}")]
     Bench(String),

@@ -18,6 +18,8 @@
 //! check_every = 10
 //! standard_errors = true                  # SEs from the inverse Hessian (mechanistic models)
 //!
+//! [columns]                               # optional: NONMEM columns under another name (AMT = "DOSE")
+//!
 //! [params.ka]                             # every model parameter, by name
 //! init = 1.0
 //! transform = "log"                       # log (default) | identity
@@ -125,8 +127,15 @@ pub enum FitCmdError {
         /// The error.
         error: fit::FitError,
     },
+    /// A result came out NaN or infinite (an objective or a prediction):
+    /// never written as a number.
+    #[error("non-finite result: {what}; check the priors, initial values and the data")]
+    NonFinite {
+        /// What was not finite.
+        what: String,
+    },
     /// A file could not be read or written.
-    #[error("{path}: {reason}")]
+    #[error("{path}: I/O error: {reason}")]
     Io {
         /// The path.
         path: String,
@@ -205,6 +214,8 @@ struct RawFit {
     data: String,
     #[serde(default)]
     ignore_columns: Vec<String>,
+    #[serde(default)]
+    columns: BTreeMap<String, String>,
     output_scale: Option<f64>,
     modes: Option<Vec<String>>,
     error: Option<String>,
@@ -223,8 +234,40 @@ struct RawFit {
     obs_cmt: Option<usize>,
     params: BTreeMap<String, RawParam>,
     neural: Option<RawNeural>,
-    stages: Option<Vec<Stage>>,
+    stages: Option<Vec<RawStage>>,
     heldout: Option<RawHeldout>,
+}
+
+/// One `[[stages]]` table as written: every key any method takes, so that
+/// a key that does not belong to the stage's method is named in an error
+/// (serde's internally tagged enums do not reject unknown keys).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawStage {
+    method: String,
+    iterations: usize,
+    lr: Option<f64>,
+}
+
+impl RawStage {
+    /// The optimiser stage, or why not (`k` is the stage's 1-based index).
+    fn stage(&self, k: usize) -> Result<Stage, String> {
+        let at = format!("[[stages]] #{k} (method = \"{}\")", self.method);
+        match self.method.trim().to_ascii_lowercase().as_str() {
+            "adam" => {
+                let lr = self.lr.ok_or_else(|| format!("{at}: missing key `lr` (the learning rate)"))?;
+                if !(lr.is_finite() && lr > 0.0) {
+                    return Err(format!("{at}: lr = {lr}: must be > 0"));
+                }
+                Ok(Stage::Adam { iterations: self.iterations, lr })
+            }
+            "lbfgs" => match self.lr {
+                Some(_) => Err(format!("{at}: unknown key `lr` (lbfgs takes `iterations` only)")),
+                None => Ok(Stage::Lbfgs { iterations: self.iterations }),
+            },
+            m => Err(format!("{at}: unknown method `{m}` (use adam or lbfgs)")),
+        }
+    }
 }
 
 /// A validated fit config.
@@ -316,7 +359,10 @@ impl FitConfig {
                     return Err(cfg(format!("[params.{n}] omega = {o}: must be > 0")));
                 }
             }
-            if let Some([_, sd]) = rp.prior {
+            if let Some([mean, sd]) = rp.prior {
+                if !mean.is_finite() {
+                    return Err(cfg(format!("[params.{n}] prior mean = {mean}: must be a finite number")));
+                }
                 if !(sd.is_finite() && sd > 0.0) {
                     return Err(cfg(format!("[params.{n}] prior sd = {sd}: must be > 0")));
                 }
@@ -364,18 +410,22 @@ impl FitConfig {
             atol: raw.atol.unwrap_or(1e-8),
             max_steps: raw.max_steps.unwrap_or(100_000),
         };
-        if !(options.rtol > 0.0 && options.atol > 0.0) {
-            return Err(cfg("keys `rtol` and `atol` must be > 0".into()));
+        crate::limits::check_tolerances(options.rtol, options.atol).map_err(|e| cfg(format!("key {e}")))?;
+        if options.max_steps == 0 {
+            return Err(cfg("key `max_steps` must be at least 1".into()));
         }
-        let stages = raw.stages.clone().unwrap_or_else(|| vec![Stage::Lbfgs { iterations: 300 }]);
-        for s in &stages {
-            if let Stage::Adam { lr, .. } = s {
-                if !(lr.is_finite() && *lr > 0.0) {
-                    return Err(cfg(format!("[[stages]] adam lr = {lr}: must be > 0")));
-                }
+        let stages = match &raw.stages {
+            None => vec![Stage::Lbfgs { iterations: 300 }],
+            Some(list) => {
+                list.iter().enumerate().map(|(k, s)| s.stage(k + 1)).collect::<Result<Vec<_>, _>>().map_err(cfg)?
             }
-        }
+        };
         let modes = raw.modes.clone().unwrap_or_else(|| vec!["pooled".into()]);
+        if modes.is_empty() {
+            return Err(cfg("key `modes` is empty: name at least one of individual, pooled, population \
+                            (or leave the key out for pooled)"
+                .into()));
+        }
         for m in &modes {
             if !matches!(m.as_str(), "individual" | "pooled" | "population") {
                 return Err(cfg(format!("key `modes`: `{m}` (use individual, pooled or population)")));
@@ -409,6 +459,15 @@ impl FitConfig {
                 let mut widths = vec![1];
                 widths.extend(&n.hidden);
                 widths.push(1);
+                // Estimate before allocating: weights and biases of every layer.
+                let n_weights: f64 = widths.windows(2).map(|w| (w[0] as f64 + 1.0) * w[1] as f64).sum();
+                crate::limits::check_alloc(
+                    n_weights * 8.0,
+                    8,
+                    "the network's weights and their workspaces",
+                    "[neural] hidden",
+                )
+                .map_err(cfg)?;
                 let mlp = Mlp::new(&widths, act).map_err(|e| cfg(format!("[neural] {e}")))?;
                 match (n.form.as_deref().map(|f| f.trim().to_ascii_lowercase()).as_deref(), n.saturation) {
                     (None | Some("rate"), None) => {}
@@ -506,7 +565,13 @@ impl FitConfig {
 
     /// Reads the config's dataset.
     pub fn load_dataset(&self) -> Result<Dataset, FitCmdError> {
-        Ok(Dataset::from_path(&self.data, &ReadOptions { ignore: self.raw.ignore_columns.clone() })?)
+        Ok(Dataset::from_path(
+            &self.data,
+            &ReadOptions {
+                ignore: self.raw.ignore_columns.clone(),
+                columns: self.raw.columns.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            },
+        )?)
     }
 
     /// One line describing the fit.
@@ -763,6 +828,7 @@ pub fn run_fit(
             let mut total_loss = 0.0;
             for (s, r) in subjects.iter().zip(results) {
                 let (r, se) = r?;
+                finite_objective(cfg, &format!("{mode}, subject `{}`", s.id), r.loss)?;
                 n_grad += r.n_gradients;
                 total_loss += r.loss;
                 table.push(r.theta.clone());
@@ -817,6 +883,7 @@ pub fn run_fit(
         let r = fit::fit_with_penalty(&model, &spec, &subjects, with_eta, pen, &|p| on(FitEvent::Iter(p)))
             .map_err(|e| fail(mode, e))?;
         on(FitEvent::Done);
+        finite_objective(cfg, mode, r.loss)?;
         // Time per full-data gradient at the optimum (training subjects).
         let train: Vec<&FitSubject> = subjects.iter().filter(|s| !r.validation_ids.contains(&s.id)).collect();
         let obj = Objective::new(&model, &spec, train, with_eta).map_err(|e| fail(mode, e))?;
@@ -880,7 +947,11 @@ pub fn run_fit(
             .collect();
         let history: Vec<Value> = r.history.iter().map(|h| json!([h.iteration, h.loss, h.validation])).collect();
         let heldout = match &cfg.raw.heldout {
-            Some(h) => Some(heldout(cfg, h, &model, &spec, &r, &subjects, out).map_err(|e| fail(mode, e))?),
+            Some(h) => {
+                let (v, csv) = heldout(cfg, h, &model, &spec, &r, &subjects).map_err(|e| fail(mode, e))?;
+                write_out(&out.join("heldout.csv"), csv.as_bytes())?;
+                Some(v)
+            }
             None => None,
         };
         summary += &format!(
@@ -942,15 +1013,40 @@ pub fn run_fit(
     if let Some((mode, spec, r, with_eta)) = &last {
         let model = model_of(&built, spec, cfg);
         write_model(cfg, out, mode, spec, r)?;
-        outputs(cfg, out, &built, &model, spec, r, &subjects, *with_eta, last_heldout.as_ref())
-            .map_err(|e| fail(mode, e))?;
+        outputs(cfg, out, &built, &model, spec, r, &subjects, *with_eta, last_heldout.as_ref())?;
     }
     Ok(summary)
 }
 
 fn write_json(path: &Path, v: &Value) -> Result<(), FitCmdError> {
     let text = serde_json::to_string_pretty(v).map_err(|e| io_err(path, e))?;
-    std::fs::write(path, text + "\n").map_err(|e| io_err(path, e))
+    write_out(path, (text + "\n").as_bytes())
+}
+
+/// Writes an output file atomically ([`crate::atomic`]); a failure is an
+/// I/O error naming the path.
+fn write_out(path: &Path, bytes: &[u8]) -> Result<(), FitCmdError> {
+    crate::atomic::write_bytes(path, bytes)
+        .map_err(|e| FitCmdError::Io { path: path.display().to_string(), reason: e.reason })
+}
+
+/// A NaN or infinite objective is an error, never a result.
+fn finite_objective(cfg: &FitConfig, mode: &str, loss: f64) -> Result<(), FitCmdError> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(FitCmdError::NonFinite { what: format!("{}: fit ({mode}): the objective is {loss}", cfg.source) })
+    }
+}
+
+/// Refuses non-finite predictions before anything is written.
+fn check_finite_predictions(path: &Path, dv: &[f64], pred: &[f64], ipred: &[f64]) -> Result<(), FitCmdError> {
+    if let Some(k) = (0..pred.len()).find(|&k| !(pred[k].is_finite() && ipred[k].is_finite() && dv[k].is_finite())) {
+        return Err(FitCmdError::NonFinite {
+            what: format!("{}: row {} (PRED {}, IPRED {})", path.display(), k + 1, pred[k], ipred[k]),
+        });
+    }
+    Ok(())
 }
 
 fn write_model(cfg: &FitConfig, out: &Path, mode: &str, spec: &FitSpec, r: &FitResult) -> Result<(), FitCmdError> {
@@ -985,9 +1081,10 @@ fn outputs(
     subjects: &[FitSubject],
     with_eta: bool,
     heldout_json: Option<&Value>,
-) -> Result<(), fit::FitError> {
-    let io = |e: String| fit::FitError::Spec(e);
-    let preds = predict_fit(model, spec, r, subjects, with_eta)?;
+) -> Result<(), FitCmdError> {
+    let fail = |error: fit::FitError| FitCmdError::Fit { file: cfg.source.clone(), mode: "outputs".into(), error };
+    let io = |e: String| FitCmdError::Io { path: out.display().to_string(), reason: e };
+    let preds = predict_fit(model, spec, r, subjects, with_eta).map_err(fail)?;
     // predictions.csv
     let path = out.join("predictions.csv");
     let mut text = String::from("ID,TIME,DV,PRED,IPRED\n");
@@ -1000,7 +1097,8 @@ fn outputs(
             ip.push(i[k]);
         }
     }
-    std::fs::write(&path, text).map_err(|e| io(format!("{}: {e}", path.display())))?;
+    check_finite_predictions(&path, &dv, &pr, &ip)?;
+    write_out(&path, text.as_bytes())?;
     let title = cfg.raw.name.clone().unwrap_or_else(|| cfg.pk.name());
     plots::lines(
         &out.join("loss.png"),
@@ -1025,7 +1123,7 @@ fn outputs(
     plots::obs_vs_pred(&out.join("obs_vs_pred.png"), &format!("{title}: observed vs predicted"), &dv, &pr, &ip)
         .map_err(io)?;
     let grid = grid_subjects(subjects, 120);
-    let gp = predict_fit(model, spec, r, &grid, with_eta)?;
+    let gp = predict_fit(model, spec, r, &grid, with_eta).map_err(fail)?;
     let panels: Vec<plots::SubjectPanel> = subjects
         .iter()
         .zip(&grid)
@@ -1101,7 +1199,7 @@ fn outputs(
             };
             csv += &format!("{c},{kk},{j},{}\n", u8::from(c <= dmax));
         }
-        std::fs::write(out.join("learned_rate.csv"), csv).map_err(|e| io(e.to_string()))?;
+        write_out(&out.join("learned_rate.csv"), csv.as_bytes())?;
     }
     Ok(())
 }
@@ -1236,7 +1334,8 @@ fn sys_has_any(sys: &dyn System, names: &[String]) -> bool {
 /// Held-out regimens: fit each reference model (pooled, same data and error
 /// model), simulate each regimen with it (a surrogate truth) and with the
 /// fitted model (typical subject), and report the errors per reference.
-/// Writes `heldout.csv` (`REFERENCE,REGIMEN,TIME,REF,PRED`) into `out`.
+/// The held-out check: its JSON and `heldout.csv`
+/// (`REFERENCE,REGIMEN,TIME,REF,PRED`).
 #[allow(clippy::too_many_arguments)]
 fn heldout(
     cfg: &FitConfig,
@@ -1245,8 +1344,7 @@ fn heldout(
     spec: &FitSpec,
     r: &FitResult,
     subjects: &[FitSubject],
-    out_dir: &Path,
-) -> Result<Value, fit::FitError> {
+) -> Result<(Value, String), fit::FitError> {
     let bad = |s: String| fit::FitError::Spec(format!("[heldout] {s}"));
     let names = reference_names(h).map_err(bad)?;
     let mut regs = Vec::new();
@@ -1329,12 +1427,10 @@ fn heldout(
         }));
     }
     let re = h.reference_random_effects.clone().unwrap_or_default();
-    let path = out_dir.join("heldout.csv");
-    std::fs::write(&path, csv).map_err(|e| fit::FitError::Spec(format!("{}: {e}", path.display())))?;
     // The first reference is repeated at the top level (the layout before
     // several references were allowed).
     let first = refs.first().cloned().unwrap_or(Value::Null);
-    Ok(json!({
+    let v = json!({
         "how": format!(
             "each reference model ({}) fitted (pooled{}, {:?} error, best of 4 starts) to the training data, then \
              simulated noise-free (typical subject) for each regimen; the fitted model's typical prediction is compared with it at \
@@ -1351,7 +1447,8 @@ fn heldout(
         "mean_abs_rel_err_percent": first["mean_abs_rel_err_percent"],
         "references": refs,
         "summary": format!("mean |relative error| over {} regimens: {}", h.regimens.len(), summaries.join("; ")),
-    }))
+    });
+    Ok((v, csv))
 }
 
 /// `simulate --fitted DIR`: predictions of a fitted model for any dataset:
@@ -1450,9 +1547,13 @@ pub fn simulate_fitted(cfg: &FitConfig, fitted: &Path, ds: &Dataset, out: &Path)
             rows.push((subj.id.clone(), t, pred[0].0[k], ipred.as_ref().map(|v| v[k])));
         }
     }
-    let f = std::fs::File::create(out).map_err(|e| io_err(out, e))?;
-    let mut w = std::io::BufWriter::new(f);
-    let mut write = || -> std::io::Result<()> {
+    if let Some((id, t, ..)) = rows.iter().find(|r| !r.2.is_finite() || r.3.is_some_and(|i| !i.is_finite())) {
+        return Err(FitCmdError::Config {
+            file: cfg.source.clone(),
+            reason: format!("subject `{id}`: the prediction at time {t} is not a finite number; nothing written"),
+        });
+    }
+    let write = |w: &mut dyn Write| -> std::io::Result<()> {
         writeln!(w, "ID,TIME,PRED,IPRED")?;
         for (id, t, p, i) in &rows {
             match i {
@@ -1460,8 +1561,8 @@ pub fn simulate_fitted(cfg: &FitConfig, fitted: &Path, ds: &Dataset, out: &Path)
                 None => writeln!(w, "{id},{t},{p},")?,
             }
         }
-        w.flush()
+        Ok(())
     };
-    write().map_err(|e| io_err(out, e))?;
+    crate::atomic::write_file(out, write).map_err(|e| io_err(out, e.reason))?;
     Ok(rows.len())
 }

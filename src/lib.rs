@@ -43,13 +43,16 @@ pub use insilico_neural as neural;
 pub use insilico_solvers as solvers;
 pub use insilico_validation as validation;
 
+pub mod atomic;
 pub mod bench_p2;
 pub mod bench_p3;
 pub mod error;
 pub mod fit_cmd;
+pub mod limits;
 pub mod p1;
 pub mod plots;
 pub mod simulate;
+pub mod status;
 pub mod surrogate;
 pub mod sweep;
 

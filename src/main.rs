@@ -71,6 +71,9 @@ enum Command {
         /// auto (cuda when usable, else cpu).
         #[arg(long, value_enum, default_value = "cpu")]
         device: sweep_cli::DeviceArg,
+        /// Run a sweep whose estimated output exceeds the config's `max_output_gb` (default 10).
+        #[arg(long)]
+        large: bool,
     },
     /// Run a reference benchmark (default: p1 with its default options).
     Bench {
@@ -142,7 +145,7 @@ fn main() {
         }
         Command::Simulate { config, out, .. } => simulate(config.as_deref(), &out),
         Command::Fit { config, out } => fit_cli::fit(config.as_deref(), &out),
-        Command::Sweep { config, out, device } => sweep_cli::sweep(config.as_deref(), &out, device),
+        Command::Sweep { config, out, device, large } => sweep_cli::sweep(config.as_deref(), &out, device, large),
         Command::Bench { problem } => match problem {
             Some(BenchProblem::P1(args)) => bench_p1(&args),
             Some(BenchProblem::P2(args)) => bench_p23_cli::bench_p2(&args),
@@ -219,13 +222,22 @@ fn simulate(config: Option<&Path>, out: &Path) -> Result<()> {
     let wall = start.elapsed().as_secs_f64();
     preds.write_csv_file(out).context("cannot write the predictions")?;
     println!(
-        "wrote   {}: {} rows (ID,TIME,PRED), {} subjects solved in {:.3} s on {} threads",
+        "wrote   {}: {} rows ({}), {} subjects solved in {:.3} s on {} threads",
         out.display(),
         preds.rows.len(),
+        if preds.with_status { "ID,TIME,PRED,STATUS" } else { "ID,TIME,PRED" },
         preds.subjects,
         wall,
         rayon::current_num_threads()
     );
+    if preds.failed() > 0 {
+        println!(
+            "warning {} of {} rows have no prediction: their subject's solve failed (STATUS column; \
+             allow_failures = true)",
+            preds.failed(),
+            preds.rows.len()
+        );
+    }
     if config.is_none() {
         println!(
             "Next: `insilico simulate examples/nmtest.toml --out pred.csv` reproduces NONMEM's \
@@ -295,11 +307,9 @@ fn bench_p1_in_pool(args: &P1Args) -> Result<()> {
     let json = p1::bench_json(primary, &runs, &cf, threads);
     let json_path = args.out.join("bench.json");
     let text = serde_json::to_string_pretty(&json).context("cannot format bench.json")?;
-    std::fs::write(&json_path, text + "\n").with_context(|| format!("cannot write {}", json_path.display()))?;
+    insilico::atomic::write_bytes(&json_path, (text + "\n").as_bytes())?;
     let csv_path = args.out.join("p1.csv");
-    let f = std::fs::File::create(&csv_path).with_context(|| format!("cannot create {}", csv_path.display()))?;
-    p1::write_csv(std::io::BufWriter::new(f), &cases, &primary.metrics)
-        .with_context(|| format!("cannot write {}", csv_path.display()))?;
+    insilico::atomic::write_file(&csv_path, |w| p1::write_csv(w, &cases, &primary.metrics))?;
     println!();
     println!(
         "wrote {} and {} ({} rows, method {})",

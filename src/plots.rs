@@ -44,8 +44,24 @@ fn range(vals: impl Iterator<Item = f64>, pad_zero: bool) -> (f64, f64) {
     (lo - if pad_zero && lo == 0.0 { 0.0 } else { pad }, hi + pad)
 }
 
+/// Draws with `draw` into a temporary file and renames it over `path`
+/// ([`crate::atomic::write_via_path`]): a failed plot leaves no broken PNG.
+fn atomic_png(path: &Path, draw: impl FnOnce(&Path) -> PlotResult) -> PlotResult {
+    crate::atomic::write_via_path(path, draw).map_err(|e| e.to_string())
+}
+
 /// A line plot of one or more named series `(name, points)`.
 pub fn lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>)]) -> PlotResult {
+    atomic_png(path, |tmp| draw_lines(tmp, title, xlabel, ylabel, series))
+}
+
+fn draw_lines(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> PlotResult {
     ensure_font();
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
@@ -82,6 +98,10 @@ pub fn lines(path: &Path, title: &str, xlabel: &str, ylabel: &str, series: &[(St
 
 /// Observed against predicted (PRED and IPRED), with the identity line.
 pub fn obs_vs_pred(path: &Path, title: &str, dv: &[f64], pred: &[f64], ipred: &[f64]) -> PlotResult {
+    atomic_png(path, |tmp| draw_obs_vs_pred(tmp, title, dv, pred, ipred))
+}
+
+fn draw_obs_vs_pred(path: &Path, title: &str, dv: &[f64], pred: &[f64], ipred: &[f64]) -> PlotResult {
     ensure_font();
     let root = BitMapBackend::new(path, (700, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(err(path))?;
@@ -139,6 +159,10 @@ pub struct SubjectPanel {
 
 /// A grid of per-subject fits.
 pub fn subjects(path: &Path, title: &str, panels: &[SubjectPanel]) -> PlotResult {
+    atomic_png(path, |tmp| draw_subjects(tmp, title, panels))
+}
+
+fn draw_subjects(path: &Path, title: &str, panels: &[SubjectPanel]) -> PlotResult {
     ensure_font();
     let n = panels.len().max(1);
     let cols = (n as f64).sqrt().ceil() as usize;

@@ -13,11 +13,18 @@
 //! rtol = 1e-8                 # optional (default 1e-8)
 //! atol = 1e-10                # optional (default 1e-10), in amount units
 //! max_steps = 1000000         # optional (default 1,000,000 per subject)
+//! allow_failures = false      # optional (default false): a subject whose solve fails fails the
+//!                             #   command; true: its rows get an empty PRED and the cause in a
+//!                             #   STATUS column (ID,TIME,PRED,STATUS; see insilico::status)
 //!
 //! [params]                    # parameters of the model by name (compared case-insensitively);
 //! ka = 1.5                    # those with a default in the model file may be left out
 //! CL = 1.1
 //! V = 20
+//!
+//! [columns]                   # optional: NONMEM columns under another name in the dataset
+//! AMT = "DOSE"                #   (a dose record needs an amount: without an AMT column, or
+//!                             #   this mapping, the dataset is refused)
 //!
 //! [dosing]                    # optional
 //! dose_cmt = 1                # CMT of dose records without one (default 1: depot, or central for iv)
@@ -105,8 +112,11 @@ struct RawConfig {
     rtol: Option<f64>,
     atol: Option<f64>,
     max_steps: Option<usize>,
+    allow_failures: Option<bool>,
     #[serde(default)]
     dosing: RawDosing,
+    #[serde(default)]
+    columns: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +166,9 @@ pub struct Simulation {
     pub method: Method,
     /// Tolerances and step limit.
     pub options: Options,
+    /// A subject whose solve fails is written with an empty PRED and its
+    /// `STATUS` instead of failing the command (config key `allow_failures`).
+    pub allow_failures: bool,
 }
 
 /// One output row.
@@ -165,8 +178,10 @@ pub struct Prediction {
     pub id: String,
     /// Observation time.
     pub time: f64,
-    /// Model prediction.
+    /// Model prediction (NaN, written empty, when `status` is not `ok`).
     pub pred: f64,
+    /// `ok`, or why the subject's solve failed ([`crate::status`]).
+    pub status: &'static str,
 }
 
 /// The result of [`Simulation::run`].
@@ -176,27 +191,41 @@ pub struct Predictions {
     pub subjects: usize,
     /// One row per observation record, in dataset order.
     pub rows: Vec<Prediction>,
+    /// Write the `STATUS` column (`allow_failures = true`).
+    pub with_status: bool,
 }
 
 impl Predictions {
-    /// Writes `ID,TIME,PRED` rows (numbers in Rust's shortest round-trip form).
+    /// Writes `ID,TIME,PRED` rows (numbers in Rust's shortest round-trip
+    /// form), with a `STATUS` column when [`Predictions::with_status`]; a
+    /// failed row's PRED is empty, never a number.
     pub fn write_csv<W: Write>(&self, mut w: W) -> std::io::Result<()> {
-        writeln!(w, "ID,TIME,PRED")?;
+        writeln!(w, "{}", if self.with_status { "ID,TIME,PRED,STATUS" } else { "ID,TIME,PRED" })?;
         for r in &self.rows {
             let id = if r.id.contains([',', '"', '\n', '\r']) {
                 format!("\"{}\"", r.id.replace('"', "\"\""))
             } else {
                 r.id.clone()
             };
-            writeln!(w, "{id},{},{}", r.time, r.pred)?;
+            let pred = if r.status == crate::status::OK { r.pred.to_string() } else { String::new() };
+            if self.with_status {
+                writeln!(w, "{id},{},{pred},{}", r.time, r.status)?;
+            } else {
+                writeln!(w, "{id},{},{pred}", r.time)?;
+            }
         }
         w.flush()
     }
 
-    /// Writes the rows to the file at `path` (see [`Predictions::write_csv`]).
+    /// Rows whose subject failed (`status` not `ok`).
+    pub fn failed(&self) -> usize {
+        self.rows.iter().filter(|r| r.status != crate::status::OK).count()
+    }
+
+    /// Writes the rows to the file at `path` atomically (see
+    /// [`Predictions::write_csv`] and [`crate::atomic`]).
     pub fn write_csv_file(&self, path: &Path) -> Result<(), Error> {
-        let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-        self.write_csv(std::io::BufWriter::new(f)).map_err(|e| Error::io(path, e))
+        crate::atomic::write_file(path, |w| self.write_csv(w)).map_err(Error::Write)
     }
 }
 
@@ -306,11 +335,7 @@ impl Simulation {
             atol: raw.atol.unwrap_or(DEFAULT_ATOL),
             ..Options::default()
         };
-        for (key, v) in [("rtol", options.rtol), ("atol", options.atol)] {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(cfg_err(format!("key `{key}` must be a finite number > 0, found {v}")));
-            }
-        }
+        crate::limits::check_tolerances(options.rtol, options.atol).map_err(|e| cfg_err(format!("key {e}")))?;
         if let Some(m) = raw.max_steps {
             if m == 0 {
                 return Err(cfg_err("key `max_steps` must be at least 1".into()));
@@ -424,10 +449,11 @@ impl Simulation {
             output_scale,
             params,
             data,
-            read_options: ReadOptions { ignore: raw.ignore_columns },
+            read_options: ReadOptions { ignore: raw.ignore_columns, columns: raw.columns.into_iter().collect() },
             mapping,
             method,
             options,
+            allow_failures: raw.allow_failures.unwrap_or(false),
         })
     }
 
@@ -485,12 +511,42 @@ impl Simulation {
             .subjects
             .par_iter()
             .map(|subj| {
-                let out = self.run_subject(ds, subj);
+                let out = match self.run_subject(ds, subj) {
+                    Err(e) if self.allow_failures => self.failed_rows(ds, subj, &e),
+                    other => other,
+                };
                 progress();
                 out
             })
             .collect::<Result<_, _>>()?;
-        Ok(Predictions { subjects: ds.subjects.len(), rows: per_subject.into_iter().flatten().collect() })
+        Ok(Predictions {
+            subjects: ds.subjects.len(),
+            rows: per_subject.into_iter().flatten().collect(),
+            with_status: self.allow_failures,
+        })
+    }
+
+    /// The rows of a subject whose solve failed with `e` (`allow_failures`):
+    /// no prediction, the cause in `status`. Errors that are not the
+    /// solve's (the dataset, the mapping) still fail the command.
+    fn failed_rows(
+        &self,
+        ds: &Dataset,
+        subj: &crate::solvers::data::Subject,
+        e: &Error,
+    ) -> Result<Vec<Prediction>, Error> {
+        let status = match e {
+            Error::Solve { error, .. } => crate::status::of_solver_error(error),
+            Error::NonFinite { .. } => "non_finite",
+            _ => return Err(self.clone_error(e)),
+        };
+        let (_, obs) = subj.to_schedule(ds, &self.mapping)?;
+        Ok(obs.iter().map(|o| Prediction { id: subj.id.clone(), time: o.time, pred: f64::NAN, status }).collect())
+    }
+
+    /// A copy of a non-solve error (errors are not `Clone`).
+    fn clone_error(&self, e: &Error) -> Error {
+        Error::Config { file: self.source.clone(), reason: e.to_string() }
     }
 
     /// Simulates one subject of `ds`: its predictions in record order.
@@ -514,11 +570,29 @@ impl Simulation {
             subject: subj.id.clone(),
             error,
         })?;
-        Ok(obs
+        let rows: Vec<Prediction> = obs
             .iter()
             .zip(&sol.outputs)
-            .map(|(o, &pred)| Prediction { id: subj.id.clone(), time: o.time, pred: self.output_scale * pred })
-            .collect())
+            .map(|(o, &pred)| Prediction {
+                id: subj.id.clone(),
+                time: o.time,
+                pred: self.output_scale * pred,
+                status: crate::status::OK,
+            })
+            .collect();
+        if let Some(bad) = rows.iter().find(|r| !r.pred.is_finite()) {
+            return Err(Error::NonFinite {
+                file: ds.file.clone(),
+                subject: subj.id.clone(),
+                time: bad.time,
+                value: bad.pred,
+                hint: format!(
+                    "check `output_scale` (now {:e}) and the parameters in {}",
+                    self.output_scale, self.source
+                ),
+            });
+        }
+        Ok(rows)
     }
 
     /// The config's dose mapping plus the dose attributes the model itself
@@ -739,9 +813,10 @@ V = 20
         let p = Predictions {
             subjects: 1,
             rows: vec![
-                Prediction { id: "a".into(), time: 0.5, pred: 1.25 },
-                Prediction { id: "b,c".into(), time: 2.0, pred: 0.0 },
+                Prediction { id: "a".into(), time: 0.5, pred: 1.25, status: "ok" },
+                Prediction { id: "b,c".into(), time: 2.0, pred: 0.0, status: "ok" },
             ],
+            with_status: false,
         };
         let mut out = Vec::new();
         p.write_csv(&mut out).unwrap();

@@ -2,6 +2,7 @@
 //! ranked table).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -30,7 +31,30 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-pub fn sweep(config: Option<&Path>, out: &Path, device: DeviceArg) -> Result<()> {
+/// Set by SIGINT/SIGTERM: the sweep stops after the chunk being computed.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+    // A second signal ends the process at once (default action).
+    // SAFETY: restoring the default disposition is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
+    }
+}
+
+/// Installs [`on_signal`] for SIGINT and SIGTERM.
+fn catch_signals() {
+    let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: the handler only stores an atomic and resets dispositions.
+    unsafe {
+        libc::signal(libc::SIGINT, handler);
+        libc::signal(libc::SIGTERM, handler);
+    }
+}
+
+pub fn sweep(config: Option<&Path>, out: &Path, device: DeviceArg, large: bool) -> Result<()> {
     let sweep = match config {
         Some(path) => Sweep::from_path(path)?,
         None => {
@@ -64,10 +88,28 @@ pub fn sweep(config: Option<&Path>, out: &Path, device: DeviceArg) -> Result<()>
     println!("config  {}", sweep.source);
     println!("        {}", sweep.describe());
     println!("device  {device_name}");
+    // Estimate first: the output size (refused over max_output_gb without --large), then the time.
+    println!(
+        "size    {} trajectories x {} columns: about {} of Parquet (max_output_gb = {}{})",
+        insilico::limits::fmt_count(sweep.len() as f64),
+        sweep.columns().len(),
+        insilico::limits::fmt_bytes(sweep.estimated_output_bytes()),
+        sweep.max_output_gb,
+        if large { ", --large" } else { "" }
+    );
+    sweep.check_output_size(large)?;
+    let probe = sweep.len().min(256) as usize;
+    let t_probe = Instant::now();
+    sweep.solve_chunk(&engine, 0, probe, &|_| {})?;
+    let per = t_probe.elapsed().as_secs_f64() / probe.max(1) as f64;
+    println!("time    about {} for all trajectories (from {probe} timed here)", fmt_duration(per * sweep.len() as f64));
     let mut plan = sweep.prepare(out)?;
     let total = sweep.len();
     let done_rows = plan.done_rows;
     let resumed = plan.done;
+    for (k, why) in &plan.damaged {
+        println!("resume  part {k} was damaged ({why}): removed, recomputing it");
+    }
     if plan.done > 0 {
         println!(
             "resume  {}: {} of {} chunks already complete ({} of {} trajectories); computing the rest",
@@ -90,7 +132,19 @@ pub fn sweep(config: Option<&Path>, out: &Path, device: DeviceArg) -> Result<()>
     bar.reset_eta();
     let start = Instant::now();
     let mut computed = 0u64;
+    catch_signals();
     for k in plan.todo.clone() {
+        if STOP.load(Ordering::SeqCst) {
+            bar.finish_and_clear();
+            bail!(
+                "interrupted: {} of {} chunks are complete and kept in {} ({} trajectories); run the same \
+                 command again to resume from there",
+                plan.done,
+                sweep.chunks(),
+                out.display(),
+                plan.done_rows
+            );
+        }
         let (first, n) = sweep.chunk_range(k);
         let r = sweep.solve_chunk(&engine, first, n, &|d| bar.inc(d))?;
         sweep.write_chunk(out, k, &r, &mut plan)?;
@@ -117,7 +171,25 @@ pub fn sweep(config: Option<&Path>, out: &Path, device: DeviceArg) -> Result<()>
         report.heatmap.as_ref().map(|h| format!(", {h}")).unwrap_or_default()
     );
     if report.failed > 0 {
-        println!("warning {} trajectories did not reach the horizon (status != 0 in the parts)", report.failed);
+        let first = report
+            .first_failure
+            .as_ref()
+            .map(|(id, cause, at)| {
+                let at = if at.is_finite() { format!(" after reaching t = {at}") } else { String::new() };
+                format!("; the first, trajectory {id}, failed with `{cause}`{at}")
+            })
+            .unwrap_or_default();
+        let msg = format!(
+            "{} of {} trajectories failed (status != ok in the parts, outputs null){first}",
+            report.failed, report.trajectories
+        );
+        if !sweep.allow_failures {
+            bail!(
+                "{msg}; fix the cause (`max_steps`, the tolerances, the stepper or the parameters), or set \
+                   `allow_failures = true` in the config to accept them"
+            );
+        }
+        println!("warning {msg} (allow_failures = true)");
     }
     if let Some(m) = peak_rss_mib() {
         println!("memory  peak RSS {m:.0} MiB");
@@ -130,6 +202,20 @@ pub fn sweep(config: Option<&Path>, out: &Path, device: DeviceArg) -> Result<()>
         );
     }
     Ok(())
+}
+
+fn fmt_duration(s: f64) -> String {
+    if !s.is_finite() {
+        "an unknown time".into()
+    } else if s < 120.0 {
+        format!("{s:.1} s")
+    } else if s < 7200.0 {
+        format!("{:.1} min", s / 60.0)
+    } else if s < 172_800.0 {
+        format!("{:.1} h", s / 3600.0)
+    } else {
+        format!("{:.1} days", s / 86_400.0)
+    }
 }
 
 fn num(v: f64) -> String {

@@ -339,6 +339,10 @@ impl Plan {
         }
         let n = sys.nstates();
         let unsup = |s: &str| Err(FastError::Unsupported(s.to_string()));
+        // Repeats after the horizon are never reached: not expanded (memory
+        // does not grow with ADDL beyond the doses inside the horizon).
+        let last_obs = problem.observations.iter().map(|o| o.time).fold(problem.t0, f64::max);
+        let horizon = problem.t_end.map_or(last_obs, |t| t.max(last_obs));
         let mut events: Vec<(f64, usize, Ev)> = Vec::new();
         let mut seq = 0usize;
         let mut push = |t: f64, ev: Ev, events: &mut Vec<(f64, usize, Ev)>| {
@@ -362,6 +366,9 @@ impl Plan {
                     let amount = f * d.amount;
                     for r in 0..=d.addl {
                         let t = d.time + lag + r as f64 * d.ii;
+                        if r > 0 && t > horizon {
+                            break;
+                        }
                         match d.kind {
                             DoseKind::Bolus => push(t, Ev::Jump { cmt: d.cmt, amount }, &mut events),
                             DoseKind::Rate(a) | DoseKind::Duration(a) => {
@@ -389,8 +396,6 @@ impl Plan {
         let mut obs: Vec<(f64, usize, usize)> =
             problem.observations.iter().enumerate().map(|(j, o)| (o.time, o.output, j)).collect();
         obs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
-        let last_obs = obs.last().map_or(problem.t0, |o| o.0);
-        let horizon = problem.t_end.map_or(last_obs, |t| t.max(last_obs));
         let events = events.into_iter().filter(|e| e.0 >= problem.t0 && e.0 <= horizon).map(|e| (e.0, e.2)).collect();
         Ok(Plan { t0: problem.t0, events, obs, horizon, n })
     }

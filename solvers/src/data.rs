@@ -16,6 +16,9 @@
 //! * Line endings may be LF, CRLF or CR; blank lines and lines whose first
 //!   non-blank character is `#` are skipped (line numbers in errors count
 //!   every physical line, the header's line is 1 when it is the first line).
+//!   NONMEM's `IGNORE=#` convention: a commented line before the header that
+//!   names `ID` and `TIME` (`#ID,TIME,AMT,...`) is the header. A first line
+//!   of numbers (no header) is an error saying so.
 //!   Extra *empty* fields at the end of a row (a trailing comma) are allowed.
 //! * `.` or an empty field means missing. Numbers are decimal (`1e-3`, `.5`,
 //!   `-1`, `8.33333333333333`); infinities and NaN are rejected.
@@ -23,7 +26,12 @@
 //!   (NONMEM semantics: an ID that reappears later starts another subject).
 //!   Within a subject `TIME` must not decrease.
 //!
-//! Defaults for absent columns or missing values: `AMT` 0, `RATE` 0, `II` 0,
+//! [`ReadOptions::columns`] reads a NONMEM column from a differently named
+//! one (the config key `[columns] AMT = "DOSE"`).
+//!
+//! Defaults for absent columns or missing values: `AMT` 0 (but a dose record
+//! needs an amount: a dose record without an AMT column or with a missing
+//! AMT is an error, except a steady-state constant infusion), `RATE` 0, `II` 0,
 //! `ADDL` 0, `SS` 0, `CMT` none, `DV` none; `EVID` is 1 when `AMT > 0` or
 //! `RATE ≠ 0` and 0 otherwise; `MDV` is true when `EVID ≠ 0` or `DV` is
 //! missing.
@@ -148,6 +156,12 @@ pub struct ReadOptions {
     /// is a NONMEM column, e.g. the `SS` column of a simulation that used it
     /// for something else. Default: empty.
     pub ignore: Vec<String>,
+    /// NONMEM columns read from a differently named dataset column, as
+    /// `(NONMEM name, dataset column)` pairs (any case), e.g.
+    /// `("AMT", "DOSE")`. The dataset column then has the NONMEM meaning; a
+    /// column that already bears the NONMEM name is read as a covariate.
+    /// Default: empty.
+    pub columns: Vec<(String, String)>,
 }
 
 /// One data row.
@@ -401,6 +415,35 @@ fn finish_field(s: &str, quoted: bool) -> String {
     }
 }
 
+/// True when a commented line (without its `#`) is a header: its fields
+/// include `ID` and `TIME` (any case).
+fn is_commented_header(rest: &str) -> bool {
+    let Ok(names) = split_fields(rest) else { return false };
+    let has = |c: &str| names.iter().any(|n| n.eq_ignore_ascii_case(c));
+    has("ID") && has("TIME")
+}
+
+/// Resolves [`ReadOptions::columns`] against the header: `(NONMEM column
+/// index, header position)` pairs.
+fn check_renames(file: &str, names: &[String], opts: &ReadOptions) -> Result<Vec<(usize, usize)>, DataError> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for (nm, col) in &opts.columns {
+        let err = |reason: String| DataError::Mapping { file: file.to_string(), reason };
+        let k = NM_COLUMNS
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(nm.trim()))
+            .ok_or_else(|| err(format!("[columns] {nm}: not a NONMEM column (valid: {})", NM_COLUMNS.join(", "))))?;
+        let i = names.iter().position(|n| n.eq_ignore_ascii_case(col.trim())).ok_or_else(|| {
+            err(format!("[columns] {nm} = \"{col}\": the header has no column `{col}` (columns: {})", names.join(", ")))
+        })?;
+        if out.iter().any(|(a, b)| *a == k || *b == i) {
+            return Err(err(format!("[columns] {nm} = \"{col}\": a NONMEM column or dataset column is mapped twice")));
+        }
+        out.push((k, i));
+    }
+    Ok(out)
+}
+
 /// Parses a numeric field: `Ok(None)` for missing (`.` or empty).
 fn parse_num(s: &str) -> Result<Option<f64>, String> {
     let s = s.trim();
@@ -452,6 +495,7 @@ impl Layout {
         })?;
         let mut layout = Layout::default();
         let mut seen: Vec<String> = Vec::new();
+        let renamed = check_renames(file, &names, opts)?;
         for (i, name) in names.iter().enumerate() {
             if name.is_empty() {
                 return Err(DataError::Field {
@@ -467,13 +511,35 @@ impl Layout {
             }
             seen.push(upper.clone());
             let ignored = opts.ignore.iter().any(|g| g.trim().to_uppercase() == upper);
-            match NM_COLUMNS.iter().position(|c| *c == upper) {
-                Some(k) if !ignored => layout.nm[k] = Some(i),
-                _ => layout.covariates.push(i),
+            // A mapped column takes its NONMEM name; a column bearing a mapped-away name is a covariate.
+            let nm = match renamed.iter().find(|(_, col)| *col == i) {
+                Some((k, _)) => Some(*k),
+                None => NM_COLUMNS
+                    .iter()
+                    .position(|c| *c == upper)
+                    .filter(|k| !ignored && !renamed.iter().any(|(r, _)| r == k)),
+            };
+            match nm {
+                Some(k) => layout.nm[k] = Some(i),
+                None => layout.covariates.push(i),
             }
         }
         for k in [ID, TIME] {
             if layout.nm[k].is_none() {
+                let numeric = names.iter().all(|n| parse_num(n).is_ok())
+                    && names.iter().any(|n| parse_num(n).is_ok_and(|v| v.is_some()));
+                if numeric {
+                    return Err(DataError::Field {
+                        file: file.to_string(),
+                        line,
+                        column: "(header)".into(),
+                        reason: "the first line that is not blank or a comment holds numbers, not column names: \
+                             the dataset has no header; add a header line such as `ID,TIME,AMT,DV` \
+                             (a header commented out as `#ID,TIME,...`, NONMEM's IGNORE=# convention, is \
+                             read as the header when it names ID and TIME; found no such line)"
+                            .into(),
+                    });
+                }
                 return Err(DataError::MissingColumn { file: file.to_string(), column: NM_COLUMNS[k].to_string() });
             }
         }
@@ -622,6 +688,28 @@ impl Layout {
 
         // Event-grammar consistency.
         let is_dose = evid == 1 || evid == 4;
+        let constant_infusion = ss > 0 && ii == 0.0 && rate > 0.0;
+        if is_dose && !constant_infusion {
+            match self.nm[AMT] {
+                None => {
+                    return Err(field_err(
+                        self.nm[EVID].unwrap_or(usize::MAX),
+                        format!(
+                            "a dose record (EVID {evid}) needs an amount, but the header has no AMT \
+                             column; name the amount column AMT, or map it in the config \
+                             (`[columns] AMT = \"DOSE\"`)"
+                        ),
+                    ))
+                }
+                Some(c) if fields[c].is_empty() || fields[c] == "." => {
+                    return Err(field_err(
+                        c,
+                        format!("the amount is missing on a dose record (EVID {evid}); give AMT (0 for no drug)"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
         if !is_dose && amt > 0.0 {
             return Err(field_err(
                 col(AMT),
@@ -706,7 +794,15 @@ impl Dataset {
         for (i, raw) in text.split('\n').enumerate() {
             let line = i + 1;
             let trimmed = raw.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
+            if trimmed.is_empty() {
+                continue;
+            }
+            if let Some(rest) = trimmed.strip_prefix('#') {
+                // NONMEM's IGNORE=# convention: a commented line before the data
+                // that names ID and TIME is the header (`#ID,TIME,AMT,...`).
+                if layout.is_none() && is_commented_header(rest) {
+                    layout = Some(Layout::from_header(name, line, rest, opts)?);
+                }
                 continue;
             }
             let Some(lay) = &layout else {
@@ -1124,7 +1220,7 @@ mod tests {
 
     #[test]
     fn oral_1cpt_with_ss_as_covariate() {
-        let o = ReadOptions { ignore: vec!["ss".into()] };
+        let o = ReadOptions { ignore: vec!["ss".into()], ..Default::default() };
         let ds = Dataset::from_path(ORAL, &o).unwrap();
         assert_eq!(ds.subjects.len(), 120);
         assert_eq!(ds.n_records(), 7920);
@@ -1310,7 +1406,7 @@ mod tests {
 
     #[test]
     fn ignore_option_turns_nonmem_columns_into_covariates() {
-        let o = ReadOptions { ignore: vec!["Rate".into(), "dv".into()] };
+        let o = ReadOptions { ignore: vec!["Rate".into(), "dv".into()], ..Default::default() };
         let ds = Dataset::from_str("test.csv", "ID,TIME,RATE,DV\n1,0,-7,x1\n", &o);
         // a non-numeric covariate is an error naming it
         assert!(matches!(ds, Err(DataError::Field { ref column, .. }) if column == "DV"));
@@ -1345,7 +1441,7 @@ mod tests {
         let err = parse("time,dv\n1,0\n").unwrap_err();
         assert!(matches!(&err, DataError::MissingColumn { column, .. } if column == "ID"));
         // Ignoring a required column makes it missing.
-        let o = ReadOptions { ignore: vec!["time".into()] };
+        let o = ReadOptions { ignore: vec!["time".into()], ..Default::default() };
         let err = Dataset::from_str("test.csv", "ID,TIME\n1,0\n", &o).unwrap_err();
         assert!(matches!(&err, DataError::MissingColumn { column, .. } if column == "TIME"));
         let err = parse("ID,Time,WT,TIME\n1,0,1,0\n").unwrap_err();

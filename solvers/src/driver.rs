@@ -219,7 +219,7 @@ pub(crate) fn forward(
 ) -> Result<RunEnd, Error> {
     let sys = problem.system;
     let p = &problem.params;
-    let events = resolve(&problem.schedule, p, sys.nstates(), sys.ninputs())?;
+    let events = resolve(&problem.schedule, p, sys.nstates(), sys.ninputs(), problem.horizon())?;
     let mut obs: Vec<(usize, Observation)> = problem.observations.iter().copied().enumerate().collect();
     obs.sort_by(|a, b| a.1.time.total_cmp(&b.1.time));
     let mut st = new_state(sys.nstates(), sys.ninputs(), dirs, problem.t0, problem.x0.clone(), problem.u0.clone());
@@ -571,15 +571,21 @@ pub(crate) fn steady_state(
         // Newton step on the free states: (I − P_x) dx = P(x) − x.
         let a = DMatrix::from_fn(nf, nf, |r, c| (r == c) as u8 as f64 - st.s[c * n + free[r]]);
         let res = DVector::from_fn(nf, |r, _| st.x[free[r]] - x[free[r]]);
-        let scale = free.iter().map(|&i| st.x[i].abs()).fold(0.0, f64::max);
-        let small = res.amax() <= 1e-3 * (opts.rtol * scale + opts.atol);
+        // Residual and step are judged per state against its own size (a max
+        // over states of very different sizes would hide a wrong small state).
+        let small =
+            free.iter().enumerate().all(|(r, &i)| res[r].abs() <= 1e-3 * (opts.rtol * st.x[i].abs() + opts.atol));
+        if last.is_none() {
+            check_conditioning(&a, opts.rtol, spec.ii).map_err(fail)?;
+        }
         let lu = a.clone().lu();
         let dx = lu.solve(&res).ok_or_else(|| fail("the periodic map's Jacobian is singular".into()))?;
         for (r, &i) in free.iter().enumerate() {
             x[i] += dx[r];
         }
+        let within = free.iter().enumerate().all(|(r, &i)| dx[r].abs() <= opts.rtol * st.x[i].abs() + opts.atol);
         last = Some(st);
-        if small || dx.amax() <= opts.rtol * scale + opts.atol {
+        if small || within {
             converged = true;
             break;
         }
@@ -629,6 +635,27 @@ pub(crate) fn steady_state(
         }
     }
     Ok((st.x, Some(st.s)))
+}
+
+/// Refuses a periodic steady state whose Newton matrix `I − P_x` is too
+/// ill-conditioned for the integration tolerance: with `cond · rtol ≳ 1` the
+/// solution has no correct digit (a compartment whose time scale dwarfs the
+/// dosing interval, e.g. a peripheral volume of 1e17).
+fn check_conditioning(a: &DMatrix<f64>, rtol: f64, ii: f64) -> Result<(), String> {
+    let sv = a.clone().svd(false, false).singular_values;
+    let smax = sv.iter().copied().fold(0.0f64, f64::max);
+    let smin = sv.iter().copied().fold(f64::INFINITY, f64::min);
+    let cond = if smin > 0.0 { smax / smin } else { f64::INFINITY };
+    if !(cond.is_finite() && cond * rtol.max(1e-15) <= 0.5) {
+        return Err(format!(
+            "the periodic steady state cannot be computed accurately: the model's slowest time scale is about \
+             {cond:.1e} times longer than the dosing interval II = {ii} (condition number {cond:.1e} of the \
+             periodic map at rtol {rtol:e}), so the state would take that many intervals to settle and any \
+             result would be dominated by round-off; check the parameters (a huge volume or a tiny rate \
+             constant), or give the dosing history explicitly (ADDL) instead of SS"
+        ));
+    }
+    Ok(())
 }
 
 /// Steady state of a constant infusion: `f(x) + r·e_c = 0` on the free states.

@@ -131,8 +131,16 @@ fn check(v: f64, what: &str, line: Option<usize>, ok: bool) -> Result<f64, Error
 }
 
 /// Expands `schedule` for parameters `p` into actions sorted by time (ties in
-/// record order). `nstates`/`ninputs` bound the targets.
-pub(crate) fn resolve(schedule: &Schedule, p: &[f64], nstates: usize, ninputs: usize) -> Result<Vec<Timed>, Error> {
+/// record order). `nstates`/`ninputs` bound the targets. Repeats (ADDL,
+/// exposure repeats) are expanded only up to `horizon`: memory does not grow
+/// with repeats that fall after the last time the solve reaches.
+pub(crate) fn resolve(
+    schedule: &Schedule,
+    p: &[f64],
+    nstates: usize,
+    ninputs: usize,
+    horizon: f64,
+) -> Result<Vec<Timed>, Error> {
     let mut b = Builder { out: Vec::new(), next_id: 0, seq: 0, record: 0, lag: 0.0 };
     for (record, ev) in schedule.events.iter().enumerate() {
         b.record = record;
@@ -149,6 +157,9 @@ pub(crate) fn resolve(schedule: &Schedule, p: &[f64], nstates: usize, ninputs: u
                 check(e.duration, "exposure duration", None, e.duration > 0.0)?;
                 for k in 0..=e.repeats {
                     let s = e.start + k as f64 * e.period;
+                    if k > 0 && s > horizon {
+                        break;
+                    }
                     b.push(s, Vec::new(), Action::Input { input: e.input, delta: e.level });
                     b.push(s + e.duration, Vec::new(), Action::Input { input: e.input, delta: -e.level });
                 }
@@ -198,7 +209,11 @@ pub(crate) fn resolve(schedule: &Schedule, p: &[f64], nstates: usize, ninputs: u
                 let constant = d.ss != SteadyState::No && d.ii == 0.0;
                 if !constant {
                     for k in 0..=d.addl {
-                        b.dose(first + k as f64 * d.ii, &d_lag, d.cmt, amount, &d_amount, &input);
+                        let t = first + k as f64 * d.ii;
+                        if k > 0 && t > horizon {
+                            break;
+                        }
+                        b.dose(t, &d_lag, d.cmt, amount, &d_amount, &input);
                     }
                 }
             }
@@ -253,6 +268,16 @@ fn steady_state(
     let mut residual_ids = Vec::new();
     if let Input::Infusion { duration, d_duration, rate, d_rate } = input {
         // Infusions started at s_k (k ≥ m) that are still running at t0.
+        if *duration / ii > 1e6 {
+            return Err(Error::InvalidDose {
+                line,
+                reason: format!(
+                    "a steady-state infusion lasting {duration} overlaps {:.3e} dosing intervals (II = {ii}); \
+                     at most 1e6 are supported",
+                    duration / ii
+                ),
+            });
+        }
         let mut k = m;
         while t0 + lag - k as f64 * ii + duration > t0 {
             let start = t0 + lag - k as f64 * ii;

@@ -21,7 +21,7 @@ pub enum Error {
         t: f64,
     },
     /// More steps than `Options::max_steps`.
-    #[error("more than {max_steps} steps by t = {t}; raise Options::max_steps or loosen tolerances")]
+    #[error("more than {max_steps} steps by t = {t}; raise the config key `max_steps` (Options::max_steps) or loosen the tolerances (`rtol`, `atol`)")]
     MaxSteps {
         /// Model time of the failure.
         t: f64,

@@ -3,13 +3,12 @@
 //! them back.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parquet::basic::Compression;
 use parquet::column::reader::ColumnReader;
-use parquet::data_type::{DoubleType, Int32Type, Int64Type};
+use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::writer::SerializedFileWriter;
@@ -24,8 +23,11 @@ pub enum Kind {
     I64,
     /// 32-bit integer.
     I32,
-    /// Double.
+    /// Double (outputs, `efficacy` and `failed_at` are nullable: null for
+    /// a failed trajectory, or `failed_at` of one that succeeded).
     F64,
+    /// UTF-8 text (`status`).
+    Text,
 }
 
 const MANIFEST: &str = "manifest.json";
@@ -45,19 +47,35 @@ fn parse_part_name(name: &str) -> Option<u64> {
     }
 }
 
-/// Writes `bytes` to `path` through `path.tmp`, fsync and rename.
+/// Writes `bytes` to `path` with the one atomic writer ([`crate::atomic`]).
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), SweepError> {
-    let tmp = tmp_path(path);
-    let mut f = File::create(&tmp).map_err(|e| SweepError::output(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| SweepError::output(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| SweepError::output(path, e))
+    crate::atomic::write_bytes(path, bytes).map_err(|e| SweepError::output(&e.path, format!("I/O error: {}", e.reason)))
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
+/// Checks part `k` on resume: a readable footer, the row and column counts
+/// the manifest's chunking gives, and every page decoded with the chunk's
+/// ids. `Err` says what is wrong.
+fn verify_part(sweep: &Sweep, path: &Path, k: u64) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let reader = SerializedFileReader::new(file).map_err(|e| format!("unreadable Parquet ({e})"))?;
+    let rows = reader.metadata().file_metadata().num_rows();
+    let want = sweep.chunk_range(k).1 as i64;
+    if rows != want {
+        return Err(format!("{rows} rows where the manifest's chunking gives {want}"));
+    }
+    let cols = reader.metadata().file_metadata().schema_descr().num_columns();
+    if cols != sweep.columns().len() {
+        return Err(format!("{cols} columns where the sweep has {}", sweep.columns().len()));
+    }
+    drop(reader);
+    // Every page must decode, to the row count (a damaged page with an intact footer fails here).
+    let t = read_part(path).map_err(|e| e.to_string())?;
+    let ids = t.ints("id").ok_or("no id column")?;
+    let first = sweep.chunk_range(k).0 as i64;
+    if ids.len() as i64 != want || ids.iter().enumerate().any(|(i, &id)| id != first + i as i64) {
+        return Err(format!("its ids are not {first}..{}", first + want));
+    }
+    Ok(())
 }
 
 fn manifest_json(sweep: &Sweep) -> serde_json::Value {
@@ -105,24 +123,34 @@ pub(super) fn prepare(sweep: &Sweep, dir: &Path) -> Result<Plan, SweepError> {
         Err(e) => return Err(SweepError::output(&manifest, e)),
     }
     let mut done = vec![false; sweep.chunks() as usize];
+    let mut damaged: Vec<(u64, String)> = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| SweepError::output(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| SweepError::output(dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".tmp") {
+        if crate::atomic::is_temp_name(&name) {
             // An unfinished write of a killed run.
             let p = entry.path();
             std::fs::remove_file(&p).map_err(|e| SweepError::output(&p, e))?;
         } else if let Some(k) = parse_part_name(&name) {
             if let Some(d) = done.get_mut(k as usize) {
-                *d = true;
+                // Verified, not trusted: a damaged part is removed and recomputed.
+                let p = entry.path();
+                match verify_part(sweep, &p, k) {
+                    Ok(()) => *d = true,
+                    Err(why) => {
+                        std::fs::remove_file(&p).map_err(|e| SweepError::output(&p, e))?;
+                        damaged.push((k, why));
+                    }
+                }
             }
         }
     }
     let todo: Vec<u64> = (0..sweep.chunks()).filter(|&k| !done[k as usize]).collect();
     let ndone = sweep.chunks() - todo.len() as u64;
     let done_rows = (0..sweep.chunks()).filter(|&k| done[k as usize]).map(|k| sweep.chunk_range(k).1 as u64).sum();
-    Ok(Plan { todo, done: ndone, done_rows })
+    damaged.sort();
+    Ok(Plan { todo, done: ndone, done_rows, damaged })
 }
 
 pub(super) fn write_progress(sweep: &Sweep, dir: &Path, plan: &Plan) -> Result<(), SweepError> {
@@ -141,26 +169,33 @@ fn pq(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> SweepError + '_ 
 
 pub(super) fn write_part(sweep: &Sweep, dir: &Path, k: u64, r: &ChunkResult) -> Result<(), SweepError> {
     let path = dir.join(part_name(k));
-    let tmp = tmp_path(&path);
+    let tmp = path.clone();
     let cols = sweep.columns();
     let mut msg = String::from("message sweep {\n");
-    for (name, kind) in &cols {
+    let nr = sweep.model.regimen_vars().len();
+    let np = sweep.model.param_names().len();
+    let first_f64 = cols.iter().position(|c| c.1 == Kind::F64).unwrap_or(0);
+    for (c, (name, kind)) in cols.iter().enumerate() {
         let t = match kind {
-            Kind::I64 => "INT64",
-            Kind::I32 => "INT32",
-            Kind::F64 => "DOUBLE",
+            Kind::I64 => "REQUIRED INT64",
+            Kind::I32 => "REQUIRED INT32",
+            // Inputs are always there; results are null for failed trajectories.
+            Kind::F64 if c < first_f64 + nr + np => "REQUIRED DOUBLE",
+            Kind::F64 => "OPTIONAL DOUBLE",
+            Kind::Text => "REQUIRED BYTE_ARRAY",
         };
-        msg += &format!("  REQUIRED {t} {name};\n");
+        let ann = if *kind == Kind::Text { " (UTF8)" } else { "" };
+        msg += &format!("  {t} {name}{ann};\n");
     }
     msg += "}\n";
     let schema = Arc::new(parse_message_type(&msg).map_err(pq(&path))?);
     let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
-    let file = File::create(&tmp).map_err(|e| SweepError::output(&tmp, e))?;
-    let mut writer = SerializedFileWriter::new(file, schema, props).map_err(pq(&tmp))?;
+    // Encoded in memory (a chunk is bounded by the `chunk` check), then
+    // written by the one atomic writer.
+    let mut writer = SerializedFileWriter::new(Vec::new(), schema, props).map_err(pq(&tmp))?;
     let n = r.inputs.len();
-    let nr = sweep.model.regimen_vars().len();
-    let np = sweep.model.param_names().len();
     let nout = sweep.outputs.len();
+    let ok: Vec<bool> = r.status.iter().map(|&s| s == 0).collect();
     {
         let mut rg = writer.next_row_group().map_err(pq(&tmp))?;
         let mut c = 0usize;
@@ -176,23 +211,37 @@ pub(super) fn write_part(sweep: &Sweep, dir: &Path, k: u64, r: &ChunkResult) -> 
                     col.typed::<Int64Type>().write_batch(&v, None, None).map_err(pq(&tmp))?;
                 }
                 Kind::I32 => {
-                    let v = if name == "status" { &r.status } else { &r.steps };
-                    col.typed::<Int32Type>().write_batch(v, None, None).map_err(pq(&tmp))?;
+                    col.typed::<Int32Type>().write_batch(&r.steps, None, None).map_err(pq(&tmp))?;
+                }
+                Kind::Text => {
+                    let v: Vec<ByteArray> =
+                        r.status.iter().map(|&s| ByteArray::from(super::status_name(s).as_bytes().to_vec())).collect();
+                    col.typed::<ByteArrayType>().write_batch(&v, None, None).map_err(pq(&tmp))?;
                 }
                 Kind::F64 => {
                     // Doubles follow the integer columns: regimen vars, params, outputs, efficacy.
-                    let first_f64 = cols.iter().position(|c| c.1 == Kind::F64).unwrap_or(0);
                     let j = c - first_f64;
-                    let v: Vec<f64> = if j < nr {
-                        r.inputs.iter().map(|t| t.regimen_vars[j]).collect()
+                    let required = j < nr + np;
+                    let (v, present): (Vec<f64>, Vec<bool>) = if j < nr {
+                        (r.inputs.iter().map(|t| t.regimen_vars[j]).collect(), vec![true; n])
                     } else if j < nr + np {
-                        r.inputs.iter().map(|t| t.params[j - nr]).collect()
+                        (r.inputs.iter().map(|t| t.params[j - nr]).collect(), vec![true; n])
+                    } else if name == "failed_at" {
+                        (r.reached.clone(), (0..n).map(|i| !ok[i] && r.reached[i].is_finite()).collect())
                     } else if j < nr + np + nout {
-                        (0..n).map(|i| r.outputs[i * nout + (j - nr - np)]).collect()
+                        ((0..n).map(|i| r.outputs[i * nout + (j - nr - np)]).collect(), ok.clone())
                     } else {
-                        r.efficacy.clone()
+                        (r.efficacy.clone(), ok.clone())
                     };
-                    col.typed::<DoubleType>().write_batch(&v, None, None).map_err(pq(&tmp))?;
+                    let typed = col.typed::<DoubleType>();
+                    if required {
+                        typed.write_batch(&v, None, None).map_err(pq(&tmp))?;
+                    } else {
+                        // Nulls (definition level 0) where the value is absent: never a sentinel number.
+                        let defs: Vec<i16> = present.iter().map(|&p| i16::from(p)).collect();
+                        let vals: Vec<f64> = v.iter().zip(&present).filter(|(_, &p)| p).map(|(x, _)| *x).collect();
+                        typed.write_batch(&vals, Some(&defs), None).map_err(pq(&tmp))?;
+                    }
                 }
             }
             col.close().map_err(pq(&tmp))?;
@@ -200,10 +249,8 @@ pub(super) fn write_part(sweep: &Sweep, dir: &Path, k: u64, r: &ChunkResult) -> 
         }
         rg.close().map_err(pq(&tmp))?;
     }
-    let file = writer.into_inner().map_err(pq(&tmp))?;
-    file.sync_all().map_err(|e| SweepError::output(&tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(|e| SweepError::output(&path, e))
+    let bytes = writer.into_inner().map_err(pq(&tmp))?;
+    atomic_write(&path, &bytes)
 }
 
 /// A column read back from part files.
@@ -211,8 +258,10 @@ pub(super) fn write_part(sweep: &Sweep, dir: &Path, k: u64, r: &ChunkResult) -> 
 pub enum Values {
     /// Integers (INT64 and INT32 columns).
     Int(Vec<i64>),
-    /// Doubles.
+    /// Doubles (a null reads as NaN).
     Float(Vec<f64>),
+    /// Text.
+    Text(Vec<String>),
 }
 
 /// Columns of one or more part files, in file order.
@@ -230,6 +279,7 @@ impl Table {
         match self.columns.first() {
             Some(Values::Int(v)) => v.len(),
             Some(Values::Float(v)) => v.len(),
+            Some(Values::Text(v)) => v.len(),
             None => 0,
         }
     }
@@ -242,7 +292,7 @@ impl Table {
         let i = self.names.iter().position(|n| n == name)?;
         match &self.columns[i] {
             Values::Int(v) => Some(v),
-            Values::Float(_) => None,
+            _ => None,
         }
     }
     /// A double column by name.
@@ -250,7 +300,15 @@ impl Table {
         let i = self.names.iter().position(|n| n == name)?;
         match &self.columns[i] {
             Values::Float(v) => Some(v),
-            Values::Int(_) => None,
+            _ => None,
+        }
+    }
+    /// A text column by name.
+    pub fn texts(&self, name: &str) -> Option<&[String]> {
+        let i = self.names.iter().position(|n| n == name)?;
+        match &self.columns[i] {
+            Values::Text(v) => Some(v),
+            _ => None,
         }
     }
     fn append(&mut self, other: Table) {
@@ -262,6 +320,7 @@ impl Table {
             match (a, b) {
                 (Values::Int(a), Values::Int(b)) => a.extend(b),
                 (Values::Float(a), Values::Float(b)) => a.extend(b),
+                (Values::Text(a), Values::Text(b)) => a.extend(b),
                 _ => {}
             }
         }
@@ -292,11 +351,28 @@ pub fn read_part(path: &Path) -> Result<Table, SweepError> {
                     extend_int(slot, v.into_iter().map(i64::from).collect());
                 }
                 ColumnReader::DoubleColumnReader(mut r) => {
-                    let mut v = Vec::with_capacity(rows);
-                    r.read_records(rows, None, None, &mut v).map_err(pq(path))?;
+                    let mut vals = Vec::with_capacity(rows);
+                    let mut defs: Vec<i16> = Vec::with_capacity(rows);
+                    r.read_records(rows, Some(&mut defs), None, &mut vals).map_err(pq(path))?;
+                    let v: Vec<f64> = if defs.is_empty() || vals.len() == rows {
+                        vals
+                    } else {
+                        let mut it = vals.into_iter();
+                        defs.iter().map(|&d| if d > 0 { it.next().unwrap_or(f64::NAN) } else { f64::NAN }).collect()
+                    };
                     match slot {
                         Values::Float(a) => a.extend(v),
                         Values::Int(a) if a.is_empty() => *slot = Values::Float(v),
+                        _ => return Err(SweepError::output(path, "mixed column types")),
+                    }
+                }
+                ColumnReader::ByteArrayColumnReader(mut r) => {
+                    let mut v: Vec<ByteArray> = Vec::with_capacity(rows);
+                    r.read_records(rows, None, None, &mut v).map_err(pq(path))?;
+                    let v: Vec<String> = v.iter().map(|b| String::from_utf8_lossy(b.data()).into_owned()).collect();
+                    match slot {
+                        Values::Text(a) => a.extend(v),
+                        Values::Int(a) if a.is_empty() => *slot = Values::Text(v),
                         _ => return Err(SweepError::output(path, "mixed column types")),
                     }
                 }

@@ -12,6 +12,10 @@
 //! rtol = 1e-6               # optional (default 1e-6); atol default 1e-9
 //! max_steps = 100000        # optional, per trajectory
 //! chunk = 4096              # optional: trajectories per Parquet part (default 4096)
+//! max_output_gb = 10        # optional (default 10): a sweep whose estimated Parquet output is
+//!                           #   larger needs the flag --large (the estimate is printed first)
+//! allow_failures = false    # optional (default false): trajectories that fail (status != ok) make
+//!                           #   the command exit non-zero; true: they are reported, exit 0
 //!
 //! [regimen]                 # organoid: level (uM, >= 0), exposure (h, > 0), period (h, > 0)
 //! level = [1, 10, 50]       #   windows [k*period, k*period + exposure), continuous if exposure >= period
@@ -74,8 +78,12 @@
 //!
 //! * `part-*.parquet`: one row per trajectory — `id`, `member`, `sample`
 //!   (with a sampled design), the regimen variables, every model parameter
-//!   (as integrated), the outputs, `efficacy` (organoid), `status` (0 = ok)
-//!   and `steps`.
+//!   (as integrated), the outputs, `efficacy` (organoid), `status` (text:
+//!   `ok`, or the cause: `max_steps`, `step_too_small`, `non_finite`,
+//!   `singular`), `failed_at` (the last output time a failed trajectory
+//!   reached) and `steps`. A failed trajectory's outputs and `efficacy` are
+//!   null, never a sentinel number; a trajectory whose output is not finite
+//!   has failed (`non_finite`).
 //! * `summary.csv`: one row per group (regimen × grid × sample point): its
 //!   factors, `n`, `failed`, then `mean`, `sd`, `min`, `max` of every output
 //!   over the population.
@@ -111,7 +119,7 @@ use crate::kernels::{
     WindowTrain, LANES,
 };
 
-pub use io::{read_parts, Table};
+pub use io::{read_parts, Table, Values};
 pub use report::{GroupRow, SweepReport};
 
 /// The organoid regimen sweep run by `insilico sweep` without arguments
@@ -330,6 +338,10 @@ pub struct Sweep {
     pub tol: Tolerances,
     /// Trajectories per part file.
     pub chunk: u64,
+    /// Largest estimated Parquet output (GB) run without `--large`.
+    pub max_output_gb: f64,
+    /// Failed trajectories do not fail the command.
+    pub allow_failures: bool,
     /// Fixed regimen variable values (axes override).
     regimen_fixed: Vec<f64>,
     /// Typical parameters (axes and samples override).
@@ -360,6 +372,8 @@ struct RawConfig {
     atol: Option<f64>,
     max_steps: Option<u32>,
     chunk: Option<u64>,
+    max_output_gb: Option<f64>,
+    allow_failures: Option<bool>,
     #[serde(default)]
     regimen: toml::Table,
     #[serde(default)]
@@ -455,6 +469,7 @@ fn parse_spec(key: &str, v: &toml::Value) -> Result<Spec, String> {
             if n < 1.0 || n.fract() != 0.0 {
                 return Err(format!("{key}.n: empty grid ({n} points; give a whole number >= 1)"));
             }
+            crate::limits::check_alloc(n, 8, "the grid axis", &format!("{key}.n"))?;
             if !from.is_finite() || !to.is_finite() {
                 return Err(format!("{key}: from and to must be finite"));
             }
@@ -493,7 +508,10 @@ impl Sweep {
         if !(step.is_finite() && step > 0.0 && step <= horizon) {
             return Err(err(format!("output_step: must be a positive duration <= horizon, got {step}")));
         }
-        let nt = (horizon / step - 1e-9).ceil() as usize;
+        // Estimate before allocating: the output grid has ceil(horizon / step) + 1 times.
+        let nt = crate::limits::check_alloc((horizon / step - 1e-9).ceil() + 1.0, 8, "the output times", "output_step")
+            .map_err(err)?
+            - 1;
         let mut times: Vec<f64> = (0..nt).map(|k| k as f64 * step).collect();
         times.push(horizon);
         let stepper = match &raw.stepper {
@@ -507,12 +525,20 @@ impl Sweep {
             atol: raw.atol.unwrap_or(defaults.atol),
             max_steps: raw.max_steps.unwrap_or(defaults.max_steps),
         };
-        if !(tol.rtol > 0.0 && tol.rtol < 1.0 && tol.atol > 0.0 && tol.atol.is_finite() && tol.max_steps > 0) {
-            return Err(err("rtol, atol, max_steps: must be positive (rtol < 1)".into()));
+        crate::limits::check_tolerances(tol.rtol, tol.atol).map_err(err)?;
+        if tol.max_steps == 0 {
+            return Err(err("max_steps: must be at least 1".into()));
         }
         let chunk = raw.chunk.unwrap_or(4096);
         if chunk == 0 {
             return Err(err("chunk: must be at least 1".into()));
+        }
+        // A chunk's buffers: inputs and results, a few doubles per column.
+        crate::limits::check_alloc(chunk as f64, 64 * (24 + raw.output.len()), "one chunk's buffers", "chunk")
+            .map_err(err)?;
+        let max_output_gb = raw.max_output_gb.unwrap_or(DEFAULT_MAX_OUTPUT_GB);
+        if !(max_output_gb.is_finite() && max_output_gb > 0.0) {
+            return Err(err(format!("max_output_gb: must be a positive number of GB, got {max_output_gb}")));
         }
         let names = model.param_names();
         let find_param = |k: &str| names.iter().position(|n| n.eq_ignore_ascii_case(k));
@@ -804,7 +830,7 @@ impl Sweep {
             heatmap,
             top: r.top.unwrap_or(20).max(1),
         };
-        Ok(Sweep {
+        let sweep = Sweep {
             source: source.to_string(),
             model,
             horizon,
@@ -812,6 +838,8 @@ impl Sweep {
             stepper,
             tol,
             chunk,
+            max_output_gb,
+            allow_failures: raw.allow_failures.unwrap_or(false),
             regimen_fixed,
             typical,
             axes,
@@ -821,7 +849,47 @@ impl Sweep {
             population,
             outputs,
             report,
-        })
+        };
+        // The number of trajectories must be countable (ids are 64-bit).
+        let n = sweep.grid.len() as f64 * sweep.sample_size() as f64 * sweep.pop_size as f64;
+        let exact = sweep.grid.len().checked_mul(sweep.sample_size()).and_then(|g| g.checked_mul(sweep.pop_size));
+        if exact.is_none() || n > 9.0e15 {
+            return Err(err(format!(
+                "the sweep has {} trajectories (grid x sample n x population size), more than can be numbered; \
+                 shrink the grid axes, [sample] n or [population] size",
+                crate::limits::fmt_count(n)
+            )));
+        }
+        Ok(sweep)
+    }
+}
+
+/// Default of the config key `max_output_gb`.
+pub const DEFAULT_MAX_OUTPUT_GB: f64 = 10.0;
+
+impl Sweep {
+    /// Estimated bytes of Parquet output: every column at 8 bytes a row
+    /// (an upper bound: Snappy usually does better on the input columns).
+    pub fn estimated_output_bytes(&self) -> f64 {
+        self.len() as f64 * (self.columns().len() as f64 * 8.0)
+    }
+    /// Refuses a sweep whose estimated output exceeds `max_output_gb`
+    /// unless `large` (the `--large` flag) is given.
+    pub fn check_output_size(&self, large: bool) -> Result<(), SweepError> {
+        let gb = self.estimated_output_bytes() / 1e9;
+        if gb > self.max_output_gb && !large {
+            return Err(SweepError::Config {
+                file: self.source.clone(),
+                reason: format!(
+                    "the sweep's {} trajectories would write about {} of Parquet, over max_output_gb = {}; \
+                     pass --large to run it anyway, or raise the config key `max_output_gb`",
+                    crate::limits::fmt_count(self.len() as f64),
+                    crate::limits::fmt_bytes(gb * 1e9),
+                    self.max_output_gb
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -858,10 +926,11 @@ fn default_outputs(model: SweepModel, horizon: f64) -> Vec<OutputSpec> {
 }
 
 fn reserved_columns(model: SweepModel) -> Vec<String> {
-    let mut r: Vec<String> = ["id", "member", "sample", "status", "steps", "efficacy", "group", "n", "failed"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut r: Vec<String> =
+        ["id", "member", "sample", "status", "failed_at", "steps", "efficacy", "group", "n", "failed"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     r.extend(model.regimen_vars().iter().map(|s| s.to_string()));
     r.extend(model.param_names().iter().map(|s| s.to_string()));
     r
@@ -995,7 +1064,8 @@ impl Sweep {
         if self.model == SweepModel::Organoid {
             c.push(("efficacy".to_string(), io::Kind::F64));
         }
-        c.push(("status".to_string(), io::Kind::I32));
+        c.push(("status".to_string(), io::Kind::Text));
+        c.push(("failed_at".to_string(), io::Kind::F64));
         c.push(("steps".to_string(), io::Kind::I32));
         c
     }
@@ -1117,8 +1187,13 @@ pub struct ChunkResult {
     pub outputs: Vec<f64>,
     /// Efficacy per trajectory (organoid), else empty.
     pub efficacy: Vec<f64>,
-    /// Status code per trajectory (worst over the passes; 0 = ok).
+    /// Status code per trajectory (worst over the passes; 0 = ok, see
+    /// [`status_name`]). A trajectory that reached the horizon with a
+    /// non-finite output is [`Status::NonFinite`] too.
     pub status: Vec<i32>,
+    /// Last output time each trajectory reached (the horizon when it
+    /// succeeded; NaN where the device does not report it).
+    pub reached: Vec<f64>,
     /// Accepted steps per trajectory (first pass).
     pub steps: Vec<i32>,
 }
@@ -1222,16 +1297,35 @@ impl Sweep {
         let mut fin = vec![f64::NAN; n];
         let mut status = vec![0i32; n];
         let mut steps = vec![0i32; n];
+        let mut reached = vec![f64::INFINITY; n];
         match self.model {
             SweepModel::Organoid => {
                 let passes = organoid_passes(self);
                 let x0 = |p: &[f64]| Organoid::default().initial_state(p);
-                self.run_passes(engine, &passes, &inputs, &x0, &mut outputs, &mut fin, &mut status, &mut steps, tick)?
+                self.run_passes(
+                    engine,
+                    &passes,
+                    &inputs,
+                    &x0,
+                    &mut outputs,
+                    &mut fin,
+                    (&mut status, &mut steps, &mut reached),
+                    tick,
+                )?
             }
             SweepModel::Pk2CmtOral => {
                 let passes = pk_passes(self);
                 let x0 = |_: &[f64]| [0.0; 4];
-                self.run_passes(engine, &passes, &inputs, &x0, &mut outputs, &mut fin, &mut status, &mut steps, tick)?
+                self.run_passes(
+                    engine,
+                    &passes,
+                    &inputs,
+                    &x0,
+                    &mut outputs,
+                    &mut fin,
+                    (&mut status, &mut steps, &mut reached),
+                    tick,
+                )?
             }
         }
         let efficacy = if self.model == SweepModel::Organoid {
@@ -1240,7 +1334,16 @@ impl Sweep {
         } else {
             vec![]
         };
-        Ok(ChunkResult { start, inputs, outputs, efficacy, status, steps })
+        // A trajectory that finished with a non-finite output failed: its
+        // numbers are never written (the part holds nulls and the cause).
+        for i in 0..n {
+            let bad_out = outputs[i * nout..(i + 1) * nout].iter().any(|v| !v.is_finite());
+            let bad_eff = efficacy.get(i).is_some_and(|v| !v.is_finite());
+            if status[i] == 0 && (bad_out || bad_eff) {
+                status[i] = Status::NonFinite as i32;
+            }
+        }
+        Ok(ChunkResult { start, inputs, outputs, efficacy, status, steps, reached })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1252,8 +1355,7 @@ impl Sweep {
         x0: &(dyn Fn(&[f64]) -> [f64; N] + Sync),
         outputs: &mut [f64],
         fin: &mut [f64],
-        status: &mut [i32],
-        steps: &mut [i32],
+        (status, steps, reached): (&mut [i32], &mut [i32], &mut [f64]),
         tick: &(dyn Fn(u64) + Sync),
     ) -> Result<(), SweepError> {
         let nout = self.outputs.len();
@@ -1272,8 +1374,8 @@ impl Sweep {
                     .par_chunks_mut(row_len * LANES)
                     .zip(fin.par_chunks_mut(LANES))
                     .zip(status.par_chunks_mut(LANES).zip(steps.par_chunks_mut(LANES)))
-                    .zip(inputs.par_chunks(LANES))
-                    .for_each(|(((out, fin), (st, sp)), inp)| {
+                    .zip(inputs.par_chunks(LANES).zip(reached.par_chunks_mut(LANES)))
+                    .for_each(|(((out, fin), (st, sp)), (inp, reach))| {
                         let m = inp.len();
                         let regimens: Vec<Regimen> =
                             inp.iter().map(|i| self.model.regimen(&i.regimen_vars, self.horizon)).collect();
@@ -1281,15 +1383,15 @@ impl Sweep {
                         let mut worst_status = vec![Status::Ok; m];
                         let mut vals = [0.0; 64];
                         for (k, (pass, red)) in passes.iter().zip(&reducers).enumerate() {
-                            let mut rs: Vec<Reducer> = (0..m)
+                            let mut rs: Vec<Traced> = (0..m)
                                 .map(|_| {
                                     let mut r = red.clone();
                                     r.reset();
-                                    r
+                                    Traced { reducer: r, last_t: f64::NAN }
                                 })
                                 .collect();
                             let ts: Vec<TrajectoryStats> =
-                                match <[&mut Reducer; LANES]>::try_from(rs.iter_mut().collect::<Vec<_>>()) {
+                                match <[&mut Traced; LANES]>::try_from(rs.iter_mut().collect::<Vec<_>>()) {
                                     Ok(obs) => integrate_lanes(
                                         &pass.model,
                                         self.stepper,
@@ -1325,7 +1427,8 @@ impl Sweep {
                                     sp[l] = t.steps as i32;
                                 }
                                 worst_status[l] = worst(worst_status[l], t.status);
-                                r.values(&mut vals[..pass.reductions.len()]);
+                                reach[l] = reach[l].min(if r.last_t.is_nan() { f64::NEG_INFINITY } else { r.last_t });
+                                r.reducer.values(&mut vals[..pass.reductions.len()]);
                                 for (d, v) in pass.dest.iter().zip(&vals) {
                                     if *d == usize::MAX {
                                         fin[l] = *v;
@@ -1381,6 +1484,7 @@ impl Sweep {
                             for i in 0..n {
                                 if k == 0 && w == 0 {
                                     steps[i] = stats[i].steps as i32;
+                                    reached[i] = f64::NAN;
                                 }
                                 status[i] = worst(Status::from_code(status[i]), stats[i].status) as i32;
                                 for ((red, d), slot) in pass.reductions.iter().zip(&pass.dest).zip(&slots) {
@@ -1401,12 +1505,33 @@ impl Sweep {
                 }
                 #[cfg(not(feature = "cuda"))]
                 {
-                    let _ = (passes, inputs, x0, outputs, fin, status, steps, tick, nout);
+                    let _ = (passes, inputs, x0, outputs, fin, status, steps, reached, tick, nout);
                     Err(SweepError::Device("--device cuda: no CUDA support in this build".into()))
                 }
             }
         }
     }
+}
+
+/// A reducer that also remembers the last output time it saw (where a
+/// failed trajectory stopped).
+struct Traced<'a> {
+    reducer: Reducer<'a>,
+    last_t: f64,
+}
+
+impl crate::kernels::Observer for Traced<'_> {
+    fn observe(&mut self, k: usize, t: f64, y: f64) {
+        self.last_t = t;
+        self.reducer.observe(k, t, y);
+    }
+}
+
+/// The `status` text of a status code: `ok`, `max_steps` (raise
+/// `max_steps`), `step_too_small`, `non_finite` (a NaN or infinite state or
+/// output) or `singular` (a singular Rosenbrock matrix).
+pub fn status_name(code: i32) -> &'static str {
+    crate::status::of_kernel_code(code)
 }
 
 #[cfg(feature = "cuda")]
@@ -1440,6 +1565,9 @@ pub struct Plan {
     pub done: u64,
     /// Trajectories in the complete chunks.
     pub done_rows: u64,
+    /// Parts found damaged on resume (truncated, unreadable footer, wrong
+    /// row count), removed and to be recomputed: chunk and what was wrong.
+    pub damaged: Vec<(u64, String)>,
 }
 
 impl Sweep {

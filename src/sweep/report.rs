@@ -1,7 +1,7 @@
 //! Per-group summaries (`summary.csv`), the ranking and the heat map,
 //! computed by streaming the part files in order (memory bounded by one part).
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::Path;
 
 use plotters::prelude::*;
@@ -77,6 +77,9 @@ pub struct SweepReport {
     pub trajectories: u64,
     /// Trajectories that did not reach the horizon.
     pub failed: u64,
+    /// The first failed trajectory: its id, `status` and the last output
+    /// time it reached (NaN when unknown).
+    pub first_failure: Option<(u64, String, f64)>,
     /// Key column names (axes then sampled variables).
     pub key_names: Vec<String>,
     /// Result column names.
@@ -109,20 +112,89 @@ pub(super) fn finish(sweep: &Sweep, dir: &Path) -> Result<SweepReport, SweepErro
     let key_names: Vec<String> =
         sweep.axis_names().iter().chain(sweep.sample_names().iter()).map(|s| s.to_string()).collect();
     let csv_path = dir.join("summary.csv");
-    let tmp = dir.join("summary.csv.tmp");
-    let file = std::fs::File::create(&tmp).map_err(|e| SweepError::output(&tmp, e))?;
-    let mut w = BufWriter::new(file);
-    let io = |e: std::io::Error| SweepError::output(&tmp, e);
+    // Streamed into the atomic writer: a part that cannot be read stops the
+    // write (no summary.csv is left half-written) and is reported as itself.
+    let mut part_err: Option<SweepError> = None;
+    let mut result = None;
+    let written = crate::atomic::write_file(&csv_path, |w| {
+        let stop = |e: SweepError, slot: &mut Option<SweepError>| {
+            let msg = e.to_string();
+            *slot = Some(e);
+            std::io::Error::other(msg)
+        };
+        let r = summarise(sweep, &parts, &columns, &key_names, w, &mut |e| stop(e, &mut part_err))?;
+        result = Some(r);
+        Ok(())
+    });
+    if let Some(e) = part_err {
+        return Err(e);
+    }
+    written.map_err(|e| SweepError::output(&e.path, e.reason))?;
+    let Some((ranked, best_safe, total, failed_total, first_failure, hm, rank_col, tox_col)) = result else {
+        return Err(SweepError::output(&csv_path, "the summary was not written"));
+    };
+    let pop = sweep.population_size();
+    let heatmap = match hm {
+        Some(h) => {
+            let path = dir.join("heatmap.png");
+            let title = format!(
+                "{} (mean over {} per cell)",
+                sweep.report.rank_by.as_deref().unwrap_or(""),
+                if pop > 1 { format!("{pop} virtual subjects") } else { "trajectories".into() }
+            );
+            crate::atomic::write_via_path(&path, |tmp| h.draw(tmp, &title))
+                .map_err(|e| SweepError::output(&path, e.reason))?;
+            Some(path.display().to_string())
+        }
+        None => None,
+    };
+    Ok(SweepReport {
+        groups: sweep.groups(),
+        trajectories: total,
+        failed: failed_total,
+        first_failure,
+        key_names,
+        columns,
+        rank_col,
+        tox_col,
+        ranked,
+        best_within_toxicity: best_safe,
+        heatmap,
+    })
+}
+
+/// What [`summarise`] returns: ranked rows, the best within toxicity, totals,
+/// the first failure, the heat map and the rank and toxicity columns.
+type Summary = (
+    Vec<GroupRow>,
+    Option<GroupRow>,
+    u64,
+    u64,
+    Option<(u64, String, f64)>,
+    Option<HeatAcc>,
+    Option<usize>,
+    Option<usize>,
+);
+
+/// Streams the parts into `summary.csv` rows written to `w`.
+fn summarise(
+    sweep: &Sweep,
+    parts: &[std::path::PathBuf],
+    columns: &[String],
+    key_names: &[String],
+    w: &mut dyn Write,
+    fail: &mut dyn FnMut(SweepError) -> std::io::Error,
+) -> std::io::Result<Summary> {
     let mut header: Vec<String> = vec!["group".into()];
     header.extend(key_names.iter().cloned());
     header.push("n".into());
     header.push("failed".into());
-    for c in &columns {
+    for c in columns {
         for s in ["mean", "sd", "min", "max"] {
             header.push(format!("{c}_{s}"));
         }
     }
-    writeln!(w, "{}", header.join(",")).map_err(io)?;
+    writeln!(w, "{}", header.join(","))?;
 
     let rank_col = sweep.report.rank_by.as_ref().and_then(|r| columns.iter().position(|c| c == r));
     let tox_col = sweep.report.toxicity.as_ref().and_then(|r| columns.iter().position(|c| c == r));
@@ -138,7 +210,8 @@ pub(super) fn finish(sweep: &Sweep, dir: &Path) -> Result<SweepReport, SweepErro
     let mut current: Option<(u64, Vec<Acc>, u64, u64)> = None;
     let mut total = 0u64;
     let mut failed_total = 0u64;
-    let mut emit = |g: u64, accs: &[Acc], n: u64, failed: u64, w: &mut BufWriter<std::fs::File>| {
+    let mut first_failure: Option<(u64, String, f64)> = None;
+    let mut emit = |g: u64, accs: &[Acc], n: u64, failed: u64, w: &mut dyn Write| {
         let row =
             GroupRow { group: g, key: sweep.group_key(g), n, failed, stats: accs.iter().map(|a| a.stats()).collect() };
         let mut line = vec![g.to_string()];
@@ -172,28 +245,33 @@ pub(super) fn finish(sweep: &Sweep, dir: &Path) -> Result<SweepReport, SweepErro
         }
         r
     };
-    for p in &parts {
-        let t = read_part(p)?;
-        let id = t.ints("id").ok_or_else(|| SweepError::output(p, "no id column"))?;
-        let status = t.ints("status").ok_or_else(|| SweepError::output(p, "no status column"))?;
+    for p in parts {
+        let t = read_part(p).map_err(&mut *fail)?;
+        let id = t.ints("id").ok_or_else(|| fail(SweepError::output(p, "no id column")))?;
+        let status = t.texts("status").ok_or_else(|| fail(SweepError::output(p, "no status column")))?;
+        let failed_at = t.floats("failed_at");
         let cols: Vec<&[f64]> = columns
             .iter()
-            .map(|c| t.floats(c).ok_or_else(|| SweepError::output(p, format!("no column {c}"))))
+            .map(|c| t.floats(c).ok_or_else(|| fail(SweepError::output(p, format!("no column {c}")))))
             .collect::<Result<_, _>>()?;
         for i in 0..t.len() {
             let g = id[i] as u64 / pop;
             if current.as_ref().is_none_or(|c| c.0 != g) {
                 if let Some((cg, accs, n, f)) = current.take() {
-                    emit(cg, &accs, n, f, &mut w).map_err(io)?;
+                    emit(cg, &accs, n, f, w)?;
                 }
                 current = Some((g, vec![Acc::new(); columns.len()], 0, 0));
             }
             if let Some(c) = current.as_mut() {
                 c.2 += 1;
                 total += 1;
-                if status[i] != 0 {
+                if status[i] != "ok" {
                     c.3 += 1;
                     failed_total += 1;
+                    if first_failure.is_none() {
+                        let at = failed_at.map_or(f64::NAN, |f| f[i]);
+                        first_failure = Some((id[i] as u64, status[i].clone(), at));
+                    }
                 } else {
                     for (a, col) in c.1.iter_mut().zip(&cols) {
                         a.push(col[i]);
@@ -203,40 +281,13 @@ pub(super) fn finish(sweep: &Sweep, dir: &Path) -> Result<SweepReport, SweepErro
         }
     }
     if let Some((cg, accs, n, f)) = current.take() {
-        emit(cg, &accs, n, f, &mut w).map_err(io)?;
+        emit(cg, &accs, n, f, w)?;
     }
-    w.flush().map_err(io)?;
-    drop(w);
-    std::fs::rename(&tmp, &csv_path).map_err(|e| SweepError::output(&csv_path, e))?;
     if let Some(rc) = rank_col {
         sort_ranked(&mut ranked, rc, sweep.report.descending);
         ranked.truncate(top);
     }
-    let heatmap = match hm {
-        Some(h) => {
-            let path = dir.join("heatmap.png");
-            let title = format!(
-                "{} (mean over {} per cell)",
-                sweep.report.rank_by.as_deref().unwrap_or(""),
-                if pop > 1 { format!("{pop} virtual subjects") } else { "trajectories".into() }
-            );
-            h.draw(&path, &title).map_err(|e| SweepError::output(&path, e))?;
-            Some(path.display().to_string())
-        }
-        None => None,
-    };
-    Ok(SweepReport {
-        groups: sweep.groups(),
-        trajectories: total,
-        failed: failed_total,
-        key_names,
-        columns,
-        rank_col,
-        tox_col,
-        ranked,
-        best_within_toxicity: best_safe,
-        heatmap,
-    })
+    Ok((ranked, best_safe, total, failed_total, first_failure, hm, rank_col, tox_col))
 }
 
 fn sort_ranked(r: &mut [GroupRow], col: usize, descending: bool) {
