@@ -47,6 +47,7 @@ pub mod bench_p3;
 pub mod error;
 pub mod fit_cmd;
 pub mod p1;
+pub mod perturb;
 pub mod plots;
 pub mod simulate;
 pub mod surrogate;

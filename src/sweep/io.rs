@@ -32,7 +32,7 @@ const MANIFEST: &str = "manifest.json";
 const PROGRESS: &str = "progress.json";
 
 /// File name of part `k`.
-pub fn part_name(k: u64) -> String {
+pub(crate) fn part_name(k: u64) -> String {
     format!("part-{k:06}.parquet")
 }
 
@@ -46,7 +46,7 @@ fn parse_part_name(name: &str) -> Option<u64> {
 }
 
 /// Writes `bytes` to `path` through `path.tmp`, fsync and rename.
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), SweepError> {
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), SweepError> {
     let tmp = tmp_path(path);
     let mut f = File::create(&tmp).map_err(|e| SweepError::output(&tmp, e))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| SweepError::output(&tmp, e))?;
@@ -79,19 +79,35 @@ fn manifest_json(sweep: &Sweep) -> serde_json::Value {
 }
 
 pub(super) fn prepare(sweep: &Sweep, dir: &Path) -> Result<Plan, SweepError> {
+    let done = prepare_folder(dir, &manifest_json(sweep), &sweep.fingerprint(), sweep.chunks())?;
+    let todo: Vec<u64> = (0..sweep.chunks()).filter(|&k| !done[k as usize]).collect();
+    let ndone = sweep.chunks() - todo.len() as u64;
+    let done_rows = (0..sweep.chunks()).filter(|&k| done[k as usize]).map(|k| sweep.chunk_range(k).1 as u64).sum();
+    Ok(Plan { todo, done: ndone, done_rows })
+}
+
+/// Prepares a result folder shared by `sweep` and `perturb`: creates it,
+/// writes `manifest` (or checks that an existing manifest has the same
+/// `fingerprint`), removes unfinished `*.tmp` files of a killed run, and
+/// returns which of the `chunks` part files are complete.
+pub(crate) fn prepare_folder(
+    dir: &Path,
+    manifest: &serde_json::Value,
+    fp: &str,
+    chunks: u64,
+) -> Result<Vec<bool>, SweepError> {
     std::fs::create_dir_all(dir).map_err(|e| SweepError::output(dir, format!("cannot create the folder: {e}")))?;
-    let manifest = dir.join(MANIFEST);
-    let fp = sweep.fingerprint();
-    match std::fs::read_to_string(&manifest) {
+    let path = dir.join(MANIFEST);
+    match std::fs::read_to_string(&path) {
         Ok(text) => {
             let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| SweepError::output(&manifest, format!("unreadable manifest ({e}); remove the folder")))?;
+                .map_err(|e| SweepError::output(&path, format!("unreadable manifest ({e}); remove the folder")))?;
             let theirs = v.get("fingerprint").and_then(|f| f.as_str()).unwrap_or("");
             if theirs != fp {
                 return Err(SweepError::output(
                     dir,
                     format!(
-                        "holds the results of a different sweep (config {}, fingerprint {theirs}; this config's is \
+                        "holds the results of a different run (config {}, fingerprint {theirs}; this config's is \
                          {fp}): choose another --out folder or remove this one",
                         v.get("config").and_then(|c| c.as_str()).unwrap_or("?")
                     ),
@@ -99,12 +115,12 @@ pub(super) fn prepare(sweep: &Sweep, dir: &Path) -> Result<Plan, SweepError> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = serde_json::to_string_pretty(&manifest_json(sweep)).unwrap_or_default();
-            atomic_write(&manifest, (text + "\n").as_bytes())?;
+            let text = serde_json::to_string_pretty(manifest).unwrap_or_default();
+            atomic_write(&path, (text + "\n").as_bytes())?;
         }
-        Err(e) => return Err(SweepError::output(&manifest, e)),
+        Err(e) => return Err(SweepError::output(&path, e)),
     }
-    let mut done = vec![false; sweep.chunks() as usize];
+    let mut done = vec![false; chunks as usize];
     let entries = std::fs::read_dir(dir).map_err(|e| SweepError::output(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| SweepError::output(dir, e))?;
@@ -119,10 +135,7 @@ pub(super) fn prepare(sweep: &Sweep, dir: &Path) -> Result<Plan, SweepError> {
             }
         }
     }
-    let todo: Vec<u64> = (0..sweep.chunks()).filter(|&k| !done[k as usize]).collect();
-    let ndone = sweep.chunks() - todo.len() as u64;
-    let done_rows = (0..sweep.chunks()).filter(|&k| done[k as usize]).map(|k| sweep.chunk_range(k).1 as u64).sum();
-    Ok(Plan { todo, done: ndone, done_rows })
+    Ok(done)
 }
 
 pub(super) fn write_progress(sweep: &Sweep, dir: &Path, plan: &Plan) -> Result<(), SweepError> {
@@ -139,71 +152,96 @@ fn pq(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> SweepError + '_ 
     move |e| SweepError::output(path, format!("Parquet: {e}"))
 }
 
-pub(super) fn write_part(sweep: &Sweep, dir: &Path, k: u64, r: &ChunkResult) -> Result<(), SweepError> {
-    let path = dir.join(part_name(k));
-    let tmp = tmp_path(&path);
-    let cols = sweep.columns();
+/// Values of one column to write.
+pub(crate) enum Column {
+    /// INT64.
+    I64(Vec<i64>),
+    /// INT32.
+    I32(Vec<i32>),
+    /// DOUBLE.
+    F64(Vec<f64>),
+}
+
+/// Writes one Parquet file of REQUIRED columns (one row group, Snappy)
+/// through `path.tmp`, fsync and an atomic rename: the writer of
+/// `sweep` and `perturb` part files.
+pub(crate) fn write_parquet(path: &Path, names: &[String], cols: Vec<Column>) -> Result<(), SweepError> {
+    let tmp = tmp_path(path);
     let mut msg = String::from("message sweep {\n");
-    for (name, kind) in &cols {
-        let t = match kind {
-            Kind::I64 => "INT64",
-            Kind::I32 => "INT32",
-            Kind::F64 => "DOUBLE",
+    for (name, col) in names.iter().zip(&cols) {
+        let t = match col {
+            Column::I64(_) => "INT64",
+            Column::I32(_) => "INT32",
+            Column::F64(_) => "DOUBLE",
         };
         msg += &format!("  REQUIRED {t} {name};\n");
     }
     msg += "}\n";
-    let schema = Arc::new(parse_message_type(&msg).map_err(pq(&path))?);
+    let schema = Arc::new(parse_message_type(&msg).map_err(pq(path))?);
     let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
     let file = File::create(&tmp).map_err(|e| SweepError::output(&tmp, e))?;
     let mut writer = SerializedFileWriter::new(file, schema, props).map_err(pq(&tmp))?;
-    let n = r.inputs.len();
-    let nr = sweep.model.regimen_vars().len();
-    let np = sweep.model.param_names().len();
-    let nout = sweep.outputs.len();
     {
         let mut rg = writer.next_row_group().map_err(pq(&tmp))?;
-        let mut c = 0usize;
+        let mut it = cols.into_iter();
         while let Some(mut col) = rg.next_column().map_err(pq(&tmp))? {
-            let name = cols[c].0.as_str();
-            match cols[c].1 {
-                Kind::I64 => {
-                    let v: Vec<i64> = match name {
-                        "id" => (0..n as u64).map(|i| (r.start + i) as i64).collect(),
-                        "member" => r.inputs.iter().map(|t| t.member as i64).collect(),
-                        _ => r.inputs.iter().map(|t| t.sample as i64).collect(),
-                    };
+            match it.next() {
+                Some(Column::I64(v)) => {
                     col.typed::<Int64Type>().write_batch(&v, None, None).map_err(pq(&tmp))?;
                 }
-                Kind::I32 => {
-                    let v = if name == "status" { &r.status } else { &r.steps };
-                    col.typed::<Int32Type>().write_batch(v, None, None).map_err(pq(&tmp))?;
+                Some(Column::I32(v)) => {
+                    col.typed::<Int32Type>().write_batch(&v, None, None).map_err(pq(&tmp))?;
                 }
-                Kind::F64 => {
-                    // Doubles follow the integer columns: regimen vars, params, outputs, efficacy.
-                    let first_f64 = cols.iter().position(|c| c.1 == Kind::F64).unwrap_or(0);
-                    let j = c - first_f64;
-                    let v: Vec<f64> = if j < nr {
-                        r.inputs.iter().map(|t| t.regimen_vars[j]).collect()
-                    } else if j < nr + np {
-                        r.inputs.iter().map(|t| t.params[j - nr]).collect()
-                    } else if j < nr + np + nout {
-                        (0..n).map(|i| r.outputs[i * nout + (j - nr - np)]).collect()
-                    } else {
-                        r.efficacy.clone()
-                    };
+                Some(Column::F64(v)) => {
                     col.typed::<DoubleType>().write_batch(&v, None, None).map_err(pq(&tmp))?;
                 }
+                None => return Err(SweepError::output(&tmp, "fewer columns than the schema")),
             }
             col.close().map_err(pq(&tmp))?;
-            c += 1;
         }
         rg.close().map_err(pq(&tmp))?;
     }
     let file = writer.into_inner().map_err(pq(&tmp))?;
     file.sync_all().map_err(|e| SweepError::output(&tmp, e))?;
     drop(file);
-    std::fs::rename(&tmp, &path).map_err(|e| SweepError::output(&path, e))
+    std::fs::rename(&tmp, path).map_err(|e| SweepError::output(path, e))
+}
+
+pub(super) fn write_part(sweep: &Sweep, dir: &Path, k: u64, r: &ChunkResult) -> Result<(), SweepError> {
+    let path = dir.join(part_name(k));
+    let cols = sweep.columns();
+    let n = r.inputs.len();
+    let nr = sweep.model.regimen_vars().len();
+    let np = sweep.model.param_names().len();
+    let nout = sweep.outputs.len();
+    // Doubles follow the integer columns: regimen vars, params, outputs, efficacy.
+    let first_f64 = cols.iter().position(|c| c.1 == Kind::F64).unwrap_or(0);
+    let data: Vec<Column> = cols
+        .iter()
+        .enumerate()
+        .map(|(c, (name, kind))| match kind {
+            Kind::I64 => Column::I64(match name.as_str() {
+                "id" => (0..n as u64).map(|i| (r.start + i) as i64).collect(),
+                "member" => r.inputs.iter().map(|t| t.member as i64).collect(),
+                _ => r.inputs.iter().map(|t| t.sample as i64).collect(),
+            }),
+            Kind::I32 => Column::I32(if name == "status" { r.status.clone() } else { r.steps.clone() }),
+            Kind::F64 => {
+                let j = c - first_f64;
+                Column::F64(if j < nr {
+                    r.inputs.iter().map(|t| t.regimen_vars[j]).collect()
+                } else if j < nr + np {
+                    r.inputs.iter().map(|t| t.params[j - nr]).collect()
+                } else if j < nr + np + nout {
+                    (0..n).map(|i| r.outputs[i * nout + (j - nr - np)]).collect()
+                } else {
+                    r.efficacy.clone()
+                })
+            }
+        })
+        .collect();
+    let names: Vec<String> = cols.into_iter().map(|c| c.0).collect();
+    write_parquet(&path, &names, data)
 }
 
 /// A column read back from part files.
