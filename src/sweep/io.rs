@@ -107,7 +107,7 @@ pub(crate) fn prepare_folder(
                 return Err(SweepError::output(
                     dir,
                     format!(
-                        "holds the results of a different run (config {}, fingerprint {theirs}; this config's is \
+                        "holds the results of a different sweep or study (config {}, fingerprint {theirs}; this config's is \
                          {fp}): choose another --out folder or remove this one",
                         v.get("config").and_then(|c| c.as_str()).unwrap_or("?")
                     ),
