@@ -76,6 +76,7 @@ pub mod landscape;
 pub mod markov;
 pub mod master;
 pub mod msm;
+pub mod sensitivity;
 
 pub use interchange::{MatrixFile, MatrixKind};
 pub use landscape::{mueller_brown, Grid, Landscape};

@@ -431,7 +431,7 @@ impl Chain {
                 lam.truncate(k);
                 Ok(lam)
             } else {
-                let mut lam = self.lanczos(pi, k)?;
+                let mut lam = self.lanczos(pi, k)?.0;
                 self.sort_slowest(&mut lam);
                 Ok(lam)
             }
@@ -507,7 +507,43 @@ impl Chain {
 
     /// Lanczos with full reorthogonalisation on `S⁺` restricted to the
     /// complement of `√π`: the `k` eigenvalues of `S` closest to 0.
-    fn lanczos(&self, pi: &[f64], k: usize) -> Result<Vec<f64>, ConformationError> {
+    /// The `k` slowest eigenpairs `(λ, u)` of a reversible chain: `u` the
+    /// unit eigenvector of the symmetrisation `S = Π^{1/2} K Π^{−1/2}`
+    /// (right eigenvector of `K`: `u/√π`; left: `u·√π`), slowest first.
+    /// Dense up to [`DENSE_MAX`] states, Lanczos above. Fails for a
+    /// non-reversible chain.
+    pub fn slowest_eigenpairs(&self, pi: &[f64], k: usize) -> Result<Vec<(f64, Vec<f64>)>, ConformationError> {
+        let n = self.n;
+        let k = k.min(n.saturating_sub(1));
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        if self.reversibility_defect(pi) >= 1e-8 {
+            return Err(invalid("eigenvectors (timescale sensitivities) need a reversible chain"));
+        }
+        let mut pairs: Vec<(f64, Vec<f64>)> = if n <= DENSE_MAX {
+            let evd = self
+                .symmetrised_dense(pi)
+                .self_adjoint_eigen(Side::Lower)
+                .map_err(|e| invalid(format!("eigendecomposition failed: {e:?}")))?;
+            let (u, s) = (evd.U(), evd.S());
+            (0..n - 1).map(|c| (s[c], (0..n).map(|i| u[(i, c)]).collect())).collect()
+        } else {
+            let (lam, vecs) = self.lanczos(pi, k)?;
+            lam.into_iter().zip(vecs).collect()
+        };
+        let mut lam: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+        self.sort_slowest(&mut lam);
+        let mut out = Vec::with_capacity(k);
+        for l in lam.into_iter().take(k) {
+            if let Some(pos) = pairs.iter().position(|p| p.0 == l) {
+                out.push(pairs.swap_remove(pos));
+            }
+        }
+        Ok(out)
+    }
+
+    fn lanczos(&self, pi: &[f64], k: usize) -> Result<(Vec<f64>, Vec<Vec<f64>>), ConformationError> {
         let n = self.n;
         let exit = self.exit_rates();
         let r = self.ground();
@@ -598,7 +634,20 @@ impl Chain {
                     out.push(1.0 / theta);
                 }
                 if (ok && out.len() == k) || bn < 1e-14 || m == n - 1 || m == mmax {
-                    result = Some(out);
+                    // Ritz vectors
+                    let vecs: Vec<Vec<f64>> = (0..out.len())
+                        .map(|c| {
+                            let mut x = vec![0.0; n];
+                            for (b, q) in basis.iter().enumerate().take(m) {
+                                let y = u[(b, c)];
+                                x.iter_mut().zip(q).for_each(|(a, qv)| *a += y * qv);
+                            }
+                            let nx = dot(&x, &x).sqrt();
+                            x.iter_mut().for_each(|a| *a /= nx);
+                            x
+                        })
+                        .collect();
+                    result = Some((out, vecs));
                     break;
                 }
             }
