@@ -43,6 +43,8 @@
 //! timescales = 5                 # its_1 … its_k
 //! pairs = [["inactive", "active"]]   # mfpt_<A>_<B> and rate_<A>_<B> for each pair
 //! relaxation = [0.1, 1, 10]      # relax_<macrostate>_<k>, relax_obs_<name>_<k> at these times
+//! sensitivities = true           # d_<output>__<parameter> columns (exact; default false)
+//! hotspots = 10                  # hotspots.csv: top states by |∂y/∂G| per output (0: none)
 //! chunk = 256                    # points per Parquet part
 //! ```
 //!
@@ -59,7 +61,16 @@
 //!   analysis failed: values NaN), then the results.
 //! * `summary.csv`: the same rows (`mutation` by name), without `id`/`status`.
 //! * `manifest.json`, `progress.json`: resumption, as `insilico sweep`.
+//! * `hotspots.csv`: at the unperturbed point, for every output, the states
+//!   whose free energy moves it most: `output,rank,state,dy_dG` (exact
+//!   sensitivities; needs a reversible model).
 //! * `populations.png`, `timescales.png`, `relaxation.png`.
+//!
+//! With `sensitivities = true`, every output except the relaxation gets
+//! `d_<output>__<parameter>` columns, the exact derivative with respect to
+//! each model parameter `kT`, `ligand`, `mut_<name>` (the mutation's
+//! amplitude: 1 = the full ΔΔG) and `force`, by adjoint solves
+//! ([`crate::mechanistic::conformation::sensitivity`]).
 //!
 //! Result columns: `pop_<macrostate>`, `its_1` … `its_k` (slowest first),
 //! `mfpt_<A>_<B>`, `rate_<A>_<B>` (per configured pair), `obs_<name>`,
@@ -74,6 +85,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use crate::mechanistic::conformation::sensitivity::{self, RateGradient};
 use crate::mechanistic::conformation::{
     Chain, Clock, ConformationError, MasterEquation, MatrixFile, MatrixKind, Perturbation,
 };
@@ -212,6 +224,8 @@ struct RawAnalysis {
     #[serde(default)]
     relaxation: Vec<f64>,
     chunk: Option<u64>,
+    sensitivities: Option<bool>,
+    hotspots: Option<usize>,
 }
 
 /// One axis of the design.
@@ -251,6 +265,10 @@ pub struct Study {
     pub relaxation: Vec<f64>,
     /// Points per Parquet part.
     pub chunk: u64,
+    /// Whether `d_<output>__<parameter>` columns are written.
+    pub sensitivities: bool,
+    /// Rows per output of `hotspots.csv` (0: none).
+    pub hotspots: usize,
     ligand: bool,
     force: bool,
     fingerprint_text: String,
@@ -427,8 +445,11 @@ impl Study {
             muts.extend(read_mutations(&p, &names, &macrostates)?);
         }
         for (k, (name, ddg)) in muts.iter().enumerate() {
-            if name.is_empty() || name.eq_ignore_ascii_case("wt") || muts[..k].iter().any(|m| m.0 == *name) {
-                return Err(cfg(file, format!("mutation `{name}`: names must be unique, non-empty and not `wt`")));
+            if !column_safe(name) || name.eq_ignore_ascii_case("wt") || muts[..k].iter().any(|m| m.0 == *name) {
+                return Err(cfg(
+                    file,
+                    format!("mutation `{name}`: names must be unique, of letters, digits and _, and not `wt`"),
+                ));
             }
             if let Some(x) = ddg.iter().find(|x| !x.is_finite()) {
                 return Err(cfg(file, format!("mutation `{name}`: ΔΔG {x} is not finite")));
@@ -505,6 +526,8 @@ impl Study {
             pairs,
             relaxation,
             chunk,
+            sensitivities: raw.analysis.sensitivities.unwrap_or(false),
+            hotspots: raw.analysis.hotspots.unwrap_or(10),
             ligand,
             force,
             fingerprint_text,
@@ -585,7 +608,77 @@ impl Study {
             c.extend(self.macrostates.iter().map(|(m, _)| format!("relax_{m}_{k}")));
             c.extend(self.observables.iter().map(|(o, _)| format!("relax_obs_{o}_{k}")));
         }
+        if self.sensitivities {
+            let params = crate::solvers::System::param_names(&self.model);
+            for o in self.differentiable_columns() {
+                c.extend(params.iter().map(|p| format!("d_{o}__{p}")));
+            }
+        }
         c
+    }
+
+    /// The outputs with exact sensitivities: populations, timescales, MFPTs,
+    /// rates, observables (not the relaxation).
+    pub fn differentiable_columns(&self) -> Vec<String> {
+        let mut c: Vec<String> = self.macrostates.iter().map(|(m, _)| format!("pop_{m}")).collect();
+        c.extend((1..=self.timescales).map(|k| format!("its_{k}")));
+        for &(a, b) in &self.pairs {
+            c.push(format!("mfpt_{}_{}", self.macrostates[a].0, self.macrostates[b].0));
+        }
+        for &(a, b) in &self.pairs {
+            c.push(format!("rate_{}_{}", self.macrostates[a].0, self.macrostates[b].0));
+        }
+        c.extend(self.observables.iter().map(|(o, _)| format!("obs_{o}")));
+        c
+    }
+
+    /// The chain at `p` and the rate gradients of
+    /// [`Study::differentiable_columns`], in order.
+    pub fn rate_gradients(&self, p: &[f64]) -> Result<(Chain, Vec<RateGradient>), ConformationError> {
+        let chain = Chain::from_master_checked(&self.model, p, self.clock)?;
+        let pi = chain.stationary()?;
+        let n = chain.len();
+        let mut g = Vec::new();
+        for (_, s) in &self.macrostates {
+            let mut c = vec![0.0; n];
+            s.iter().for_each(|&i| c[i] = 1.0);
+            g.push(sensitivity::stationary_linear(&chain, &pi, &c)?);
+        }
+        g.extend(sensitivity::timescales(&chain, &pi, self.timescales)?);
+        for &(a, b) in &self.pairs {
+            g.push(sensitivity::mfpt(&chain, &pi, &self.macrostates[a].1, &self.macrostates[b].1)?);
+        }
+        for &(a, b) in &self.pairs {
+            g.push(sensitivity::tpt_rate(&chain, &pi, &self.macrostates[a].1, &self.macrostates[b].1)?);
+        }
+        for (_, v) in &self.observables {
+            g.push(sensitivity::stationary_linear(&chain, &pi, v)?);
+        }
+        Ok((chain, g))
+    }
+
+    /// `∂y/∂θ` of every differentiable output (rows) for every parameter
+    /// `[kT, ligand?, mut_…, force?]` (columns) at `p`.
+    pub fn sensitivities_at(&self, p: &[f64]) -> Result<Vec<Vec<f64>>, ConformationError> {
+        let (chain, g) = self.rate_gradients(p)?;
+        Ok(g.iter().map(|g| sensitivity::parameter_gradient(&self.model, p, &chain, g)).collect())
+    }
+
+    /// The hot-spot table at `p`: for each differentiable output, the
+    /// `top` states whose free energy moves it most, `(output, rank, state,
+    /// ∂y/∂G_state)`.
+    pub fn hotspots_at(&self, p: &[f64], top: usize) -> Result<Vec<(String, usize, String, f64)>, ConformationError> {
+        let (chain, g) = self.rate_gradients(p)?;
+        let mut out = Vec::new();
+        for (name, gi) in self.differentiable_columns().into_iter().zip(&g) {
+            let dg = sensitivity::free_energy_gradient(&chain, p[0], gi);
+            let mut order: Vec<usize> = (0..dg.len()).collect();
+            order.sort_by(|&a, &b| dg[b].abs().total_cmp(&dg[a].abs()).then(a.cmp(&b)));
+            for (rank, &m) in order.iter().take(top).enumerate() {
+                out.push((name.clone(), rank + 1, self.names[m].clone(), dg[m]));
+            }
+        }
+        Ok(out)
     }
 
     /// A fingerprint of everything that determines the results.
@@ -635,6 +728,11 @@ impl Study {
             for q in self.relax(&chain, p, &p0)? {
                 out.extend(self.macrostates.iter().map(|(_, s)| s.iter().map(|&i| q[i]).sum::<f64>()));
                 out.extend(self.observables.iter().map(|(_, v)| v.iter().zip(&q).map(|(a, b)| a * b).sum::<f64>()));
+            }
+        }
+        if self.sensitivities {
+            for row in self.sensitivities_at(p)? {
+                out.extend(row);
             }
         }
         Ok(out)
@@ -777,6 +875,19 @@ impl Study {
             csv.push('\n');
         }
         pio::atomic_write(&dir.join("summary.csv"), csv.as_bytes())?;
+        if self.hotspots > 0 {
+            let p0 = self.model.default_params();
+            let mut h = String::from("output,rank,state,dy_dG\n");
+            match self.hotspots_at(&p0, self.hotspots) {
+                Ok(rows) => {
+                    for (o, r, st, d) in rows {
+                        h += &format!("{o},{r},{st},{d:e}\n");
+                    }
+                }
+                Err(e) => h += &format!("# not available: {e}\n"),
+            }
+            pio::atomic_write(&dir.join("hotspots.csv"), h.as_bytes())?;
+        }
         self.plots(dir, &t);
         Ok(t)
     }

@@ -153,3 +153,53 @@ pairs = [["A", "B"]]
         assert!(rel(get(&format!("its_{}", k + 1)), its) < 1e-9, "its_{}", k + 1);
     }
 }
+
+/// The study's sensitivity columns against Richardson central differences
+/// of its own outputs (1e-6 relative), and the hot-spot table against the
+/// Boltzmann formula `∂π_A/∂G_m = −π_m(1[m∈A] − π_A)/kT`.
+#[test]
+fn study_sensitivities_match_differences_and_boltzmann() {
+    let study = Study::from_path(&example()).unwrap();
+    assert!(study.sensitivities);
+    let cols = study.result_columns();
+    let outs = study.differentiable_columns();
+    let params = ["kT", "ligand", "mut_Y42A", "mut_G107P", "mut_L63F"];
+    let p = vec![1.05, 0.02, 0.0, 0.3, 0.0];
+    let v = study.analyse(&p).unwrap();
+    for (k, pname) in params.iter().enumerate() {
+        let central = |h: f64| {
+            let (mut a, mut b) = (p.clone(), p.clone());
+            a[k] += h;
+            b[k] -= h;
+            let (va, vb) = (study.analyse(&a).unwrap(), study.analyse(&b).unwrap());
+            va.iter().zip(&vb).map(|(x, y)| (x - y) / (2.0 * h)).collect::<Vec<f64>>()
+        };
+        let h = if k == 1 { 2e-4 } else { 1e-3 * p[k].abs().max(1.0) }; // ligand: stay above 0
+        let (d1, d2) = (central(h), central(h / 2.0));
+        for o in &outs {
+            let c = cols.iter().position(|x| x == o).unwrap();
+            let fd = (4.0 * d2[c] - d1[c]) / 3.0;
+            let exact = v[cols.iter().position(|x| *x == format!("d_{o}__{pname}")).unwrap()];
+            let rel = (fd - exact).abs() / exact.abs().max(1e-6 * v[c].abs()).max(1e-300);
+            assert!(rel < 1e-6, "d{o}/d{pname}: exact {exact} fd {fd} rel {rel:e}");
+        }
+    }
+    let p0 = vec![1.0, 0.0, 0.0, 0.0, 0.0];
+    let v0 = study.analyse(&p0).unwrap();
+    let pop_i = v0[cols.iter().position(|x| x == "pop_inactive").unwrap()];
+    let hs = study.hotspots_at(&p0, 8).unwrap();
+    let chain = insilico::mechanistic::conformation::Chain::from_master(
+        &study.model,
+        &p0,
+        insilico::mechanistic::conformation::Clock::Continuous,
+    )
+    .unwrap();
+    let pi = chain.stationary().unwrap();
+    for (o, _, state, d) in hs.iter().filter(|h| h.0 == "pop_inactive") {
+        assert_eq!(o, "pop_inactive");
+        let m = study.names.iter().position(|s| s == state).unwrap();
+        let in_i = if m < 3 { 1.0 } else { 0.0 };
+        let want = -pi[m] * (in_i - pop_i);
+        assert!((d - want).abs() < 1e-12, "{state}: {d} vs {want}");
+    }
+}
