@@ -20,7 +20,8 @@
 //! `t_m = −1/λ_m` in continuous time.
 //!
 //! ## Methods
-//! Sparse LU (faer) for every linear system: the stationary distribution
+//! Sparse LU (faer) for every linear system, its symbolic analysis cached
+//! by sparsity pattern and reused across perturbation points ([`Factor`]): the stationary distribution
 //! (grounded at the most-connected state and normalised), MFPT and
 //! committors (Dirichlet problems on the states outside the sets). The
 //! slowest eigenpairs of a reversible chain come from its symmetrisation
@@ -32,7 +33,10 @@
 //! extremes. Non-reversible chains use a dense general eigensolver (up to
 //! [`DENSE_MAX`] states).
 
+use std::sync::Mutex;
+
 use faer::linalg::solvers::Solve;
+use faer::sparse::linalg::solvers::{Lu, SymbolicLu};
 use faer::sparse::{SparseColMat, Triplet};
 use faer::{Mat, Side};
 
@@ -77,16 +81,51 @@ fn sparse_err(e: impl std::fmt::Debug) -> ConformationError {
 /// A factorised sparse square matrix (faer's sparse LU) with solves for
 /// the matrix and its transpose.
 pub struct Factor {
-    lu: faer::sparse::linalg::solvers::Lu<usize, f64>,
+    lu: Lu<usize, f64>,
     n: usize,
 }
 
+/// Pattern key: (n, nnz, FNV hash of the column pointers and row indices).
+type PatternKey = (usize, usize, u64);
+
+/// How many symbolic factorisations are kept.
+const SYMBOLIC_CACHE: usize = 16;
+
+/// Symbolic LU factorisations by sparsity pattern, shared by all threads.
+static SYMBOLIC: Mutex<Vec<(PatternKey, SymbolicLu<usize>)>> = Mutex::new(Vec::new());
+
 impl Factor {
     /// Factorises the `n × n` matrix given as triplets `(row, col, value)`
-    /// (duplicates are summed).
+    /// (duplicates are summed). The symbolic analysis (fill-reducing
+    /// ordering, elimination structure) is cached by sparsity pattern and
+    /// reused when the same pattern comes again — as it does at every point
+    /// of a perturbation study — so only the numeric factorisation is redone.
     pub fn new(n: usize, trip: &[Triplet<usize, usize, f64>]) -> Result<Self, ConformationError> {
         let a = SparseColMat::<usize, f64>::try_new_from_triplets(n, n, trip).map_err(sparse_err)?;
-        let lu = a.sp_lu().map_err(sparse_err)?;
+        let sym = a.symbolic();
+        let key = {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for &v in sym.col_ptr().iter().chain(sym.row_idx()) {
+                h ^= v as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            (n, sym.row_idx().len(), h)
+        };
+        let cached = SYMBOLIC.lock().ok().and_then(|c| c.iter().find(|(k, _)| *k == key).map(|(_, s)| s.clone()));
+        let symbolic = match cached {
+            Some(s) => s,
+            None => {
+                let s = SymbolicLu::try_new(sym).map_err(sparse_err)?;
+                if let Ok(mut c) = SYMBOLIC.lock() {
+                    if c.len() >= SYMBOLIC_CACHE {
+                        c.remove(0);
+                    }
+                    c.push((key, s.clone()));
+                }
+                s
+            }
+        };
+        let lu = Lu::try_new_with_symbolic(symbolic, a.as_ref()).map_err(sparse_err)?;
         Ok(Factor { lu, n })
     }
     /// `A x = b`.
