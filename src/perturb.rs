@@ -898,7 +898,13 @@ impl Study {
         // rows where every other axis is at its first value
         let n0 = first.values.len();
         let stride = (self.len() / n0 as u64) as usize;
-        let xs: Vec<f64> = first.values.clone();
+        // log10 x for a positive axis spanning more than two decades
+        let log_axis = |v: &[f64]| {
+            let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(a, b), &x| (a.min(x), b.max(x)));
+            lo > 0.0 && hi / lo > 100.0
+        };
+        let log_x = log_axis(&first.values);
+        let xs: Vec<f64> = first.values.iter().map(|&x| if log_x { x.log10() } else { x }).collect();
         let rows: Vec<usize> = (0..n0).map(|i| i * stride).collect();
         let series = |cols: Vec<String>| -> Vec<(String, Vec<(f64, f64)>)> {
             cols.into_iter()
@@ -908,35 +914,66 @@ impl Study {
                 })
                 .collect()
         };
-        let xlabel = first.name.clone();
+        let xlabel = if log_x { format!("log10 {}", first.name) } else { first.name.clone() };
+        let at_rest = if self.axes.len() > 1 {
+            let rest: Vec<String> = self.axes[1..]
+                .iter()
+                .map(|a| {
+                    if a.name == "mutation" {
+                        "mutation = wt".to_string()
+                    } else {
+                        format!("{} = {}", a.name, a.values[0])
+                    }
+                })
+                .collect();
+            format!(" ({})", rest.join(", "))
+        } else {
+            String::new()
+        };
         let pops = series(self.macrostates.iter().map(|(m, _)| format!("pop_{m}")).collect());
-        let _ =
-            crate::plots::lines(&dir.join("populations.png"), "Macrostate populations", &xlabel, "population", &pops);
+        let _ = crate::plots::lines(
+            &dir.join("populations.png"),
+            &format!("Macrostate populations{at_rest}"),
+            &xlabel,
+            "population",
+            &pops,
+        );
         let its = series((1..=self.timescales).map(|k| format!("its_{k}")).collect());
         let its: Vec<(String, Vec<(f64, f64)>)> =
             its.into_iter().map(|(n, v)| (n, v.into_iter().map(|(x, y)| (x, y.log10())).collect())).collect();
-        let _ =
-            crate::plots::lines(&dir.join("timescales.png"), "Implied timescales", &xlabel, "log10 timescale", &its);
+        let _ = crate::plots::lines(
+            &dir.join("timescales.png"),
+            &format!("Implied timescales{at_rest}"),
+            &xlabel,
+            "log10 timescale",
+            &its,
+        );
         if !self.relaxation.is_empty() {
             // relaxation curves of the last point along the first axis
             let r = rows.last().copied().unwrap_or(0);
             let mut order: Vec<usize> = (0..self.relaxation.len()).collect();
             order.sort_by(|&a, &b| self.relaxation[a].total_cmp(&self.relaxation[b]));
+            let pos: Vec<f64> = self.relaxation.iter().copied().filter(|t| *t > 0.0).collect();
+            let log_t = pos.len() > 1 && log_axis(&pos);
             let curves: Vec<(String, Vec<(f64, f64)>)> = self
                 .macrostates
                 .iter()
                 .filter_map(|(m, _)| {
                     let pts = order
                         .iter()
-                        .map(|&k| Some((self.relaxation[k], t.floats(&format!("relax_{m}_{k}"))?[r])))
+                        .filter(|&&k| !log_t || self.relaxation[k] > 0.0)
+                        .map(|&k| {
+                            let x = if log_t { self.relaxation[k].log10() } else { self.relaxation[k] };
+                            Some((x, t.floats(&format!("relax_{m}_{k}"))?[r]))
+                        })
                         .collect::<Option<Vec<_>>>()?;
                     Some((m.clone(), pts))
                 })
                 .collect();
             let _ = crate::plots::lines(
                 &dir.join("relaxation.png"),
-                &format!("Relaxation after the jump ({} = {})", first.name, xs[n0 - 1]),
-                "time",
+                &format!("Relaxation after the jump to {} = {}{at_rest}", first.name, first.values[n0 - 1]),
+                if log_t { "log10 time" } else { "time" },
                 "population",
                 &curves,
             );
