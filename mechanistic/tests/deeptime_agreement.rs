@@ -126,3 +126,29 @@ fn lanczos_timescales_match_the_reference() {
         assert!(e <= 1e-9, "{key}: {e:e} {its:?}");
     }
 }
+
+/// A non-reversible chain (a driven 3-cycle) takes the LU paths: uniform
+/// stationary distribution, MFPT by hand, backward committor on the
+/// time-reversed chain.
+#[test]
+fn non_reversible_cycle() {
+    // 0→1→2→0 at rate 2, backwards at rate 1
+    let e = [(0, 1, 2.0), (1, 2, 2.0), (2, 0, 2.0), (1, 0, 1.0), (2, 1, 1.0), (0, 2, 1.0)];
+    let c = Chain::from_rates(3, &e, Clock::Continuous).unwrap();
+    assert!(c.reversible_pi().is_none());
+    let pi = c.stationary().unwrap();
+    assert!(pi.iter().all(|p| (p - 1.0 / 3.0).abs() < 1e-15), "{pi:?}");
+    // MFPT to {2}: m0 = (1 + 2 m1)/3, m1 = (1 + m0)/3  ⇒  m0 = 5/7, m1 = 4/7
+    let m = c.mfpt_vector(&[2]).unwrap();
+    assert!((m[0] - 5.0 / 7.0).abs() < 1e-14 && (m[1] - 4.0 / 7.0).abs() < 1e-14, "{m:?}");
+    // forward committor 0 → 2 at state 1: (2·1 + 1·0)/3; backward on the reversed
+    // cycle (k̃_10 = k_01 = 2, k̃_12 = k_21 = 1): (2·1 + 1·0)/3 — so q⁺ + q⁻ ≠ 1
+    // (it would be 1 for a reversible chain)
+    let qf = c.committor_forward(&[0], &[2]).unwrap();
+    let qb = c.committor_backward(&pi, &[0], &[2]).unwrap();
+    assert!((qf[1] - 2.0 / 3.0).abs() < 1e-14 && (qb[1] - 2.0 / 3.0).abs() < 1e-14, "{qf:?} {qb:?}");
+    let its = c.implied_timescales(&pi, 2).unwrap();
+    // eigenvalues −4.5 ± i·√3/2: both timescales 1/4.5
+    assert!(its.iter().all(|t| (t - 1.0 / 4.5).abs() < 1e-12), "{its:?}");
+    assert!(c.tpt(&pi, &[0], &[2]).unwrap().rate > 0.0);
+}

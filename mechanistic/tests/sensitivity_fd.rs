@@ -61,7 +61,8 @@ fn outputs(s: &Setup, p: &[f64], clock: Clock) -> (Chain, Vec<RateGradient>) {
     // the values agree with the analysis functions
     let its = chain.implied_timescales(&pi, 3).unwrap();
     for k in 0..3 {
-        assert!((g[2 + k].value - its[k]).abs() <= 1e-12 * its[k]);
+        // two eigensolver calls (values only / with vectors): round-off apart
+        assert!((g[2 + k].value - its[k]).abs() <= 1e-10 * its[k], "{k}: {} vs {}", g[2 + k].value, its[k]);
     }
     let m = chain.mfpt(&pi, &s.a, &s.b).unwrap();
     assert!((g[5].value - m).abs() <= 1e-12 * m);

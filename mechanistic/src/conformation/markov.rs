@@ -20,8 +20,12 @@
 //! `t_m = −1/λ_m` in continuous time.
 //!
 //! ## Methods
-//! Sparse LU (faer) for every linear system, its symbolic analysis cached
-//! by sparsity pattern and reused across perturbation points ([`Factor`]): the stationary distribution
+//! For a reversible chain the stationary distribution follows from
+//! detailed balance along a spanning tree (checked on every entry), and the
+//! MFPT and committor systems are symmetrised (`Π^{1/2} K Π^{−1/2}`) and
+//! solved by sparse Cholesky. Otherwise sparse LU (faer). The symbolic
+//! analysis of every factorisation is cached by sparsity pattern and
+//! reused across perturbation points ([`Factor`]): the stationary distribution
 //! (grounded at the most-connected state and normalised), MFPT and
 //! committors (Dirichlet problems on the states outside the sets). The
 //! slowest eigenpairs of a reversible chain come from its symmetrisation
@@ -36,7 +40,7 @@
 use std::sync::Mutex;
 
 use faer::linalg::solvers::Solve;
-use faer::sparse::linalg::solvers::{Lu, SymbolicLu};
+use faer::sparse::linalg::solvers::{Llt, Lu, SymbolicLlt, SymbolicLu};
 use faer::sparse::{SparseColMat, Triplet};
 use faer::{Mat, Side};
 
@@ -78,66 +82,100 @@ fn sparse_err(e: impl std::fmt::Debug) -> ConformationError {
     invalid(format!("sparse factorisation failed: {e:?}"))
 }
 
-/// A factorised sparse square matrix (faer's sparse LU) with solves for
-/// the matrix and its transpose.
+/// A factorised sparse square matrix (faer's sparse LU, or Cholesky for a
+/// symmetric positive definite one) with solves for the matrix and its
+/// transpose.
 pub struct Factor {
-    lu: Lu<usize, f64>,
+    kind: FactorKind,
     n: usize,
 }
 
-/// Pattern key: (n, nnz, FNV hash of the column pointers and row indices).
-type PatternKey = (usize, usize, u64);
+enum FactorKind {
+    Lu(Box<Lu<usize, f64>>),
+    Llt(Llt<usize, f64>),
+}
 
-/// How many symbolic factorisations are kept.
+/// Pattern key: (kind, n, nnz, FNV hash of the column pointers and row indices).
+type PatternKey = (u8, usize, usize, u64);
+
+/// How many symbolic factorisations of each kind are kept.
 const SYMBOLIC_CACHE: usize = 16;
 
 /// Symbolic LU factorisations by sparsity pattern, shared by all threads.
 static SYMBOLIC: Mutex<Vec<(PatternKey, SymbolicLu<usize>)>> = Mutex::new(Vec::new());
+/// Symbolic Cholesky factorisations by sparsity pattern.
+static SYMBOLIC_LLT: Mutex<Vec<(PatternKey, SymbolicLlt<usize>)>> = Mutex::new(Vec::new());
+
+fn pattern_key(kind: u8, n: usize, a: &SparseColMat<usize, f64>) -> PatternKey {
+    let sym = a.symbolic();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &v in sym.col_ptr().iter().chain(sym.row_idx()) {
+        h ^= v as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (kind, n, sym.row_idx().len(), h)
+}
+
+fn cached<S: Clone>(
+    cache: &Mutex<Vec<(PatternKey, S)>>,
+    key: PatternKey,
+    make: impl FnOnce() -> Result<S, ConformationError>,
+) -> Result<S, ConformationError> {
+    if let Some(s) = cache.lock().ok().and_then(|c| c.iter().find(|(k, _)| *k == key).map(|(_, s)| s.clone())) {
+        return Ok(s);
+    }
+    let s = make()?;
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= SYMBOLIC_CACHE {
+            c.remove(0);
+        }
+        c.push((key, s.clone()));
+    }
+    Ok(s)
+}
 
 impl Factor {
     /// Factorises the `n × n` matrix given as triplets `(row, col, value)`
-    /// (duplicates are summed). The symbolic analysis (fill-reducing
-    /// ordering, elimination structure) is cached by sparsity pattern and
-    /// reused when the same pattern comes again — as it does at every point
-    /// of a perturbation study — so only the numeric factorisation is redone.
+    /// (duplicates are summed) by sparse LU. The symbolic analysis
+    /// (fill-reducing ordering, elimination structure) is cached by
+    /// sparsity pattern and reused when the same pattern comes again — as
+    /// it does at every point of a perturbation study — so only the numeric
+    /// factorisation is redone.
     pub fn new(n: usize, trip: &[Triplet<usize, usize, f64>]) -> Result<Self, ConformationError> {
         let a = SparseColMat::<usize, f64>::try_new_from_triplets(n, n, trip).map_err(sparse_err)?;
-        let sym = a.symbolic();
-        let key = {
-            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-            for &v in sym.col_ptr().iter().chain(sym.row_idx()) {
-                h ^= v as u64;
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-            (n, sym.row_idx().len(), h)
-        };
-        let cached = SYMBOLIC.lock().ok().and_then(|c| c.iter().find(|(k, _)| *k == key).map(|(_, s)| s.clone()));
-        let symbolic = match cached {
-            Some(s) => s,
-            None => {
-                let s = SymbolicLu::try_new(sym).map_err(sparse_err)?;
-                if let Ok(mut c) = SYMBOLIC.lock() {
-                    if c.len() >= SYMBOLIC_CACHE {
-                        c.remove(0);
-                    }
-                    c.push((key, s.clone()));
-                }
-                s
-            }
-        };
+        let symbolic =
+            cached(&SYMBOLIC, pattern_key(0, n, &a), || SymbolicLu::try_new(a.symbolic()).map_err(sparse_err))?;
         let lu = Lu::try_new_with_symbolic(symbolic, a.as_ref()).map_err(sparse_err)?;
-        Ok(Factor { lu, n })
+        Ok(Factor { kind: FactorKind::Lu(Box::new(lu)), n })
+    }
+
+    /// Factorises a symmetric positive definite matrix (both triangles
+    /// given as triplets) by sparse Cholesky, symbolic analysis cached as
+    /// in [`Factor::new`].
+    pub fn new_spd(n: usize, trip: &[Triplet<usize, usize, f64>]) -> Result<Self, ConformationError> {
+        let a = SparseColMat::<usize, f64>::try_new_from_triplets(n, n, trip).map_err(sparse_err)?;
+        let symbolic = cached(&SYMBOLIC_LLT, pattern_key(1, n, &a), || {
+            SymbolicLlt::try_new(a.symbolic(), Side::Lower).map_err(sparse_err)
+        })?;
+        let llt = Llt::try_new_with_symbolic(symbolic, a.as_ref(), Side::Lower).map_err(sparse_err)?;
+        Ok(Factor { kind: FactorKind::Llt(llt), n })
     }
     /// `A x = b`.
     pub fn solve(&self, b: &[f64]) -> Vec<f64> {
         let mut m = Mat::from_fn(self.n, 1, |i, _| b[i]);
-        self.lu.solve_in_place(m.as_mut());
+        match &self.kind {
+            FactorKind::Lu(f) => f.solve_in_place(m.as_mut()),
+            FactorKind::Llt(f) => f.solve_in_place(m.as_mut()),
+        }
         (0..self.n).map(|i| m[(i, 0)]).collect()
     }
     /// `Aᵀ x = b`.
     pub fn solve_transpose(&self, b: &[f64]) -> Vec<f64> {
         let mut m = Mat::from_fn(self.n, 1, |i, _| b[i]);
-        self.lu.solve_transpose_in_place(m.as_mut());
+        match &self.kind {
+            FactorKind::Lu(f) => f.solve_transpose_in_place(m.as_mut()),
+            FactorKind::Llt(f) => f.solve_in_place(m.as_mut()),
+        }
         (0..self.n).map(|i| m[(i, 0)]).collect()
     }
 }
@@ -381,6 +419,9 @@ impl Chain {
         if n == 1 {
             return Ok(vec![1.0]);
         }
+        if let Some(pi) = self.reversible_pi() {
+            return Ok(pi);
+        }
         let r = self.ground();
         let idx = |i: usize| if i < r { i } else { i - 1 };
         let exit = self.exit_rates();
@@ -413,6 +454,39 @@ impl Chain {
         }
         pi.iter_mut().for_each(|v| *v = (*v / s).max(0.0));
         Ok(pi)
+    }
+
+    /// The stationary distribution of a reversible chain by detailed
+    /// balance along a breadth-first spanning tree (`ln π_j = ln π_i +
+    /// ln k_ij − ln k_ji`), checked on every entry (relative defect ≤
+    /// 1e-10); `None` when the chain is not reversible (or not connected).
+    /// O(entries), no factorisation.
+    pub fn reversible_pi(&self) -> Option<Vec<f64>> {
+        let n = self.n;
+        let root = self.ground();
+        let mut lp = vec![f64::NAN; n];
+        lp[root] = 0.0;
+        let mut queue = std::collections::VecDeque::from([root]);
+        while let Some(i) = queue.pop_front() {
+            for (j, k) in self.row(i) {
+                if lp[j].is_nan() {
+                    let back = self.rate(j, i);
+                    if back <= 0.0 {
+                        return None;
+                    }
+                    lp[j] = lp[i] + k.ln() - back.ln();
+                    queue.push_back(j);
+                }
+            }
+        }
+        if lp.iter().any(|v| v.is_nan()) {
+            return None;
+        }
+        let top = lp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let mut pi: Vec<f64> = lp.iter().map(|v| (v - top).exp()).collect();
+        let s: f64 = pi.iter().sum();
+        pi.iter_mut().for_each(|v| *v /= s);
+        (self.reversibility_defect(&pi) <= 1e-10).then_some(pi)
     }
 
     fn row(&self, i: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
@@ -592,14 +666,15 @@ impl Chain {
             if i == r {
                 continue;
             }
-            trip.push(Triplet::new(idx(i), idx(i), -ex));
+            trip.push(Triplet::new(idx(i), idx(i), ex));
             for (j, kij) in self.row(i) {
                 if j != r {
-                    trip.push(Triplet::new(idx(i), idx(j), self.sym_entry(pi, i, j, kij)));
+                    trip.push(Triplet::new(idx(i), idx(j), -self.sym_entry(pi, i, j, kij)));
                 }
             }
         }
-        let f = Factor::new(n - 1, &trip)?;
+        // −S grounded is symmetric positive definite: Cholesky.
+        let f = Factor::new_spd(n - 1, &trip)?;
         let s: f64 = pi.iter().map(|p| p.sqrt() * p.sqrt()).sum::<f64>().sqrt();
         let v: Vec<f64> = pi.iter().map(|p| p.sqrt() / s).collect();
         let project = |x: &mut [f64]| {
@@ -607,8 +682,8 @@ impl Chain {
             x.iter_mut().zip(&v).for_each(|(a, b)| *a -= d * b);
         };
         let op = |x: &[f64]| -> Vec<f64> {
-            let b: Vec<f64> = (0..n).filter(|&i| i != r).map(|i| x[i]).collect();
-            let y = f.solve(&b);
+            let b: Vec<f64> = (0..n).filter(|&i| i != r).map(|i| -x[i]).collect();
+            let y = f.solve(&b); // (−S_g) y = −x  ⇒  y = S_g⁻¹ x
             let mut out = vec![0.0; n];
             for i in 0..n {
                 if i != r {
@@ -756,6 +831,37 @@ impl Chain {
             return Ok(x);
         }
         let exit = self.exit_rates();
+        if let Some(rpi) = self.reversible_pi() {
+            // Reversible: the time-reversed chain is the chain, and with
+            // D = diag(√π) the system is (−D K D⁻¹)_FF (D x)_F = −D b':
+            // symmetric positive definite, by Cholesky.
+            let d: Vec<f64> = rpi.iter().map(|p| p.sqrt()).collect();
+            let mut b: Vec<f64> = (0..n).filter(|&i| !fixed[i]).map(|i| rhs[i]).collect();
+            let mut trip = Vec::with_capacity(m + self.nnz());
+            for i in 0..n {
+                if !fixed[i] {
+                    trip.push(Triplet::new(idx[i], idx[i], exit[i]));
+                }
+            }
+            for (i, j, k) in self.entries() {
+                if fixed[i] {
+                    continue;
+                }
+                if fixed[j] {
+                    b[idx[i]] -= k * value[j];
+                } else {
+                    trip.push(Triplet::new(idx[i], idx[j], -self.sym_entry(&rpi, i, j, k)));
+                }
+            }
+            let bs: Vec<f64> = (0..n).filter(|&i| !fixed[i]).map(|i| -d[i] * b[idx[i]]).collect();
+            let y = Factor::new_spd(m, &trip)?.solve(&bs);
+            for i in 0..n {
+                if !fixed[i] {
+                    x[i] = y[idx[i]] / d[i];
+                }
+            }
+            return Ok(x);
+        }
         let mut b: Vec<f64> = (0..n).filter(|&i| !fixed[i]).map(|i| rhs[i]).collect();
         let mut trip = Vec::with_capacity(m + self.nnz());
         for i in 0..n {
