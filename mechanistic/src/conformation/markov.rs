@@ -718,7 +718,7 @@ impl Chain {
             }
             let bn = dot(&w, &w).sqrt();
             let m = alpha.len();
-            let check = m >= k + 2 && (m.is_multiple_of(5) || bn < 1e-14 || m == mmax);
+            let check = m >= k + 2 && (m.is_multiple_of(2) || bn < 1e-14 || m == mmax);
             if check || m == n - 1 {
                 // Ritz values and residuals
                 let t = Mat::from_fn(m, m, |a, b| {
