@@ -16,6 +16,8 @@
 //! | run reference problems P2 (spheroid PDE) and P3 (conformational master equation): `insilico bench p2`, `insilico bench p3` | [`bench_p2`], [`bench_p3`] |
 //! | organoid growth, Simeoni TGI, the spheroid reaction–diffusion model | [`mechanistic::organoid`] |
 //! | conformational master equations (MSM or SQRA landscape), perturbations, analysis | [`mechanistic::conformation`] |
+//! | Markov models from CSV/.npy/.npz, stationary/ITS/MFPT/committors/TPT, sensitivities | [`mechanistic::conformation::markov`], [`mechanistic::conformation::sensitivity`] |
+//! | protein-ensemble perturbation studies to Parquet (what `insilico perturb` does) | [`perturb`] |
 //! | sweep regimens × parameters × virtual populations to Parquet (what `insilico sweep` does) | [`sweep`] |
 //! | fit a PK or hybrid PK/neural model to data (what `insilico fit` does) | [`fit_cmd`], [`neural::fit`] |
 //!
@@ -50,6 +52,7 @@ pub mod error;
 pub mod fit_cmd;
 pub mod limits;
 pub mod p1;
+pub mod perturb;
 pub mod plots;
 pub mod simulate;
 pub mod status;

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod bench_p23_cli;
 mod fit_cli;
+mod perturb_cli;
 mod sweep_cli;
 
 use insilico::p1;
@@ -74,6 +75,19 @@ enum Command {
         /// Run a sweep whose estimated output exceeds the config's `max_output_gb` (default 10).
         #[arg(long)]
         large: bool,
+    },
+    /// Protein-ensemble perturbation study on a Markov model (rate or transition matrix).
+    ///
+    /// Grid over ligand concentration (per-state Kd), mutations (per-state ddG), kT and
+    /// force; per point: macrostate populations, slowest implied timescales, MFPT and TPT
+    /// rates between macrostates, observables, relaxation after the jump. Writes Parquet
+    /// parts, summary.csv and plots; killing it and re-running the same command resumes.
+    Perturb {
+        /// TOML study config (see examples/perturb_protein.toml).
+        config: PathBuf,
+        /// Output folder: part-NNNNNN.parquet, manifest.json, progress.json, summary.csv, PNG plots.
+        #[arg(long, default_value = "perturb-out")]
+        out: PathBuf,
     },
     /// Run a reference benchmark (default: p1 with its default options).
     Bench {
@@ -146,6 +160,7 @@ fn main() {
         Command::Simulate { config, out, .. } => simulate(config.as_deref(), &out),
         Command::Fit { config, out } => fit_cli::fit(config.as_deref(), &out),
         Command::Sweep { config, out, device, large } => sweep_cli::sweep(config.as_deref(), &out, device, large),
+        Command::Perturb { config, out } => perturb_cli::perturb(&config, &out),
         Command::Bench { problem } => match problem {
             Some(BenchProblem::P1(args)) => bench_p1(&args),
             Some(BenchProblem::P2(args)) => bench_p23_cli::bench_p2(&args),

@@ -71,11 +71,16 @@
 //! ```
 
 pub mod analysis;
+pub mod interchange;
 pub mod landscape;
+pub mod markov;
 pub mod master;
 pub mod msm;
+pub mod sensitivity;
 
+pub use interchange::{MatrixFile, MatrixKind};
 pub use landscape::{mueller_brown, Grid, Landscape};
+pub use markov::{Chain, Clock, Eigensolver, Tpt};
 pub use master::{Generator, MasterEquation, Perturbation};
 pub use msm::{MsmMatrix, RateEstimate};
 
@@ -91,6 +96,15 @@ pub enum ConformationError {
         line: usize,
         /// 1-based column.
         column: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A matrix file (`.npy`, `.npz`, …) that cannot be read or is not a
+    /// valid model; the reason names the row and column where one is at fault.
+    #[error("{file}: {reason}")]
+    File {
+        /// File name.
+        file: String,
         /// What is wrong.
         reason: String,
     },

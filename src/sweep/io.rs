@@ -48,7 +48,7 @@ fn parse_part_name(name: &str) -> Option<u64> {
 }
 
 /// Writes `bytes` to `path` with the one atomic writer ([`crate::atomic`]).
-fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), SweepError> {
+pub(crate) fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), SweepError> {
     crate::atomic::write_bytes(path, bytes).map_err(|e| SweepError::output(&e.path, format!("I/O error: {}", e.reason)))
 }
 
@@ -97,19 +97,55 @@ fn manifest_json(sweep: &Sweep) -> serde_json::Value {
 }
 
 pub(super) fn prepare(sweep: &Sweep, dir: &Path) -> Result<Plan, SweepError> {
+    let (done, damaged) =
+        prepare_folder_verified(dir, &manifest_json(sweep), &sweep.fingerprint(), sweep.chunks(), |p, k| {
+            verify_part(sweep, p, k)
+        })?;
+    let todo: Vec<u64> = (0..sweep.chunks()).filter(|&k| !done[k as usize]).collect();
+    let ndone = sweep.chunks() - todo.len() as u64;
+    let done_rows = (0..sweep.chunks()).filter(|&k| done[k as usize]).map(|k| sweep.chunk_range(k).1 as u64).sum();
+    Ok(Plan { todo, done: ndone, done_rows, damaged })
+}
+
+/// [`prepare_folder_verified`] for result folders whose parts are checked
+/// by their footer alone (a readable Parquet file): `perturb`'s.
+pub(crate) fn prepare_folder(
+    dir: &Path,
+    manifest: &serde_json::Value,
+    fp: &str,
+    chunks: u64,
+) -> Result<Vec<bool>, SweepError> {
+    let (done, _) = prepare_folder_verified(dir, manifest, fp, chunks, |p, _| {
+        let file = File::open(p).map_err(|e| e.to_string())?;
+        SerializedFileReader::new(file).map(|_| ()).map_err(|e| format!("unreadable Parquet ({e})"))
+    })?;
+    Ok(done)
+}
+
+/// Prepares a result folder shared by `sweep` and `perturb`: creates it,
+/// writes `manifest` (or checks that an existing manifest has the same
+/// `fingerprint`), removes unfinished temporary files of a killed run, and
+/// returns which of the `chunks` part files are complete, with the damaged
+/// ones (removed, to be recomputed) and why (`verify` judges each part).
+pub(crate) fn prepare_folder_verified(
+    dir: &Path,
+    manifest: &serde_json::Value,
+    fp: &str,
+    chunks: u64,
+    verify: impl Fn(&Path, u64) -> Result<(), String>,
+) -> Result<(Vec<bool>, Vec<(u64, String)>), SweepError> {
     std::fs::create_dir_all(dir).map_err(|e| SweepError::output(dir, format!("cannot create the folder: {e}")))?;
-    let manifest = dir.join(MANIFEST);
-    let fp = sweep.fingerprint();
-    match std::fs::read_to_string(&manifest) {
+    let path = dir.join(MANIFEST);
+    match std::fs::read_to_string(&path) {
         Ok(text) => {
             let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| SweepError::output(&manifest, format!("unreadable manifest ({e}); remove the folder")))?;
+                .map_err(|e| SweepError::output(&path, format!("unreadable manifest ({e}); remove the folder")))?;
             let theirs = v.get("fingerprint").and_then(|f| f.as_str()).unwrap_or("");
             if theirs != fp {
                 return Err(SweepError::output(
                     dir,
                     format!(
-                        "holds the results of a different sweep (config {}, fingerprint {theirs}; this config's is \
+                        "holds the results of a different sweep or study (config {}, fingerprint {theirs}; this config's is \
                          {fp}): choose another --out folder or remove this one",
                         v.get("config").and_then(|c| c.as_str()).unwrap_or("?")
                     ),
@@ -117,12 +153,12 @@ pub(super) fn prepare(sweep: &Sweep, dir: &Path) -> Result<Plan, SweepError> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let text = serde_json::to_string_pretty(&manifest_json(sweep)).unwrap_or_default();
-            atomic_write(&manifest, (text + "\n").as_bytes())?;
+            let text = serde_json::to_string_pretty(manifest).unwrap_or_default();
+            atomic_write(&path, (text + "\n").as_bytes())?;
         }
-        Err(e) => return Err(SweepError::output(&manifest, e)),
+        Err(e) => return Err(SweepError::output(&path, e)),
     }
-    let mut done = vec![false; sweep.chunks() as usize];
+    let mut done = vec![false; chunks as usize];
     let mut damaged: Vec<(u64, String)> = Vec::new();
     let entries = std::fs::read_dir(dir).map_err(|e| SweepError::output(dir, e))?;
     for entry in entries {
@@ -136,7 +172,7 @@ pub(super) fn prepare(sweep: &Sweep, dir: &Path) -> Result<Plan, SweepError> {
             if let Some(d) = done.get_mut(k as usize) {
                 // Verified, not trusted: a damaged part is removed and recomputed.
                 let p = entry.path();
-                match verify_part(sweep, &p, k) {
+                match verify(&p, k) {
                     Ok(()) => *d = true,
                     Err(why) => {
                         std::fs::remove_file(&p).map_err(|e| SweepError::output(&p, e))?;
@@ -146,11 +182,8 @@ pub(super) fn prepare(sweep: &Sweep, dir: &Path) -> Result<Plan, SweepError> {
             }
         }
     }
-    let todo: Vec<u64> = (0..sweep.chunks()).filter(|&k| !done[k as usize]).collect();
-    let ndone = sweep.chunks() - todo.len() as u64;
-    let done_rows = (0..sweep.chunks()).filter(|&k| done[k as usize]).map(|k| sweep.chunk_range(k).1 as u64).sum();
     damaged.sort();
-    Ok(Plan { todo, done: ndone, done_rows, damaged })
+    Ok((done, damaged))
 }
 
 pub(super) fn write_progress(sweep: &Sweep, dir: &Path, plan: &Plan) -> Result<(), SweepError> {
@@ -165,6 +198,57 @@ pub(super) fn write_progress(sweep: &Sweep, dir: &Path, plan: &Plan) -> Result<(
 
 fn pq(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> SweepError + '_ {
     move |e| SweepError::output(path, format!("Parquet: {e}"))
+}
+
+/// Values of one column to write with [`write_parquet`].
+pub(crate) enum Column {
+    /// INT64.
+    I64(Vec<i64>),
+    /// INT32.
+    I32(Vec<i32>),
+    /// DOUBLE.
+    F64(Vec<f64>),
+}
+
+/// Writes one Parquet file of REQUIRED columns (one row group, Snappy),
+/// encoded in memory and written by the one atomic writer: `perturb`'s part
+/// files (the sweep's, with nullable results and text, are [`write_part`]).
+pub(crate) fn write_parquet(path: &Path, names: &[String], cols: Vec<Column>) -> Result<(), SweepError> {
+    let mut msg = String::from("message sweep {\n");
+    for (name, col) in names.iter().zip(&cols) {
+        let t = match col {
+            Column::I64(_) => "INT64",
+            Column::I32(_) => "INT32",
+            Column::F64(_) => "DOUBLE",
+        };
+        msg += &format!("  REQUIRED {t} {name};\n");
+    }
+    msg += "}\n";
+    let schema = Arc::new(parse_message_type(&msg).map_err(pq(path))?);
+    let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
+    let mut writer = SerializedFileWriter::new(Vec::new(), schema, props).map_err(pq(path))?;
+    {
+        let mut rg = writer.next_row_group().map_err(pq(path))?;
+        let mut it = cols.into_iter();
+        while let Some(mut col) = rg.next_column().map_err(pq(path))? {
+            match it.next() {
+                Some(Column::I64(v)) => {
+                    col.typed::<Int64Type>().write_batch(&v, None, None).map_err(pq(path))?;
+                }
+                Some(Column::I32(v)) => {
+                    col.typed::<Int32Type>().write_batch(&v, None, None).map_err(pq(path))?;
+                }
+                Some(Column::F64(v)) => {
+                    col.typed::<DoubleType>().write_batch(&v, None, None).map_err(pq(path))?;
+                }
+                None => return Err(SweepError::output(path, "fewer columns than the schema")),
+            }
+            col.close().map_err(pq(path))?;
+        }
+        rg.close().map_err(pq(path))?;
+    }
+    let bytes = writer.into_inner().map_err(pq(path))?;
+    atomic_write(path, &bytes)
 }
 
 pub(super) fn write_part(sweep: &Sweep, dir: &Path, k: u64, r: &ChunkResult) -> Result<(), SweepError> {

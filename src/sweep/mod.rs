@@ -103,7 +103,7 @@
 //! # Ok::<(), insilico::sweep::SweepError>(())
 //! ```
 
-mod io;
+pub(crate) mod io;
 mod report;
 
 use std::path::Path;
@@ -154,7 +154,7 @@ pub enum SweepError {
 }
 
 impl SweepError {
-    fn output(path: &Path, reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn output(path: &Path, reason: impl std::fmt::Display) -> Self {
         SweepError::Output { path: path.display().to_string(), reason: reason.to_string() }
     }
 }

@@ -372,6 +372,16 @@ impl MasterEquation {
         self.basins.iter().map(|(_, s)| s.iter().map(|&i| p[i]).sum()).collect()
     }
 
+    /// `∂G_i/∂θ_k` for every state: how parameter `k` (0 = kT) moves the
+    /// free energies at `p`.
+    pub fn free_energy_derivative(&self, p: &[f64], k: usize) -> Vec<f64> {
+        let mut v = vec![0.0; p.len()];
+        if let Some(x) = v.get_mut(k) {
+            *x = 1.0;
+        }
+        self.dg_dir(p, &v)
+    }
+
     /// `∂G_i/∂θ` applied to a parameter direction `v`: returns per-state `dG`.
     fn dg_dir(&self, p: &[f64], v: &[f64]) -> Vec<f64> {
         let kt = p[0];

@@ -119,14 +119,18 @@ impl MsmMatrix {
     }
 }
 
+/// Relative size (to the row's largest entry) of a negative off-diagonal
+/// entry of `log(T)/τ` still taken as round-off.
+const LOG_NEGATIVE_TOL: f64 = 1e-8;
+
 /// How a transition matrix `T(τ)` becomes a rate matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateEstimate {
     /// `Q = log(T)/τ`, through the eigendecomposition of the symmetrised
     /// `Π^{1/2} T Π^{−1/2}` (requires a reversible `T` with positive
-    /// eigenvalues); small negative off-diagonal rates that the logarithm of
-    /// an estimated `T` may produce are set to zero and the diagonal
-    /// restored. Exact for a `T` that is the propagator of a reversible
+    /// eigenvalues); negative off-diagonal rates of the logarithm down to
+    /// `−1e-8` of the row's largest entry (round-off) are set to zero and the
+    /// diagonal restored, larger ones are an error naming the entry. Exact for a `T` that is the propagator of a reversible
     /// master equation.
     MatrixLog,
     /// `Q = (T − I)/τ`: first order in τ, always a valid generator.
@@ -259,7 +263,30 @@ impl MasterEquation {
                         }
                         let s: f64 = (0..n).map(|k| u[(i, k)] * ll[k] * u[(j, k)]).sum();
                         // back from the symmetrised form: Q = Π^{-1/2} S_log Π^{1/2}
-                        *qij = (s * sq[j] / sq[i]).max(0.0);
+                        *qij = s * sq[j] / sq[i];
+                    }
+                }
+                // Round-off negatives are clipped; a real negative rate means
+                // log(T)/τ is not a generator (no Markov jump process has this T).
+                for (i, qi) in q.iter_mut().enumerate() {
+                    let scale = qi.iter().map(|v| v.abs()).fold(0.0, f64::max);
+                    for (j, qij) in qi.iter_mut().enumerate() {
+                        if i != j && *qij < -LOG_NEGATIVE_TOL * scale {
+                            return Err(t.err(
+                                i,
+                                j,
+                                format!(
+                                    "log(T)/τ is not a valid generator: rate {:e} from state {i} to {j} is negative \
+                                     (no continuous-time Markov process has this transition matrix); use \
+                                     RateEstimate::FirstOrder (Q = (T − I)/τ), a shorter lag time, or analyse T in \
+                                     discrete time (a transition-matrix model)",
+                                    *qij
+                                ),
+                            ));
+                        }
+                        if i != j {
+                            *qij = qij.max(0.0);
+                        }
                     }
                 }
                 q
