@@ -296,6 +296,24 @@ fn d10_full_disk_and_unwritable_paths_leave_no_partial_files() {
     assert!(!out.status.success() && se.contains("d.csv/sweep"), "{se}");
     let (out, so, se) = run(bin().arg("fit").arg(&fcfg).arg("--out").arg(dir.join("fit-ok")));
     assert!(out.status.success(), "{so}\n{se}");
+    // perturb (the protein study): the same guarantees as sweep, through the same writer.
+    let pcfg = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/perturb_protein.toml");
+    for after in ["0", "3000"] {
+        let o = dir.join(format!("perturb-{after}"));
+        let (out, _, se) =
+            run(bin().arg("perturb").arg(pcfg).arg("--out").arg(&o).env("INSILICO_FAULT_ENOSPC_AFTER", after));
+        assert!(!out.status.success() && se.contains("No space left"), "{se}");
+        if o.exists() {
+            assert!(temp_files(&o).is_empty(), "{:?}", temp_files(&o));
+            for e in std::fs::read_dir(&o).unwrap().filter_map(|e| e.ok()) {
+                assert!(std::fs::metadata(e.path()).unwrap().len() > 0, "zero-byte {}", e.path().display());
+            }
+        }
+        let (out, so, se) = run(bin().arg("perturb").arg(pcfg).arg("--out").arg(&o));
+        assert!(out.status.success(), "{so}\n{se}");
+    }
+    let (out, _, se) = run(bin().arg("perturb").arg(pcfg).arg("--out").arg(dir.join("d.csv/perturb")));
+    assert!(!out.status.success() && se.contains("d.csv/perturb"), "{se}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
