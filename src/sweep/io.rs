@@ -122,6 +122,10 @@ pub(crate) fn prepare_folder(
     Ok(done)
 }
 
+/// Which parts of a result folder are complete, and the damaged ones
+/// (removed, to be recomputed) with the reason.
+pub(crate) type FolderState = (Vec<bool>, Vec<(u64, String)>);
+
 /// Prepares a result folder shared by `sweep` and `perturb`: creates it,
 /// writes `manifest` (or checks that an existing manifest has the same
 /// `fingerprint`), removes unfinished temporary files of a killed run, and
@@ -133,7 +137,7 @@ pub(crate) fn prepare_folder_verified(
     fp: &str,
     chunks: u64,
     verify: impl Fn(&Path, u64) -> Result<(), String>,
-) -> Result<(Vec<bool>, Vec<(u64, String)>), SweepError> {
+) -> Result<FolderState, SweepError> {
     std::fs::create_dir_all(dir).map_err(|e| SweepError::output(dir, format!("cannot create the folder: {e}")))?;
     let path = dir.join(MANIFEST);
     match std::fs::read_to_string(&path) {
