@@ -89,6 +89,13 @@ enum Command {
         #[arg(long, default_value = "perturb-out")]
         out: PathBuf,
     },
+    /// Compile a model file (or a zoo model) and report what it is and which engines run it.
+    ///
+    /// Errors point at the line and column. Without MODEL, lists the zoo.
+    Check {
+        /// A model file (`*.model`) or a zoo name (`pk-2cmt-oral`, ...).
+        model: Option<String>,
+    },
     /// Run a reference benchmark (default: p1 with its default options).
     Bench {
         #[command(subcommand)]
@@ -151,6 +158,37 @@ fn parse_methods(s: &str) -> Result<Methods, String> {
     })
 }
 
+/// `insilico check [MODEL]`.
+fn check_model(spec: Option<&str>) -> anyhow::Result<()> {
+    let Some(spec) = spec else {
+        println!("zoo models (models-zoo/models/): {}", insilico::models_zoo::names().join(", "));
+        return Ok(());
+    };
+    let t0 = std::time::Instant::now();
+    let model = insilico::models_zoo::resolve(spec, None)?;
+    let parsed = t0.elapsed();
+    print!("{}", model.summary());
+    println!("  engines");
+    println!("    diffsol (simulate, gradients)  yes");
+    match insilico::model::batched_engine_report(&model) {
+        Ok(r) => {
+            println!(
+                "    batched CPU integrators        yes: {} per-trajectory constants, rhs/jacobian/output {}/{}/{} instructions, {} programs native{}",
+                r.derived,
+                r.instructions.0,
+                r.instructions.1,
+                r.instructions.2,
+                r.native,
+                r.jit_error.map(|e| format!(" (JIT unavailable: {e})")).unwrap_or_default()
+            );
+            println!("    CUDA (NVRTC)                   generated: {} lines of device code", r.cuda_lines);
+        }
+        Err(e) => println!("    batched CPU and CUDA           no: {e}"),
+    }
+    println!("compiled in {:.2} ms (parse, graph, derivatives); all checks passed", parsed.as_secs_f64() * 1e3);
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -161,6 +199,7 @@ fn main() {
         Command::Fit { config, out } => fit_cli::fit(config.as_deref(), &out),
         Command::Sweep { config, out, device, large } => sweep_cli::sweep(config.as_deref(), &out, device, large),
         Command::Perturb { config, out } => perturb_cli::perturb(&config, &out),
+        Command::Check { model } => check_model(model.as_deref()),
         Command::Bench { problem } => match problem {
             Some(BenchProblem::P1(args)) => bench_p1(&args),
             Some(BenchProblem::P2(args)) => bench_p23_cli::bench_p2(&args),

@@ -112,3 +112,25 @@ fn bench_p1_subset_writes_its_files() {
     assert_eq!(csv.lines().count(), 21);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_reports_a_model_and_locates_errors() {
+    let friberg = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/friberg/friberg.model");
+    let (out, so, se) = run(bin().arg("check").arg(friberg));
+    assert!(out.status.success(), "{so}\n{se}");
+    assert!(
+        so.contains("circ (CMT 8)") && so.contains("conserved    central + peripheral + eliminated (verified)"),
+        "{so}"
+    );
+    assert!(so.contains("batched CPU integrators        yes") && so.contains("all checks passed"), "{so}");
+    let (out, so, _) = run(bin().arg("check"));
+    assert!(out.status.success() && so.contains("pk-2cmt-oral") && so.contains("organoid-drug-response"), "{so}");
+    let dir = std::env::temp_dir().join(format!("insilico-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.model");
+    std::fs::write(&bad, "states: a\nd/dt(a) = -kk * a\n").unwrap();
+    let (out, _, se) = run(bin().arg("check").arg(&bad));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(se.contains("bad.model:2:12: unknown name `kk`") && se.contains("^^"), "{se}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -71,6 +71,41 @@ pub enum Backend {
     Interpreter,
 }
 
+/// What the batched engine makes of a model ([`batched_engine_report`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchedReport {
+    /// Per-trajectory constants hoisted out of the right-hand side.
+    pub derived: usize,
+    /// Instructions of the right-hand side, Jacobian and output programs.
+    pub instructions: (usize, usize, usize),
+    /// Programs compiled to native code (of `2 + outputs`).
+    pub native: usize,
+    /// Why the JIT could not run, if it could not.
+    pub jit_error: Option<String>,
+    /// Lines of generated CUDA C (first output observed).
+    pub cuda_lines: usize,
+}
+
+/// Compiles `model` for the batched engine without fixing its size, to
+/// report whether and how it runs there (`Err` says why not and which engine can).
+pub fn batched_engine_report(model: &Model) -> Result<BatchedReport, ModelError> {
+    if model.nstates() > 32 {
+        return Err(engine_err(model, format!("{} states; the batched integrators take at most 32", model.nstates())));
+    }
+    let n_weights = model.params().iter().filter(|p| matches!(p.kind, ParamKind::Weight { .. })).count();
+    let weights = vec![0.0; n_weights];
+    let inner = LaneInner::new(model, &weights, Backend::Jit)?;
+    let native = inner.jit.as_ref().map_or(0, |j| j.functions.iter().flatten().count());
+    let out_len = inner.outputs.first().map_or(0, |o| o.code.len());
+    Ok(BatchedReport {
+        derived: inner.layout.derived.len(),
+        instructions: (inner.rhs.code.len(), inner.jac.code.len(), out_len),
+        native,
+        jit_error: inner.jit_error.clone(),
+        cuda_lines: crate::cuda::cuda_source(&inner, 0).code.lines().count(),
+    })
+}
+
 /// The model compiled for the batched integrators; `N` is its number of states.
 #[derive(Debug, Clone)]
 pub struct LaneModel<const N: usize> {

@@ -52,6 +52,6 @@ pub mod tape;
 
 pub use ast::DoseAttr;
 pub use error::{ModelError, Span};
-pub use lanes::{Backend, LaneModel};
+pub use lanes::{batched_engine_report, Backend, BatchedReport, LaneModel};
 pub use model::{Covariate, Derivatives, Model, Network, Param, ParamKind};
 pub use system::{Compiled, ModelSystem};

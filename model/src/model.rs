@@ -341,6 +341,86 @@ impl Model {
         }
         Ok(())
     }
+    /// A human-readable summary: states (with CMT numbers), parameters with
+    /// defaults and ranges, covariates, inputs, networks, outputs, invariants,
+    /// dose attributes and the size of the derivatives.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "model {}", self.name);
+        let states: Vec<String> = self.states.iter().enumerate().map(|(i, n)| format!("{n} (CMT {})", i + 1)).collect();
+        let _ = writeln!(s, "  states       {}", states.join(", "));
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .filter(|p| !matches!(p.kind, ParamKind::Weight { .. }))
+            .map(|p| {
+                let mut t = p.name.clone();
+                if let Some(d) = p.default {
+                    t += &format!(" = {d}");
+                }
+                if let Some(b) = p.bounds {
+                    t += &format!(" in {b}");
+                }
+                if p.kind == ParamKind::Random {
+                    t += " (random effect)";
+                }
+                t
+            })
+            .collect();
+        let _ = writeln!(s, "  parameters   {}", if params.is_empty() { "none".into() } else { params.join(", ") });
+        if !self.covariates.is_empty() {
+            let c: Vec<String> = self
+                .covariates
+                .iter()
+                .map(|c| c.default.map_or(c.name.clone(), |d| format!("{} (default {d})", c.name)))
+                .collect();
+            let _ = writeln!(s, "  covariates   {}", c.join(", "));
+        }
+        if !self.inputs.is_empty() {
+            let _ = writeln!(s, "  inputs       {}", self.inputs.join(", "));
+        }
+        for nw in &self.networks {
+            let w: Vec<String> = nw.mlp.widths().iter().map(|w| w.to_string()).collect();
+            let _ = writeln!(
+                s,
+                "  network      {}: {} {}, {} weights",
+                nw.name,
+                w.join(" -> "),
+                nw.mlp.activation().name(),
+                nw.mlp.n_params()
+            );
+        }
+        let _ = writeln!(s, "  outputs      {}", self.output_names().join(", "));
+        for c in &self.invariants {
+            let terms: Vec<String> = c
+                .iter()
+                .zip(&self.states)
+                .filter(|(k, _)| **k != 0.0)
+                .map(|(k, n)| if *k == 1.0 { n.clone() } else { format!("{k}*{n}") })
+                .collect();
+            let _ = writeln!(s, "  conserved    {} (verified)", terms.join(" + "));
+        }
+        for (i, d) in self.dose.iter().enumerate() {
+            for (slot, kw) in ["alag", "f", "rate", "dur"].iter().enumerate() {
+                if d[slot].is_some() {
+                    let _ = writeln!(s, "  dosing       {kw}({})", self.states[i]);
+                }
+            }
+        }
+        let d = &self.derived;
+        let _ = writeln!(
+            s,
+            "  derivatives  df/dx {} of {} entries, df/dtheta {} entries, {} graph nodes{}",
+            d.jac.len(),
+            self.states.len() * self.states.len(),
+            d.dfdp.len(),
+            self.graph.len(),
+            if self.is_time_dependent() { "; reads t" } else { "" }
+        );
+        s
+    }
+
     /// Default covariate values (NaN where the model gives none).
     pub fn default_covariates(&self) -> Vec<f64> {
         self.covariates.iter().map(|c| c.default.unwrap_or(f64::NAN)).collect()
