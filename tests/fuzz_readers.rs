@@ -568,3 +568,92 @@ fn fuzz_whole_commands() {
         sweep_skipped.get()
     );
 }
+
+/// The perturb study config (`insilico perturb`) under the same structured mutations.
+#[test]
+fn fuzz_perturb_config() {
+    let base = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"));
+    fuzz_config("fuzz_perturb_config", include_str!("../examples/perturb_protein.toml"), &|text| {
+        if let Ok(study) = insilico::perturb::Study::from_toml_str(text, "fuzz.toml", base) {
+            let _ = study.describe();
+        }
+    });
+}
+
+/// `fit` and `perturb` as processes on mutated configs, under the same 4 GiB
+/// cap (and a 60 s wall limit, since a valid config may ask for a long fit):
+/// never a panic or an abort, and a fit that exits 0 reports a finite objective.
+#[test]
+fn fuzz_whole_commands_fit_and_perturb() {
+    let dir = std::env::temp_dir().join(format!("insilico-fuzz-fp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let examples = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples"));
+    for f in ["perturb_protein_rates.csv", "perturb_protein_mutations.csv"] {
+        std::fs::copy(examples.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(examples.join("data/theoph.csv"), dir.join("theoph.csv")).unwrap();
+    let fit_seed: &'static str = Box::leak(
+        include_str!("../examples/theoph.toml")
+            .replace("../../shared/data/theoph.csv", "theoph.csv")
+            .replace("iterations = 400", "iterations = 5")
+            .into_boxed_str(),
+    );
+    let n = std::cell::Cell::new(0u64);
+    let counts = std::cell::Cell::new((0u64, 0u64, 0u64, 0u64));
+    let mut runner = TestRunner::new(Config { cases: command_cases(), failure_persistence: None, ..Config::default() });
+    let timed = |args: &[&Path], case: &Path| {
+        let mut sh = String::from("ulimit -v 4194304; exec timeout 60");
+        sh += &format!(" '{}'", env!("CARGO_BIN_EXE_insilico"));
+        for a in args {
+            sh += &format!(" '{}'", a.display());
+        }
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(sh)
+            .current_dir(case)
+            .env("RAYON_NUM_THREADS", "1")
+            .output()
+            .expect("run insilico");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    runner
+        .run(&(mutated(fit_seed), mutated(include_str!("../examples/perturb_protein.toml"))), |(fit, study)| {
+            n.set(n.get() + 1);
+            let case = dir.join(format!("c{}", n.get()));
+            std::fs::create_dir_all(&case).unwrap();
+            // Configs sit beside the data they name (relative paths resolve against them).
+            let (fcfg, pcfg) = (dir.join(format!("f{}.toml", n.get())), dir.join(format!("p{}.toml", n.get())));
+            std::fs::write(&fcfg, &fit).unwrap();
+            std::fs::write(&pcfg, &study).unwrap();
+            let (mut fit_ok, mut fit_no, mut p_ok, mut p_no) = counts.get();
+            let (code, se) = timed(&[Path::new("fit"), &fcfg, Path::new("--out"), &case.join("fo")], &dir);
+            assert!(code.is_some() && !se.contains("panicked"), "fit crashed on\n{fit}\n{se}");
+            if code == Some(0) {
+                fit_ok += 1;
+                let v: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(case.join("fo/fit.json")).unwrap()).unwrap();
+                assert!(v.get("loss").and_then(|l| l.as_f64()).is_some_and(f64::is_finite), "fit.json: {v}");
+            } else {
+                fit_no += 1;
+            }
+            let (code, se) = timed(&[Path::new("perturb"), &pcfg, Path::new("--out"), &case.join("po")], &dir);
+            assert!(code.is_some() && !se.contains("panicked"), "perturb crashed on\n{study}\n{se}");
+            if code == Some(0) {
+                p_ok += 1;
+            } else {
+                p_no += 1;
+            }
+            counts.set((fit_ok, fit_no, p_ok, p_no));
+            let _ = std::fs::remove_dir_all(&case);
+            let _ = (std::fs::remove_file(&fcfg), std::fs::remove_file(&pcfg));
+            Ok(())
+        })
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (a, b, c, d) = counts.get();
+    eprintln!(
+        "fuzz_whole_commands_fit_and_perturb: {} cases (fit: {a} exited 0, {b} refused or stopped; perturb: {c} exited 0, \
+         {d} refused), 0 panics, 0 aborts",
+        n.get()
+    );
+}
