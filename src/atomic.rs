@@ -16,7 +16,11 @@
 //!
 //! With the environment variable `INSILICO_FAULT_ENOSPC_AFTER=N` set, every
 //! write through this module fails with "No space left on device" once `N`
-//! bytes of the file are written (a full disk, for the tests).
+//! bytes of the file are written (a full disk, for the tests). With
+//! `INSILICO_FAULT_ENOSPC_AT_WRITE=K`, the process's writes are counted from
+//! 0 and the K-th and every later one fail at their first byte (a disk that
+//! fills up at that write): stepping K through 0, 1, 2, ... hits each write
+//! of a command in turn.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -78,8 +82,17 @@ impl Write for Budget<'_> {
     }
 }
 
+/// Atomic writes started by this process (for `INSILICO_FAULT_ENOSPC_AT_WRITE`).
+static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The byte budget of the write now starting, if a fault is injected.
 fn fault_budget() -> Option<u64> {
-    std::env::var("INSILICO_FAULT_ENOSPC_AFTER").ok().and_then(|v| v.trim().parse().ok())
+    let index = WRITES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.trim().parse::<u64>().ok());
+    if env("INSILICO_FAULT_ENOSPC_AT_WRITE").is_some_and(|k| index >= k) {
+        return Some(0);
+    }
+    env("INSILICO_FAULT_ENOSPC_AFTER")
 }
 
 /// Writes `path` atomically: `fill` writes the content into `w`; the result
@@ -125,7 +138,7 @@ where
         render(&tmp).map_err(|e| WriteError::new(path, e))?;
         if let Some(budget) = fault_budget() {
             let len = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
-            if len > budget {
+            if len > budget || budget == 0 {
                 return Err(WriteError::new(path, io::Error::from_raw_os_error(28)));
             }
         }

@@ -293,7 +293,8 @@ fn values_of(v: &Values, file: &str, key: &str) -> Result<Vec<f64>, PerturbError
                 return Err(cfg(file, format!("{key}: n = 0 gives an empty axis")));
             }
             // Estimated before allocating (found by fuzzing: n = 2^32 asked for 34 GB).
-            crate::limits::check_alloc(*n as f64, std::mem::size_of::<f64>(), "the axis", key).map_err(|e| cfg(file, e))?;
+            crate::limits::check_alloc(*n as f64, std::mem::size_of::<f64>(), "the axis", key)
+                .map_err(|e| cfg(file, e))?;
             if log.unwrap_or(false) {
                 if !(*from > 0.0 && *to > 0.0) {
                     return Err(cfg(file, format!("{key}: a log range needs positive ends")));

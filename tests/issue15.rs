@@ -447,3 +447,64 @@ fn d14_sigterm_ends_a_sweep_with_a_message_and_resumes() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A disk that fills up at each write in turn (`INSILICO_FAULT_ENOSPC_AT_WRITE = 0, 1, 2, ...`),
+/// for every command that writes files (bench p1 included): each run fails naming a full disk, leaves no temporary,
+/// zero-byte or truncated file, and the loop ends when the command has no write left to fail.
+#[test]
+fn d10_disk_full_at_each_write_of_every_command() {
+    let dir = scratch("d10-each");
+    write(&dir, "d.csv", DATA);
+    let sim = write(&dir, "s.toml", SIM);
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/theoph.csv"), dir.join("theoph.csv")).unwrap();
+    let fit = write(
+        &dir,
+        "f.toml",
+        &format!("{}[[stages]]\nmethod = \"lbfgs\"\niterations = 3\n", fit_text("", "standard_errors = false")),
+    );
+    let sweep = write(&dir, "w.toml", ORGANOID);
+    let perturb = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/perturb_protein.toml"));
+    let commands: Vec<(&str, Vec<std::ffi::OsString>, bool)> = vec![
+        ("simulate", vec!["simulate".into(), sim.into_os_string()], false),
+        ("fit", vec!["fit".into(), fit.into_os_string()], true),
+        ("sweep", vec!["sweep".into(), sweep.into_os_string()], true),
+        ("perturb", vec!["perturb".into(), perturb.into_os_string()], true),
+        ("bench", vec!["bench".into(), "p1".into(), "--n".into(), "40".into()], true),
+    ];
+    for (cmd, args, is_folder) in commands {
+        let mut k = 0;
+        loop {
+            let out_path = dir.join(format!("{cmd}-{k}{}", if is_folder { "" } else { ".csv" }));
+            let (out, so, se) =
+                run(bin().args(&args).arg("--out").arg(&out_path).env("INSILICO_FAULT_ENOSPC_AT_WRITE", k.to_string()));
+            if out.status.success() {
+                assert!(k >= 1, "{cmd} wrote nothing");
+                eprintln!("{cmd}: a full disk at each of its {k} writes was refused cleanly");
+                break;
+            }
+            assert!(se.contains("No space left"), "{cmd} at write {k}: {so}\n{se}");
+            let files: Vec<std::path::PathBuf> = if is_folder {
+                std::fs::read_dir(&out_path)
+                    .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                    .unwrap_or_default()
+            } else {
+                vec![out_path.clone()].into_iter().filter(|p| p.exists()).collect()
+            };
+            for p in &files {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                assert!(!insilico::atomic::is_temp_name(&name), "{cmd} at write {k}: temporary {}", p.display());
+                assert!(std::fs::metadata(p).unwrap().len() > 0, "{cmd} at write {k}: zero-byte {}", p.display());
+                if name.ends_with(".json") {
+                    let v: Result<serde_json::Value, _> = serde_json::from_slice(&std::fs::read(p).unwrap());
+                    assert!(v.is_ok(), "{cmd} at write {k}: truncated {}", p.display());
+                }
+            }
+            if is_folder {
+                assert!(temp_files(&out_path).is_empty(), "{cmd} at write {k}: {:?}", temp_files(&out_path));
+            }
+            k += 1;
+            assert!(k < 200, "{cmd}: still failing after 200 writes");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
