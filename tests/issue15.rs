@@ -505,6 +505,10 @@ fn d10_disk_full_at_each_write_of_every_command() {
             k += 1;
             assert!(k < 200, "{cmd}: still failing after 200 writes");
         }
+        // And an unwritable output path (below a regular file): an I/O error naming it.
+        let below = dir.join("d.csv").join(format!("{cmd}-out"));
+        let (out, so, se) = run(bin().args(&args).arg("--out").arg(&below));
+        assert!(!out.status.success() && se.contains(&below.display().to_string()), "{cmd}: {so}\n{se}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
