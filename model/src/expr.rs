@@ -630,24 +630,10 @@ pub fn powi(x: f64, n: i32) -> f64 {
     acc
 }
 
-/// `ln(1 + e^z)` without overflow for large `z`.
-pub fn softplus(z: f64) -> f64 {
-    if z > 0.0 {
-        z + (-z).exp().ln_1p()
-    } else {
-        z.exp().ln_1p()
-    }
-}
-
-/// `1 / (1 + e^-z)`.
-pub fn sigmoid(z: f64) -> f64 {
-    if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
-    } else {
-        let e = z.exp();
-        e / (1.0 + e)
-    }
-}
+/// `ln(1 + e^z)` and `1 / (1 + e^-z)`: the network library's own functions, so that a
+/// `softplus` written in a model and one inside a network are the same arithmetic (the CUDA
+/// twins `ins_softplus` and `ins_sigmoid` compute the same values branch by branch).
+pub use insilico_neural::mlp::{sigmoid, softplus};
 
 fn truth(b: bool) -> f64 {
     if b {
