@@ -11,7 +11,7 @@ use insilico_solvers::System;
 use crate::ast::DoseAttr;
 use crate::error::ModelError;
 use crate::expr::{Op, Var};
-use crate::model::{attr_slot, Model, ParamKind};
+use crate::model::{attr_slot, Model, ParamKind, SparseNodes};
 use crate::tape::{network_weight_jvp, network_weight_vjp, with_scratch, Env, Program};
 
 /// The programs of a model, compiled once and shared by every subject.
@@ -161,6 +161,30 @@ impl ModelSystem {
         })
     }
 
+    /// `out = A·v` (or `Aᵀ·v` with `transpose`) for the sparse derivative
+    /// matrix `A` whose entries `(row, col, _)` are the roots of `prog`.
+    fn sparse_product(
+        &self,
+        prog: &Program,
+        entries: &SparseNodes,
+        env: &Env<'_>,
+        v: &[f64],
+        out: &mut [f64],
+        transpose: bool,
+    ) {
+        out.iter_mut().for_each(|o| *o = 0.0);
+        self.with_run(prog, env, |prog, regs| {
+            for (k, &(i, j, _)) in entries.iter().enumerate() {
+                let a = regs[prog.roots[k] as usize];
+                if transpose {
+                    out[j] += a * v[i];
+                } else {
+                    out[i] += a * v[j];
+                }
+            }
+        })
+    }
+
     /// Weight-parameter tangents through every network node of `nodes`,
     /// `dfdnet` entries `(row, node index, register)`.
     fn net_args(prog: &Program, regs: &[f64], first: usize, nodes: &[u32], model: &Model) -> Vec<Vec<f64>> {
@@ -199,32 +223,17 @@ impl System for ModelSystem {
         })
     }
     fn jvp(&self, t: f64, x: &[f64], u: &[f64], p: &[f64], v: &[f64], out: &mut [f64]) {
-        out.iter_mut().for_each(|o| *o = 0.0);
-        let jac = &self.compiled.model.derived.jac;
-        self.with_run(&self.compiled.jac, &self.env(t, x, u, p), |prog, regs| {
-            for (k, &(i, j, _)) in jac.iter().enumerate() {
-                out[i] += regs[prog.roots[k] as usize] * v[j];
-            }
-        })
+        let c = &self.compiled;
+        self.sparse_product(&c.jac, &c.model.derived.jac, &self.env(t, x, u, p), v, out, false);
     }
     fn vjp_state(&self, t: f64, x: &[f64], u: &[f64], p: &[f64], w: &[f64], out: &mut [f64]) {
-        out.iter_mut().for_each(|o| *o = 0.0);
-        let jac = &self.compiled.model.derived.jac;
-        self.with_run(&self.compiled.jac, &self.env(t, x, u, p), |prog, regs| {
-            for (k, &(i, j, _)) in jac.iter().enumerate() {
-                out[j] += regs[prog.roots[k] as usize] * w[i];
-            }
-        })
+        let c = &self.compiled;
+        self.sparse_product(&c.jac, &c.model.derived.jac, &self.env(t, x, u, p), w, out, true);
     }
     fn jvp_params(&self, t: f64, x: &[f64], u: &[f64], p: &[f64], v: &[f64], out: &mut [f64]) {
-        out.iter_mut().for_each(|o| *o = 0.0);
         let m = self.model();
         let d = &m.derived;
-        self.with_run(&self.compiled.dfdp, &self.env(t, x, u, p), |prog, regs| {
-            for (k, &(i, j, _)) in d.dfdp.iter().enumerate() {
-                out[i] += regs[prog.roots[k] as usize] * v[j];
-            }
-        });
+        self.sparse_product(&self.compiled.dfdp, &d.dfdp, &self.env(t, x, u, p), v, out, false);
         if d.net_nodes.is_empty() {
             return;
         }
@@ -248,14 +257,9 @@ impl System for ModelSystem {
         });
     }
     fn vjp_params(&self, t: f64, x: &[f64], u: &[f64], p: &[f64], w: &[f64], out: &mut [f64]) {
-        out.iter_mut().for_each(|o| *o = 0.0);
         let m = self.model();
         let d = &m.derived;
-        self.with_run(&self.compiled.dfdp, &self.env(t, x, u, p), |prog, regs| {
-            for (k, &(i, j, _)) in d.dfdp.iter().enumerate() {
-                out[j] += regs[prog.roots[k] as usize] * w[i];
-            }
-        });
+        self.sparse_product(&self.compiled.dfdp, &d.dfdp, &self.env(t, x, u, p), w, out, true);
         if d.net_nodes.is_empty() {
             return;
         }

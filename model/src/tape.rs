@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 
-use insilico_neural::Workspace;
+use insilico_neural::{Mlp, Workspace};
 
 use crate::expr::{eval_binary, eval_unary, Graph, Id, Op, Var};
 use crate::model::Network;
@@ -170,26 +170,34 @@ pub fn with_scratch<R>(n: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
     })
 }
 
-/// Output `out` of a network at `args` (`grad = Some(k)`: its derivative by argument `k`).
-pub fn eval_network(net: &Network, theta: &[f64], args: &[f64], out: u32, grad: Option<u32>) -> f64 {
+/// Calls `f` with the network, its weights (its slice of `theta`) and the
+/// thread's workspace sized for it; `missing` when `theta` is too short.
+fn with_network<R>(net: &Network, theta: &[f64], missing: R, f: impl FnOnce(&Mlp, &[f64], &mut Workspace) -> R) -> R {
     let mlp = &net.mlp;
     let Some(w) = theta.get(net.offset..net.offset + mlp.n_params()) else {
-        return f64::NAN;
+        return missing;
     };
     NET_WS.with(|ws| {
         let mut ws = ws.borrow_mut();
         ws.ensure(mlp);
+        f(mlp, w, &mut ws)
+    })
+}
+
+/// Output `out` of a network at `args` (`grad = Some(k)`: its derivative by argument `k`).
+pub fn eval_network(net: &Network, theta: &[f64], args: &[f64], out: u32, grad: Option<u32>) -> f64 {
+    with_network(net, theta, f64::NAN, |mlp, w, ws| {
         let mut y = vec![0.0; mlp.n_outputs()];
         match grad {
             None => {
-                mlp.forward(w, args, &mut ws, &mut y);
+                mlp.forward(w, args, ws, &mut y);
                 y[out as usize]
             }
             Some(k) => {
                 let mut v = vec![0.0; args.len()];
                 v[k as usize] = 1.0;
                 let mut jv = vec![0.0; mlp.n_outputs()];
-                mlp.jvp_input(w, args, &v, &mut ws, &mut y, &mut jv);
+                mlp.jvp_input(w, args, &v, ws, &mut y, &mut jv);
                 jv[out as usize]
             }
         }
@@ -198,19 +206,13 @@ pub fn eval_network(net: &Network, theta: &[f64], args: &[f64], out: u32, grad: 
 
 /// Adds `(∂ net_out/∂w)ᵀ · ybar` (one output's cotangent) into `gw` (the network's weights).
 pub fn network_weight_vjp(net: &Network, theta: &[f64], args: &[f64], out: u32, ybar: f64, gw: &mut [f64]) {
-    let mlp = &net.mlp;
-    let Some(w) = theta.get(net.offset..net.offset + mlp.n_params()) else {
-        return;
-    };
-    NET_WS.with(|ws| {
-        let mut ws = ws.borrow_mut();
-        ws.ensure(mlp);
+    with_network(net, theta, (), |mlp, w, ws| {
         let mut y = vec![0.0; mlp.n_outputs()];
-        mlp.forward(w, args, &mut ws, &mut y);
+        mlp.forward(w, args, ws, &mut y);
         let mut gy = vec![0.0; mlp.n_outputs()];
         gy[out as usize] = ybar;
         let mut g = vec![0.0; mlp.n_params()];
-        mlp.backward(w, &gy, &mut ws, None, Some(&mut g));
+        mlp.backward(w, &gy, ws, None, Some(&mut g));
         for (a, b) in gw.iter_mut().zip(&g) {
             *a += b;
         }
@@ -219,16 +221,10 @@ pub fn network_weight_vjp(net: &Network, theta: &[f64], args: &[f64], out: u32, 
 
 /// `(∂ net_out/∂w) · v` for weight tangent `v`.
 pub fn network_weight_jvp(net: &Network, theta: &[f64], args: &[f64], out: u32, v: &[f64]) -> f64 {
-    let mlp = &net.mlp;
-    let Some(w) = theta.get(net.offset..net.offset + mlp.n_params()) else {
-        return f64::NAN;
-    };
-    NET_WS.with(|ws| {
-        let mut ws = ws.borrow_mut();
-        ws.ensure(mlp);
+    with_network(net, theta, f64::NAN, |mlp, w, ws| {
         let mut y = vec![0.0; mlp.n_outputs()];
         let mut jv = vec![0.0; mlp.n_outputs()];
-        mlp.jvp_params(w, args, v, &mut ws, &mut y, &mut jv);
+        mlp.jvp_params(w, args, v, ws, &mut y, &mut jv);
         jv[out as usize]
     })
 }
