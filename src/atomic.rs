@@ -101,24 +101,15 @@ pub fn write_file<F>(path: &Path, fill: F) -> Result<(), WriteError>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut file = File::create(&tmp).map_err(|e| WriteError::new(path, e))?;
+    through_temp(path, |tmp| {
+        let mut file = File::create(tmp).map_err(|e| WriteError::new(path, e))?;
         {
             let mut budget = Budget { inner: &mut file, left: fault_budget() };
             let mut w = io::BufWriter::new(&mut budget);
             fill(&mut w).and_then(|_| w.flush()).map_err(|e| WriteError::new(path, e))?;
         }
-        file.sync_all().map_err(|e| WriteError::new(path, e))?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(|e| WriteError::new(path, e))?;
-        sync_parent(path);
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        Ok(file)
+    })
 }
 
 /// Writes `bytes` to `path` atomically (see [`write_file`]).
@@ -133,16 +124,25 @@ pub fn write_via_path<F>(path: &Path, render: F) -> Result<(), WriteError>
 where
     F: FnOnce(&Path) -> Result<(), String>,
 {
-    let tmp = temp_path(path);
-    let result = (|| {
-        render(&tmp).map_err(|e| WriteError::new(path, e))?;
+    through_temp(path, |tmp| {
+        render(tmp).map_err(|e| WriteError::new(path, e))?;
         if let Some(budget) = fault_budget() {
-            let len = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+            let len = std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0);
             if len > budget || budget == 0 {
                 return Err(WriteError::new(path, io::Error::from_raw_os_error(28)));
             }
         }
-        let file = File::open(&tmp).map_err(|e| WriteError::new(&tmp, e))?;
+        File::open(tmp).map_err(|e| WriteError::new(tmp, e))
+    })
+}
+
+/// The one commit protocol of every write: `write` fills the temporary file
+/// beside `path` and hands it back open; it is fsynced and renamed over
+/// `path`, and the folder fsynced. On any error the temporary is removed.
+fn through_temp(path: &Path, write: impl FnOnce(&Path) -> Result<File, WriteError>) -> Result<(), WriteError> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let file = write(&tmp)?;
         file.sync_all().map_err(|e| WriteError::new(path, e))?;
         drop(file);
         std::fs::rename(&tmp, path).map_err(|e| WriteError::new(path, e))?;
