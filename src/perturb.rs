@@ -598,15 +598,8 @@ impl Study {
 
     /// Result column names, in order.
     pub fn result_columns(&self) -> Vec<String> {
-        let mut c: Vec<String> = self.macrostates.iter().map(|(m, _)| format!("pop_{m}")).collect();
-        c.extend((1..=self.timescales).map(|k| format!("its_{k}")));
-        for &(a, b) in &self.pairs {
-            c.push(format!("mfpt_{}_{}", self.macrostates[a].0, self.macrostates[b].0));
-        }
-        for &(a, b) in &self.pairs {
-            c.push(format!("rate_{}_{}", self.macrostates[a].0, self.macrostates[b].0));
-        }
-        c.extend(self.observables.iter().map(|(o, _)| format!("obs_{o}")));
+        // The differentiable outputs come first, then the relaxation and the sensitivities.
+        let mut c = self.differentiable_columns();
         for k in 0..self.relaxation.len() {
             c.extend(self.macrostates.iter().map(|(m, _)| format!("relax_{m}_{k}")));
             c.extend(self.observables.iter().map(|(o, _)| format!("relax_obs_{o}_{k}")));
