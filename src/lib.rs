@@ -1,25 +1,24 @@
 //! # Insilico
 //!
 //! Hybrid mechanistic/neural ODE simulation for pharmacometrics and
-//! biomedicine. This root crate is a facade over the workspace's member
-//! crates plus the library code behind the `insilico` command-line tool.
+//! biomedicine. This root crate is a facade over the workspace's crates; the
+//! `insilico` binary (`src/main.rs`) is a thin command line over
+//! [`insilico_jobs`], whose modules are re-exported here under the same names.
 //!
 //! ## A tour by task
 //!
 //! | task | where |
 //! |---|---|
-//! | write a right-hand side, solve it under a dosing schedule | [`solvers`] ([`solvers::System`], [`solvers::solve()`], [`solvers::Schedule`]) |
+//! | write a model once in the model language, compile it for every engine | [`model`], [`models_zoo`] |
+//! | write a right-hand side by hand, solve it under a dosing schedule | [`solvers`] ([`solvers::System`], [`solvers::solve()`], [`solvers::Schedule`]) |
 //! | read a NONMEM-layout dataset | [`solvers::data::Dataset`] |
-//! | use a ready PK model or its closed form | [`mechanistic::pk`] |
 //! | simulate a dataset from a TOML config (what `insilico simulate` does) | [`simulate`] |
-//! | run reference problem P1 (what `insilico bench p1` does) | [`p1`] |
-//! | run reference problems P2 (spheroid PDE) and P3 (conformational master equation): `insilico bench p2`, `insilico bench p3` | [`bench_p2`], [`bench_p3`] |
-//! | organoid growth, Simeoni TGI, the spheroid reaction–diffusion model | [`mechanistic::organoid`] |
-//! | conformational master equations (MSM or SQRA landscape), perturbations, analysis | [`mechanistic::conformation`] |
-//! | Markov models from CSV/.npy/.npz, stationary/ITS/MFPT/committors/TPT, sensitivities | [`mechanistic::conformation::markov`], [`mechanistic::conformation::sensitivity`] |
-//! | protein-ensemble perturbation studies to Parquet (what `insilico perturb` does) | [`perturb`] |
 //! | sweep regimens × parameters × virtual populations to Parquet (what `insilico sweep` does) | [`sweep`] |
 //! | fit a PK or hybrid PK/neural model to data (what `insilico fit` does) | [`fit_cmd`], [`neural::fit`] |
+//! | protein-ensemble perturbation studies to Parquet (what `insilico perturb` does) | [`perturb`] |
+//! | reference problems P1–P3 (what `insilico bench` does) | [`p1`], [`bench_p2`], [`bench_p3`] |
+//! | organoid growth, Simeoni TGI, the spheroid reaction–diffusion model | [`mechanistic::organoid`] |
+//! | conformational master equations, Markov models, sensitivities | [`mechanistic::conformation`] |
 //!
 //! ## Example: simulate the embedded quick-start config
 //! ```
@@ -29,34 +28,12 @@
 //! let ds = sim.load_embedded_dataset()?;
 //! let preds = sim.run(&ds, &|| {})?;
 //! assert!(preds.rows.len() > 10);
-//! let mut csv = Vec::new();
-//! preds.write_csv(&mut csv).unwrap();
-//! assert!(csv.starts_with(b"ID,TIME,PRED\n"));
 //! # Ok::<(), insilico::Error>(())
 //! ```
 
 #![warn(missing_docs)]
 
-pub use insilico_kernels as kernels;
-pub use insilico_mechanistic as mechanistic;
-pub use insilico_model as model;
-pub use insilico_models_zoo as models_zoo;
-pub use insilico_neural as neural;
-pub use insilico_solvers as solvers;
-pub use insilico_validation as validation;
-
-pub mod atomic;
-pub mod bench_p2;
-pub mod bench_p3;
-pub mod error;
-pub mod fit_cmd;
-pub mod limits;
-pub mod p1;
-pub mod perturb;
-pub mod plots;
-pub mod simulate;
-pub mod status;
-pub mod surrogate;
-pub mod sweep;
-
-pub use error::Error;
+pub use insilico_jobs::{
+    atomic, bench_p2, bench_p3, error, fit_cmd, limits, p1, perturb, plots, simulate, status, surrogate, sweep, Error,
+};
+pub use insilico_jobs::{kernels, mechanistic, model, models_zoo, neural, solvers, validation};

@@ -13,8 +13,8 @@
 //!
 //! # Example
 //! ```
-//! use insilico::bench_p2::{regimens, solve_regimen, Regimen, OUTPUT_TIMES};
-//! use insilico::solvers::Method;
+//! use insilico_jobs::bench_p2::{regimens, solve_regimen, Regimen, OUTPUT_TIMES};
+//! use insilico_jobs::solvers::Method;
 //!
 //! assert_eq!(regimens().len(), 42);
 //! let r = solve_regimen(50, &Regimen { level: 10.0, duration: 24.0, period: 72.0 }, Method::Bdf, 1e-6, 1e-8).unwrap();

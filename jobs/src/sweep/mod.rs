@@ -92,7 +92,7 @@
 //! # Example
 //!
 //! ```
-//! use insilico::sweep::{Device, Engine, Sweep, EMBEDDED_CONFIG};
+//! use insilico_jobs::sweep::{Device, Engine, Sweep, EMBEDDED_CONFIG};
 //! let sweep = Sweep::from_toml_str(EMBEDDED_CONFIG, "embedded")?;
 //! assert_eq!(sweep.len(), 7 * 4 * 2 * 64);
 //! let engine = Engine::new(&sweep, Device::Cpu)?;
@@ -100,7 +100,7 @@
 //! let r = sweep.solve_chunk(&engine, 0, 64, &|_| {})?;
 //! assert!(r.status.iter().all(|&s| s == 0));
 //! assert!(r.efficacy.iter().all(|e| (-1e-6..0.05).contains(e)), "a weak regimen barely works");
-//! # Ok::<(), insilico::sweep::SweepError>(())
+//! # Ok::<(), insilico_jobs::sweep::SweepError>(())
 //! ```
 
 pub(crate) mod io;
@@ -124,7 +124,7 @@ pub use report::{GroupRow, SweepReport};
 
 /// The organoid regimen sweep run by `insilico sweep` without arguments
 /// (`examples/sweep_organoid.toml`).
-pub const EMBEDDED_CONFIG: &str = include_str!("../../examples/sweep_organoid.toml");
+pub const EMBEDDED_CONFIG: &str = include_str!("../../../examples/sweep_organoid.toml");
 /// Name used for [`EMBEDDED_CONFIG`] in messages.
 pub const EMBEDDED_CONFIG_NAME: &str = "examples/sweep_organoid.toml (embedded)";
 

@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use plotters::style::{register_font, FontStyle};
 
 /// DejaVu Sans (see `assets/fonts/DejaVuSans-LICENSE.txt`).
-const FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
 /// Registers the bundled font with plotters once per process (every PNG the
 /// CLI draws uses it, so no system fonts are needed).

@@ -94,14 +94,14 @@ use crate::solvers::{Dataset, Dose, DoseMapping, Options, ReadOptions, Schedule,
 use crate::surrogate::OralMmLinear;
 
 /// The embedded default of `insilico fit` without arguments.
-pub const EMBEDDED_FIT_CONFIG: &str = include_str!("../examples/theoph.toml");
+pub const EMBEDDED_FIT_CONFIG: &str = include_str!("../../examples/theoph.toml");
 /// Name used for [`EMBEDDED_FIT_CONFIG`] in messages.
 pub const EMBEDDED_FIT_NAME: &str = "examples/theoph.toml (embedded)";
 /// The dataset of the embedded default: the classic Theophylline data
 /// (Boeckmann, Sheiner & Beal 1994; R's `Theoph`), a copy of
 /// `../shared/data/theoph.csv` kept in the repository so that the binary builds
 /// without the shared folder.
-pub const EMBEDDED_FIT_DATA: &str = include_str!("../examples/data/theoph.csv");
+pub const EMBEDDED_FIT_DATA: &str = include_str!("../../examples/data/theoph.csv");
 
 /// Errors of `fit` and `simulate --fitted`.
 #[derive(Debug, thiserror::Error)]

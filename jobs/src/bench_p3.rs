@@ -18,9 +18,9 @@
 //!
 //! # Example
 //! ```
-//! use insilico::bench_p3::solve_populations;
-//! use insilico::mechanistic::conformation::{p3, Grid};
-//! use insilico::solvers::Method;
+//! use insilico_jobs::bench_p3::solve_populations;
+//! use insilico_jobs::mechanistic::conformation::{p3, Grid};
+//! use insilico_jobs::solvers::Method;
 //!
 //! // P3 on a coarse 16 x 16 grid over the same domain.
 //! let model = p3::model_on(Grid::new_2d(16, 16, (-1.5, 1.2), (-0.2, 2.0)).unwrap());

@@ -15,7 +15,7 @@
 //! max_steps = 1000000         # optional (default 1,000,000 per subject)
 //! allow_failures = false      # optional (default false): a subject whose solve fails fails the
 //!                             #   command; true: its rows get an empty PRED and the cause in a
-//!                             #   STATUS column (ID,TIME,PRED,STATUS; see insilico::status)
+//!                             #   STATUS column (ID,TIME,PRED,STATUS; see insilico_jobs::status)
 //!
 //! [params]                    # parameters of the model by name (compared case-insensitively);
 //! ka = 1.5                    # those with a default in the model file may be left out
@@ -83,11 +83,11 @@ use crate::solvers::{solve, Method, ObservationPoint, Options, Problem, System};
 
 /// The quick-start config run by `insilico simulate` without arguments
 /// (`examples/quickstart.toml`).
-pub const EMBEDDED_CONFIG: &str = include_str!("../examples/quickstart.toml");
+pub const EMBEDDED_CONFIG: &str = include_str!("../../examples/quickstart.toml");
 /// Name used for [`EMBEDDED_CONFIG`] in messages.
 pub const EMBEDDED_CONFIG_NAME: &str = "examples/quickstart.toml (embedded)";
 /// The dataset of the quick-start config (`examples/quickstart.csv`).
-pub const EMBEDDED_DATA: &str = include_str!("../examples/quickstart.csv");
+pub const EMBEDDED_DATA: &str = include_str!("../../examples/quickstart.csv");
 /// Name used for [`EMBEDDED_DATA`] in messages.
 pub const EMBEDDED_DATA_NAME: &str = "examples/quickstart.csv (embedded)";
 

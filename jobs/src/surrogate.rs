@@ -11,8 +11,8 @@
 //!
 //! # Example
 //! ```
-//! use insilico::surrogate::OralMmLinear;
-//! use insilico::solvers::{check_derivatives, System};
+//! use insilico_jobs::surrogate::OralMmLinear;
+//! use insilico_jobs::solvers::{check_derivatives, System};
 //!
 //! let m = OralMmLinear::default();
 //! assert_eq!(m.param_names(), ["ka", "CL", "VMAX", "KM", "V"]);

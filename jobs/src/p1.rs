@@ -17,8 +17,8 @@
 //!
 //! # Example
 //! ```
-//! use insilico::p1;
-//! use insilico::solvers::Method;
+//! use insilico_jobs::p1;
+//! use insilico_jobs::solvers::Method;
 //!
 //! let cases = p1::sweep();
 //! assert_eq!(cases.len(), 10_000);
