@@ -76,6 +76,7 @@ pub mod landscape;
 pub mod markov;
 pub mod master;
 pub mod msm;
+pub mod propagate;
 pub mod sensitivity;
 
 pub use interchange::{MatrixFile, MatrixKind};
@@ -83,6 +84,7 @@ pub use landscape::{mueller_brown, Grid, Landscape};
 pub use markov::{Chain, Clock, Eigensolver, Tpt};
 pub use master::{Generator, MasterEquation, Perturbation};
 pub use msm::{MsmMatrix, RateEstimate};
+pub use propagate::PropagateStats;
 
 /// Errors of the conformation models.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
