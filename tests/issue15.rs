@@ -94,7 +94,7 @@ fn d02_tiny_output_step_is_refused_not_a_panic() {
 fn d03_allocations_are_estimated_and_refused_with_the_key() {
     let text = ORGANOID.replace("level = [1, 10]", "level = { from = 0.5, to = 50, n = 100000000000 }");
     let e = Sweep::from_toml_str(&text, "t.toml", None).unwrap_err().to_string();
-    assert!(e.contains("800 GB") && e.contains("[regimen] level.n"), "{e}");
+    assert!(e.contains("800 GB") && e.contains("[regimen.C_med] level.n"), "{e}");
     let e = Sweep::from_toml_str(&format!("output_step = 1e-9\n{ORGANOID}"), "t.toml", None).unwrap_err().to_string();
     assert!(e.contains("TB") && e.contains("`output_step`"), "{e}");
     let e = Sweep::from_toml_str(&ORGANOID.replace("chunk = 64", "chunk = 100000000000"), "t.toml", None)
