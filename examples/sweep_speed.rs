@@ -16,12 +16,24 @@ use insilico::sweep::{Device, Engine, Sweep, EMBEDDED_CONFIG};
 fn main() {
     let t0 = Instant::now();
     let sweep = Sweep::from_toml_str(EMBEDDED_CONFIG, "embedded", None).expect("embedded config");
-    let engine = Engine::new(&sweep, Device::Cpu).expect("engine");
+    std::hint::black_box(Engine::new(&sweep, Device::Cpu).expect("engine"));
     println!("config + compile: {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
     let runs: usize = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let (mut new_s, mut old_s) = (Vec::new(), Vec::new());
+    // The same sweep without the efficacy's untreated solves, to show their share.
+    let mut bare = sweep.clone();
+    bare.efficacy = None;
+    let bare_engine = Engine::new(&bare, Device::Cpu).expect("engine");
+    let (mut new_s, mut old_s, mut bare_s) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let t = Instant::now();
+        for k in 0..bare.chunks() {
+            let (start, n) = bare.chunk_range(k);
+            std::hint::black_box(bare.solve_chunk(&bare_engine, start, n, &|_| {}).expect("solve"));
+        }
+        bare_s.push(t.elapsed().as_secs_f64());
+        // A fresh engine per run (compiling takes milliseconds): its untreated references start empty.
+        let t = Instant::now();
+        let engine = Engine::new(&sweep, Device::Cpu).expect("engine");
         for k in 0..sweep.chunks() {
             let (start, n) = sweep.chunk_range(k);
             std::hint::black_box(sweep.solve_chunk(&engine, start, n, &|_| {}).expect("solve"));
@@ -39,11 +51,13 @@ fn main() {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    let (n, o) = (med(&mut new_s), med(&mut old_s));
+    let (n, o, b) = (med(&mut new_s), med(&mut old_s), med(&mut bare_s));
     println!(
-        "default organoid sweep, {} trajectories, {} threads: hand-written {o:.3} s, model file {n:.3} s, ratio {:.2}",
+        "default organoid sweep, {} trajectories, {} threads: hand-written {o:.3} s, model file {n:.3} s, ratio {:.2} \
+         (without the efficacy's untreated solves {b:.3} s, ratio {:.2})",
         sweep.len(),
         rayon::current_num_threads(),
-        n / o
+        n / o,
+        b / o
     );
 }

@@ -8,9 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use insilico::sweep::{
-    cuda_status, Device, Engine, Sweep, SweepReport, EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME,
-};
+use insilico::sweep::{cuda_status, Device, Engine, Sweep, SweepReport, EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME};
 
 /// `--device` as given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

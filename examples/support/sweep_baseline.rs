@@ -71,8 +71,9 @@ pub fn solve(sweep: &Sweep, inputs: &[TrajectoryInputs]) -> Vec<Row> {
             let m = inp.len();
             let regs: Vec<Regimen> = inp.iter().map(|i| regimen(&i.regimen_vars, sweep.horizon)).collect();
             let xs: Vec<[f64; 6]> = inp.iter().map(|i| Organoid::default().initial_state(&i.params)).collect();
-            let mut rows: Vec<Row> =
-                (0..m).map(|_| Row { outputs: vec![f64::NAN; nout], efficacy: f64::NAN, steps: 0, status: 0 }).collect();
+            let mut rows: Vec<Row> = (0..m)
+                .map(|_| Row { outputs: vec![f64::NAN; nout], efficacy: f64::NAN, steps: 0, status: 0 })
+                .collect();
             let mut fin = vec![f64::NAN; m];
             for (k, (model, reds, dest)) in passes.iter().enumerate() {
                 let red = Reducer::new(reds).expect("valid reductions");
@@ -95,7 +96,17 @@ pub fn solve(sweep: &Sweep, inputs: &[TrajectoryInputs]) -> Vec<Row> {
                         .enumerate()
                         .map(|(l, r)| {
                             let p = &inp[l].params;
-                            integrate(model, sweep.stepper, p, &xs[l], &regs[l], &sweep.times, sweep.horizon, &sweep.tol, r)
+                            integrate(
+                                model,
+                                sweep.stepper,
+                                p,
+                                &xs[l],
+                                &regs[l],
+                                &sweep.times,
+                                sweep.horizon,
+                                &sweep.tol,
+                                r,
+                            )
                         })
                         .collect(),
                 };

@@ -3,6 +3,7 @@
 //! and the untreated reference of the efficacy.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -14,6 +15,9 @@ use crate::model::{LaneModel, Model};
 /// Most states of a model the sweep runs: its engine is compiled for every
 /// state count `1..=MAX_STATES` (a larger model runs in `simulate`, on diffsol).
 pub const MAX_STATES: usize = 16;
+
+/// Most untreated references kept between chunks (then the cache starts over).
+const UNTREATED_CACHE: usize = 1 << 16;
 
 /// Runs `$body` with the const `$N` equal to the runtime state count `$n`:
 /// `Some(body)` for `1..=MAX_STATES`, `None` above. The one place the
@@ -163,8 +167,14 @@ impl Engine {
             cuda_status().map_err(|e| SweepError::Device(format!("--device cuda: {e}")))?;
         }
         let n = sweep.model.nstates();
-        let solver = with_states!(n, N => Compiled::<N>::new(sweep, device).map(|c| Box::new(c) as Box<dyn ChunkSolver>))
-            .unwrap_or_else(|| Err(SweepError::Config { file: sweep.source.clone(), reason: format!("model: {}", too_large(&sweep.model)) }))?;
+        let solver =
+            with_states!(n, N => Compiled::<N>::new(sweep, device).map(|c| Box::new(c) as Box<dyn ChunkSolver>))
+                .unwrap_or_else(|| {
+                    Err(SweepError::Config {
+                        file: sweep.source.clone(),
+                        reason: format!("model: {}", too_large(&sweep.model)),
+                    })
+                })?;
         Ok(Engine { device, solver })
     }
     /// The device.
@@ -180,6 +190,10 @@ struct Compiled<const N: usize> {
     passes: Vec<Pass<LaneModel<N>>>,
     /// The model observing the efficacy's quantity, for the untreated solve.
     reference: Option<LaneModel<N>>,
+    /// Untreated final values and statuses by parameter vector (bits), kept
+    /// across chunks: a pure function of the parameters, so a cached value
+    /// is bit for bit what a new solve gives.
+    untreated_cache: Mutex<HashMap<Vec<u64>, (f64, Status)>>,
     #[cfg(feature = "cuda")]
     gpu: Vec<crate::kernels::cuda::GpuEnsemble>,
 }
@@ -232,32 +246,36 @@ impl<const N: usize> Compiled<N> {
             base,
             passes,
             reference,
+            untreated_cache: Mutex::new(HashMap::new()),
             #[cfg(feature = "cuda")]
             gpu,
         })
     }
 
     /// The final value of the efficacy's quantity without doses and
-    /// exposures, for each trajectory: every distinct parameter vector of
-    /// the chunk is solved once (a pure function of the parameters, so the
-    /// values do not depend on the chunking), with its status.
+    /// exposures, for each trajectory, with its status: every distinct
+    /// parameter vector is solved once (a pure function of the parameters,
+    /// so the values do not depend on the chunking or the cache).
     fn untreated(&self, sweep: &Sweep, inputs: &[TrajectoryInputs], x0: &[[f64; N]]) -> (Vec<f64>, Vec<Status>) {
         let (Some(model), Some(eff)) = (&self.reference, &sweep.efficacy) else {
             return (vec![], vec![]);
         };
-        let mut index: HashMap<Vec<u64>, usize> = HashMap::new();
+        // A poisoned lock only means another chunk panicked; the map itself is intact.
+        let mut cache = self.untreated_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > UNTREATED_CACHE {
+            cache.clear();
+        }
+        let keys: Vec<Vec<u64>> = inputs.iter().map(|inp| inp.params.iter().map(|v| v.to_bits()).collect()).collect();
+        let mut index: HashMap<&[u64], usize> = HashMap::new();
         let mut first = Vec::new();
-        let which: Vec<usize> = inputs
-            .iter()
-            .enumerate()
-            .map(|(i, inp)| {
-                let key: Vec<u64> = inp.params.iter().map(|v| v.to_bits()).collect();
-                *index.entry(key).or_insert_with(|| {
+        for (i, key) in keys.iter().enumerate() {
+            if !cache.contains_key(key) {
+                index.entry(key).or_insert_with(|| {
                     first.push(i);
                     first.len() - 1
-                })
-            })
-            .collect();
+                });
+            }
+        }
         let t_end = sweep.times.last().copied().unwrap_or(sweep.horizon);
         let reds = [Reduction::last()];
         let none = Regimen::new();
@@ -265,13 +283,26 @@ impl<const N: usize> Compiled<N> {
             .par_iter()
             .map(|&i| {
                 let Ok(mut r) = Reducer::new(&reds) else { return (f64::NAN, Status::NonFinite) };
-                let st = integrate(model, sweep.stepper, &inputs[i].params, &x0[i], &none, &[t_end], t_end, &eff.tol, &mut r);
+                let st = integrate(
+                    model,
+                    sweep.stepper,
+                    &inputs[i].params,
+                    &x0[i],
+                    &none,
+                    &[t_end],
+                    t_end,
+                    &eff.tol,
+                    &mut r,
+                );
                 let mut v = [f64::NAN];
                 r.values(&mut v);
                 (v[0], st.status)
             })
             .collect();
-        which.iter().map(|&k| solved[k]).unzip()
+        for (&i, r) in first.iter().zip(solved) {
+            cache.insert(keys[i].clone(), r);
+        }
+        keys.iter().map(|k| cache.get(k).copied().unwrap_or((f64::NAN, Status::NonFinite))).unzip()
     }
 }
 

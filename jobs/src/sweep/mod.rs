@@ -442,7 +442,6 @@ fn parse_spec(key: &str, v: &toml::Value) -> Result<Spec, String> {
     }
 }
 
-
 impl Sweep {
     /// Reads and validates a config file; a model file is found relative
     /// to the config's folder.
@@ -505,11 +504,8 @@ impl Sweep {
         // Parameters of a trajectory: the model's scalar parameters, then its covariates.
         let scalar: Vec<&crate::model::Param> =
             model.params().iter().filter(|p| !matches!(p.kind, ParamKind::Weight { .. })).collect();
-        let names: Vec<String> = scalar
-            .iter()
-            .map(|p| p.name.clone())
-            .chain(model.covariates().iter().map(|c| c.name.clone()))
-            .collect();
+        let names: Vec<String> =
+            scalar.iter().map(|p| p.name.clone()).chain(model.covariates().iter().map(|c| c.name.clone())).collect();
         let check_param = |j: usize, v: f64| -> Result<(), String> {
             if !v.is_finite() {
                 return Err("must be finite".into());
@@ -548,11 +544,8 @@ impl Sweep {
             }
         }
         // Parameters: the model's defaults, then the config's values.
-        let mut typical: Vec<f64> = scalar
-            .iter()
-            .map(|p| p.default.unwrap_or(f64::NAN))
-            .chain(model.default_covariates())
-            .collect();
+        let mut typical: Vec<f64> =
+            scalar.iter().map(|p| p.default.unwrap_or(f64::NAN)).chain(model.default_covariates()).collect();
         let mut axes_p: Vec<Axis> = Vec::new();
         for (k, v) in &raw.params {
             let j = find_param(k).ok_or_else(|| unknown_param("params", k))?;
@@ -593,7 +586,12 @@ impl Sweep {
                         err(format!(
                             "{key}: unknown parameter or regimen column of model `{}` (valid: {})",
                             model.name(),
-                            rvars.iter().copied().chain(names.iter().map(String::as_str)).collect::<Vec<_>>().join(", ")
+                            rvars
+                                .iter()
+                                .copied()
+                                .chain(names.iter().map(String::as_str))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ))
                     })?;
                     let canonical = match t {
@@ -876,7 +874,6 @@ impl Sweep {
     }
 }
 
-
 /// Default of the config key `max_output_gb`.
 pub const DEFAULT_MAX_OUTPUT_GB: f64 = 10.0;
 /// Default relative tolerance of the efficacy's untreated solve (`[efficacy] rtol`).
@@ -1060,7 +1057,8 @@ impl Sweep {
     pub fn fingerprint(&self) -> String {
         // The model by its summary and every node of its graph (in order; an edited model differs).
         let g = self.model.graph();
-        let model_nodes: Vec<&crate::model::expr::Op> = (0..g.len()).map(|i| g.op(i as crate::model::expr::Id)).collect();
+        let model_nodes: Vec<&crate::model::expr::Op> =
+            (0..g.len()).map(|i| g.op(i as crate::model::expr::Id)).collect();
         let model_nodes = (self.model.summary(), model_nodes);
         let desc = format!(
             "{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
@@ -1284,8 +1282,16 @@ mod tests {
         let cols: Vec<String> = s.columns().into_iter().map(|c| c.0).collect();
         assert_eq!(
             cols[2..10],
-            ["damaged_dose", "damaged_interval", "damaged_duration", "damaged_count", "C_med_level", "C_med_exposure",
-             "C_med_period", "C_med_start"]
+            [
+                "damaged_dose",
+                "damaged_interval",
+                "damaged_duration",
+                "damaged_count",
+                "C_med_level",
+                "C_med_exposure",
+                "C_med_period",
+                "C_med_start"
+            ]
         );
         // Default outputs: the final value of every model output; no efficacy unless configured.
         assert_eq!(s.outputs.len(), 7);
@@ -1305,7 +1311,8 @@ mod tests {
     fn model_files_resolve_relative_to_the_config() {
         let dir = std::env::temp_dir().join(format!("insilico-sweep-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("decay.model"), "parameters: k = 0.1\nstates: a\nd/dt(a) = -k * a\noutput: a\n").unwrap();
+        std::fs::write(dir.join("decay.model"), "parameters: k = 0.1\nstates: a\nd/dt(a) = -k * a\noutput: a\n")
+            .unwrap();
         let text = "model = \"decay.model\"\nhorizon = 10.0\n[regimen.a]\ndose = 1\ncount = 1\n";
         let s = Sweep::from_toml_str(text, "d.toml", Some(&dir)).unwrap();
         assert_eq!(s.model.nstates(), 1);

@@ -256,10 +256,17 @@ impl RegimenSpec {
                             }
                             WindowTrain { start, period: horizon, count: 1, duration, level, input: t.index }
                         }
-                        Some(period) => {
-                            WindowTrain { start, period, count: count(period), duration: exposure, level, input: t.index }
+                        Some(period) => WindowTrain {
+                            start,
+                            period,
+                            count: count(period),
+                            duration: exposure,
+                            level,
+                            input: t.index,
+                        },
+                        None => {
+                            WindowTrain { start, period: horizon, count: 1, duration: exposure, level, input: t.index }
                         }
-                        None => WindowTrain { start, period: horizon, count: 1, duration: exposure, level, input: t.index },
                     };
                     r = r.with_windows(w)?;
                 }

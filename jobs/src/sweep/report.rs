@@ -437,7 +437,6 @@ impl HeatAcc {
     }
 }
 
-
 /// An approximation of matplotlib's viridis colour map at `t` in [0, 1].
 fn viridis(t: f64) -> RGBColor {
     const STOPS: [(f64, f64, f64); 5] =
