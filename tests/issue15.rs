@@ -317,7 +317,7 @@ fn d10_full_disk_and_unwritable_paths_leave_no_partial_files() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-const FAILING_P1: &str = "model = \"pk-2cmt-oral\"\nhorizon = 48.0\noutput_step = 1.0\nstepper = \"tsit5\"\nmax_steps = 2000\nchunk = 8\n[regimen.depot]\ndose = [100, 200]\ninterval = 12\n[params]\nka = 1e12\nCL = 5\nV1 = 30\nQ = 10\nV2 = 50\n[population]\nsize = 4\nseed = 1\n";
+const FAILING_P1: &str = "model = \"pk-2cmt-oral\"\nhorizon = 48.0\noutput_step = 1.0\nstepper = \"tsit5\"\nmax_steps = 2000\nchunk = 8\n[regimen.depot]\ndose = [100, 200]\ninterval = 12\n[params]\nka = 1e12\nCL = 5\nV1 = 30\nQ = 10\nV2 = 50\n[population]\nsize = 4\nseed = 1\n[[output]]\nname = \"cmax\"\nquantity = \"cp\"\nstat = \"max\"\n[[output]]\nname = \"ctrough\"\nquantity = \"cp\"\nstat = \"min\"\n[[output]]\nname = \"auc\"\nquantity = \"cp\"\nstat = \"auc\"\n";
 
 #[test]
 fn d11_failed_trajectories_carry_a_status_and_nulls_and_fail_the_command() {
@@ -331,7 +331,7 @@ fn d11_failed_trajectories_carry_a_status_and_nulls_and_fail_the_command() {
     );
     let t = read_parts(&dir.join("o")).unwrap();
     assert!(t.texts("status").unwrap().iter().all(|s| s != "ok"), "{:?}", t.texts("status"));
-    for c in ["cp_final"] {
+    for c in ["cmax", "ctrough", "auc"] {
         assert!(t.floats(c).unwrap().iter().all(|v| v.is_nan()), "{c} holds numbers for failed trajectories");
     }
     assert!(t.floats("failed_at").unwrap().iter().all(|v| v.is_finite() && *v < 48.0));

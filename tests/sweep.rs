@@ -252,15 +252,15 @@ fn friberg_model_file_sweeps_end_to_end_through_the_cli() {
     let (nadir, cmax) = (t.floats("neutrophil_nadir").unwrap(), t.floats("cmax").unwrap());
     let circ0 = t.floats("Circ0").unwrap();
     let at = |v: &[f64], d: usize, i: usize, m: usize| v[(d * 3 + i) * 8 + m];
-    for m in 0..8 {
+    for (m, &c0) in circ0.iter().enumerate().take(8) {
         for i in 0..3 {
             // Myelosuppression: the nadir falls below baseline and deepens with the dose.
-            assert!(at(&nadir, 0, i, m) < circ0[m], "member {m}: no nadir below Circ0");
+            assert!(at(nadir, 0, i, m) < c0, "member {m}: no nadir below Circ0");
             for d in 1..4 {
-                assert!(at(&nadir, d, i, m) < at(&nadir, d - 1, i, m), "dose {d}, interval {i}, member {m}");
+                assert!(at(nadir, d, i, m) < at(nadir, d - 1, i, m), "dose {d}, interval {i}, member {m}");
             }
             // Linear PK: the peak concentration scales with the dose (rtol 1e-6 solves).
-            let r = at(&cmax, 3, i, m) / at(&cmax, 0, i, m);
+            let r = at(cmax, 3, i, m) / at(cmax, 0, i, m);
             assert!((r - 8.0).abs() < 1e-4, "cmax ratio {r}");
         }
     }
