@@ -1204,7 +1204,7 @@ mod tests {
             (format!("{BASE}[efficacy]\nquantity = \"alive\"\n"), "[efficacy] quantity: unknown output `alive`"),
             (
                 BASE.replace("organoid-drug-response", "pk-2cmt-oral").replace("[regimen.C_med]", "[regimen.depot]"),
-                "[regimen.depot] level: unknown key of a dose train",
+                "[regimen.depot] exposure: unknown key of a dose train",
             ),
             (
                 "model = \"pk-2cmt-oral\"\nhorizon = 24.0\n[regimen.depot]\ndose = 100\ninterval = 12\n".into(),
