@@ -1226,7 +1226,7 @@ mod tests {
             (format!("{BASE}[population]\nsize = 0\n"), "[population] size: empty population"),
             (format!("{BASE}[population]\nsize = 4\ncv = {{ EC5 = 0.2 }}\n"), "[population.cv] EC5: unknown parameter"),
             (format!("colour = 1\n{BASE}"), "unknown field `colour`"),
-            (format!("{BASE}colour = 1\n"), "[regimen] colour: unknown regimen variable"),
+            (format!("{BASE}colour = 1\n"), "[regimen.C_med] colour: unknown key of a train of exposure windows"),
             (
                 format!("{BASE}[sample]\nmethod = \"sobol\"\nn = 8\nranges = {{ EC50 = [1, 20], rhox = [1, 2] }}\n"),
                 "[sample.ranges] rhox: unknown parameter",
