@@ -8,9 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use insilico::sweep::{
-    cuda_status, Device, Engine, Sweep, SweepModel, SweepReport, EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME,
-};
+use insilico::sweep::{cuda_status, Device, Engine, Sweep, SweepReport, EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME};
 
 /// `--device` as given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -63,7 +61,7 @@ pub fn sweep(config: Option<&Path>, out: &Path, device: DeviceArg, large: bool) 
                  dose level x exposure x period x 64 virtual organoids, ranked by efficacy \
                  (viable-burden reduction at day 14 vs untreated) next to a toxicity proxy."
             );
-            Sweep::from_toml_str(EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME)?
+            Sweep::from_toml_str(EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME, None)?
         }
     };
     let device = match device {
@@ -231,8 +229,8 @@ fn num(v: f64) -> String {
 fn print_report(sweep: &Sweep, r: &SweepReport) {
     let Some(rc) = r.rank_col else { return };
     println!();
-    let what = if sweep.model == SweepModel::Organoid && r.columns[rc] == "efficacy" {
-        "efficacy = 1 - viable burden / untreated at the horizon; mean ± sd over the population".to_string()
+    let what = if let (Some(e), "efficacy") = (&sweep.efficacy, r.columns[rc].as_str()) {
+        format!("efficacy = 1 - final {} / untreated; mean ± sd over the population", e.quantity)
     } else {
         format!("{}: mean ± sd over the population", r.columns[rc])
     };

@@ -439,7 +439,7 @@ fn fuzz_sweep_configs() {
         ("sweep_p1.toml", include_str!("../examples/sweep_p1.toml")),
     ] {
         fuzz_config(&format!("fuzz_sweep_config {name}"), seed, &|text| {
-            if let Ok(s) = Sweep::from_toml_str(text, "fuzz.toml") {
+            if let Ok(s) = Sweep::from_toml_str(text, "fuzz.toml", None) {
                 let _ = (s.describe(), s.columns(), s.fingerprint(), s.chunks());
                 let _ = s.check_output_size(false);
                 let _ = s.inputs(0);
@@ -492,7 +492,7 @@ fn fuzz_whole_commands() {
     let (sweep_ok, sweep_refused, sweep_skipped) =
         (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
     let mut runner = TestRunner::new(Config { cases: command_cases(), failure_persistence: None, ..Config::default() });
-    let small_sweep = "model = \"pk-2cmt-oral\"\nhorizon = 48.0\noutput_step = 1.0\nchunk = 8\n[regimen]\ndose = [100, 200]\ninterval = 12\n[population]\nsize = 4\nseed = 1\n";
+    let small_sweep = "model = \"pk-2cmt-oral\"\nhorizon = 48.0\noutput_step = 1.0\nchunk = 8\n[regimen.depot]\ndose = [100, 200]\ninterval = 12\n[params]\nka = 1.2\nCL = 5\nV1 = 30\nQ = 10\nV2 = 50\n[population]\nsize = 4\nseed = 1\n";
     let sweep_seed: &'static str = Box::leak(small_sweep.to_string().into_boxed_str());
     let strategy = (dataset_text(), mutated(SIMULATE_SEED), mutated(sweep_seed), any::<bool>());
     runner
@@ -523,7 +523,7 @@ fn fuzz_whole_commands() {
                 assert!(!out.exists() || std::fs::metadata(&out).unwrap().len() > 0);
             }
             // The sweep only where it is small (a valid huge sweep would just run long).
-            if let Ok(s) = Sweep::from_toml_str(&sweep, "s.toml") {
+            if let Ok(s) = Sweep::from_toml_str(&sweep, "s.toml", Some(&case)) {
                 if s.len() > 4096 || s.times.len() > 4096 {
                     sweep_skipped.set(sweep_skipped.get() + 1);
                     let _ = std::fs::remove_dir_all(&case);

@@ -74,18 +74,18 @@ fn d01_dose_records_without_an_amount_column_are_refused_unless_mapped() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-const ORGANOID: &str = "model = \"organoid\"\nhorizon = 336.0\nchunk = 64\n[regimen]\nlevel = [1, 10]\nexposure = 24\nperiod = 72\n[population]\nsize = 4\nseed = 1\n";
+const ORGANOID: &str = "model = \"organoid-drug-response\"\nhorizon = 336.0\nchunk = 64\n[regimen.C_med]\nlevel = [1, 10]\nexposure = 24\nperiod = 72\n[efficacy]\nquantity = \"viable\"\n[population]\nsize = 4\nseed = 1\n";
 
 #[test]
 fn d02_tiny_output_step_is_refused_not_a_panic() {
     for step in ["5e-324", "1e-300"] {
         let text = format!("output_step = {step}\n{ORGANOID}");
-        let e = Sweep::from_toml_str(&text, "t.toml").unwrap_err().to_string();
+        let e = Sweep::from_toml_str(&text, "t.toml", None).unwrap_err().to_string();
         assert!(e.contains("output_step") && e.contains("over the limit"), "{e}");
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sweep_organoid.toml"))
             .unwrap()
             .replace("output_step = 2.0", &format!("output_step = {step}"));
-        let e = Sweep::from_toml_str(&text, "t.toml").unwrap_err().to_string();
+        let e = Sweep::from_toml_str(&text, "t.toml", None).unwrap_err().to_string();
         assert!(e.contains("change `output_step`"), "{e}");
     }
 }
@@ -93,11 +93,11 @@ fn d02_tiny_output_step_is_refused_not_a_panic() {
 #[test]
 fn d03_allocations_are_estimated_and_refused_with_the_key() {
     let text = ORGANOID.replace("level = [1, 10]", "level = { from = 0.5, to = 50, n = 100000000000 }");
-    let e = Sweep::from_toml_str(&text, "t.toml").unwrap_err().to_string();
-    assert!(e.contains("800 GB") && e.contains("[regimen] level.n"), "{e}");
-    let e = Sweep::from_toml_str(&format!("output_step = 1e-9\n{ORGANOID}"), "t.toml").unwrap_err().to_string();
+    let e = Sweep::from_toml_str(&text, "t.toml", None).unwrap_err().to_string();
+    assert!(e.contains("800 GB") && e.contains("[regimen.C_med] level.n"), "{e}");
+    let e = Sweep::from_toml_str(&format!("output_step = 1e-9\n{ORGANOID}"), "t.toml", None).unwrap_err().to_string();
     assert!(e.contains("TB") && e.contains("`output_step`"), "{e}");
-    let e = Sweep::from_toml_str(&ORGANOID.replace("chunk = 64", "chunk = 100000000000"), "t.toml")
+    let e = Sweep::from_toml_str(&ORGANOID.replace("chunk = 64", "chunk = 100000000000"), "t.toml", None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("`chunk`"), "{e}");
@@ -142,7 +142,7 @@ fn d04_huge_sweeps_print_the_estimate_and_need_large() {
     let text = ORGANOID
         .replace("level = [1, 10]", "level = { from = 0.5, to = 50, n = 100000 }")
         .replace("size = 4", "size = 56000");
-    let s = Sweep::from_toml_str(&text, "t.toml").unwrap();
+    let s = Sweep::from_toml_str(&text, "t.toml", None).unwrap();
     let e = s.check_output_size(false).unwrap_err().to_string();
     assert!(e.contains("5.60e9") && e.contains("TB") && e.contains("--large") && e.contains("max_output_gb"), "{e}");
     assert!(s.check_output_size(true).is_ok());
@@ -317,7 +317,7 @@ fn d10_full_disk_and_unwritable_paths_leave_no_partial_files() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-const FAILING_P1: &str = "model = \"pk-2cmt-oral\"\nhorizon = 48.0\noutput_step = 1.0\nstepper = \"tsit5\"\nmax_steps = 2000\nchunk = 8\n[regimen]\ndose = [100, 200]\ninterval = 12\n[params]\nka = 1e12\n[population]\nsize = 4\nseed = 1\n";
+const FAILING_P1: &str = "model = \"pk-2cmt-oral\"\nhorizon = 48.0\noutput_step = 1.0\nstepper = \"tsit5\"\nmax_steps = 2000\nchunk = 8\n[regimen.depot]\ndose = [100, 200]\ninterval = 12\n[params]\nka = 1e12\nCL = 5\nV1 = 30\nQ = 10\nV2 = 50\n[population]\nsize = 4\nseed = 1\n[[output]]\nname = \"cmax\"\nquantity = \"cp\"\nstat = \"max\"\n[[output]]\nname = \"ctrough\"\nquantity = \"cp\"\nstat = \"min\"\n[[output]]\nname = \"auc\"\nquantity = \"cp\"\nstat = \"auc\"\n";
 
 #[test]
 fn d11_failed_trajectories_carry_a_status_and_nulls_and_fail_the_command() {
@@ -382,7 +382,7 @@ fn d13_a_truncated_part_is_recomputed_on_resume() {
 fn d14_tolerances_are_range_checked_in_every_config() {
     let e = Simulation::from_toml_str(&format!("rtol = 1e300\n{SIM}"), "s.toml", None).unwrap_err().to_string();
     assert!(e.contains("rtol") && e.contains("between"), "{e}");
-    let e = Sweep::from_toml_str(&format!("rtol = 1e300\n{ORGANOID}"), "t.toml").unwrap_err().to_string();
+    let e = Sweep::from_toml_str(&format!("rtol = 1e300\n{ORGANOID}"), "t.toml", None).unwrap_err().to_string();
     assert!(e.contains("rtol") && e.contains("between"), "{e}");
     let e = FitConfig::from_toml_str(&fit_text("", "rtol = 1e300"), "f.toml", None).unwrap_err().to_string();
     assert!(e.contains("rtol") && e.contains("between"), "{e}");

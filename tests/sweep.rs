@@ -29,8 +29,8 @@ fn run(cmd: &mut Command) -> (Output, String, String) {
 /// An organoid sweep of `levels × pop` trajectories in parts of `chunk`.
 fn organoid_config(levels: &str, pop: u64, chunk: u64) -> String {
     format!(
-        "model = \"organoid\"\nhorizon = 336.0\noutput_step = 2.0\nchunk = {chunk}\n\
-         [regimen]\nlevel = {levels}\nexposure = [12, 48]\nperiod = 72\n\
+        "model = \"organoid-drug-response\"\nhorizon = 336.0\noutput_step = 2.0\nchunk = {chunk}\n\
+         [regimen.C_med]\nlevel = {levels}\nexposure = [12, 48]\nperiod = 72\n[efficacy]\nquantity = \"viable\"\n\
          [population]\nsize = {pop}\nseed = 99\ncv = {{ rho = 0.25, EC50 = 0.4, k_in = 0.3 }}\n"
     )
 }
@@ -65,7 +65,7 @@ fn embedded_default_ranks_regimens_and_is_monotone() {
     let out_dir = dir.join("sweep-out");
     let png = std::fs::read(out_dir.join("heatmap.png")).expect("heatmap.png");
     assert_eq!(&png[1..4], b"PNG");
-    let sweep = Sweep::from_toml_str(insilico::sweep::EMBEDDED_CONFIG, "embedded").unwrap();
+    let sweep = Sweep::from_toml_str(insilico::sweep::EMBEDDED_CONFIG, "embedded", None).unwrap();
     let t = read_parts(&out_dir).unwrap();
     assert_eq!(t.len() as u64, sweep.len());
     assert!(t.texts("status").unwrap().iter().all(|s| s == "ok"));
@@ -195,13 +195,16 @@ fn p1_sweep_config_matches_the_batched_integrator() {
 fn bad_configs_and_devices_are_clear_errors() {
     let dir = scratch("bad");
     let cases = [
-        (organoid_config("[1]", 2, 10).replace("organoid", "organoidx"), "model: unknown model `organoidx`"),
+        (
+            organoid_config("[1]", 2, 10).replace("organoid-drug-response", "organoidx"),
+            "model: organoidx: not a zoo model",
+        ),
         (organoid_config("[1]", 2, 10) + "[params]\nEC500 = 3\n", "[params] EC500: unknown parameter"),
         (
             organoid_config("[1]", 2, 10).replace("exposure = [12, 48]", "exposure = [12, 0]"),
             "exposure: must be positive",
         ),
-        (organoid_config("[]", 2, 10), "[regimen] level: empty grid"),
+        (organoid_config("[]", 2, 10), "[regimen.C_med] level: empty grid"),
         (
             organoid_config("[1]", 2, 10) + "[report]\nrank_by = \"viable\"\n",
             "[report] rank_by: unknown column `viable`",
@@ -231,5 +234,36 @@ fn bad_configs_and_devices_are_clear_errors() {
             run(bin().arg("sweep").arg(&c1).arg("--out").arg(dir.join("auto")).args(["--device", "auto"]));
         assert!(out.status.success() && so.contains("running on the CPU"), "{so}\n{se}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn friberg_model_file_sweeps_end_to_end_through_the_cli() {
+    // examples/friberg/sweep.toml: a model in no zoo, 4 doses x 3 intervals x 8 patients.
+    let dir = scratch("friberg");
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/friberg/sweep.toml");
+    let out_dir = dir.join("out");
+    let (out, so, se) = run(bin().arg("sweep").arg(&config).arg("--out").arg(&out_dir).current_dir(&dir));
+    assert!(out.status.success(), "{so}\n{se}");
+    assert!(so.contains("model friberg") && so.contains("neutrophil_nadir"), "{so}");
+    let t = read_parts(&out_dir).unwrap();
+    assert_eq!(t.len(), 4 * 3 * 8);
+    assert!(t.texts("status").unwrap().iter().all(|s| s == "ok"));
+    let (nadir, cmax) = (t.floats("neutrophil_nadir").unwrap(), t.floats("cmax").unwrap());
+    let circ0 = t.floats("Circ0").unwrap();
+    let at = |v: &[f64], d: usize, i: usize, m: usize| v[(d * 3 + i) * 8 + m];
+    for (m, &c0) in circ0.iter().enumerate().take(8) {
+        for i in 0..3 {
+            // Myelosuppression: the nadir falls below baseline and deepens with the dose.
+            assert!(at(nadir, 0, i, m) < c0, "member {m}: no nadir below Circ0");
+            for d in 1..4 {
+                assert!(at(nadir, d, i, m) < at(nadir, d - 1, i, m), "dose {d}, interval {i}, member {m}");
+            }
+            // Linear PK: the peak concentration scales with the dose (rtol 1e-6 solves).
+            let r = at(cmax, 3, i, m) / at(cmax, 0, i, m);
+            assert!((r - 8.0).abs() < 1e-4, "cmax ratio {r}");
+        }
+    }
+    assert!(std::fs::read(out_dir.join("heatmap.png")).is_ok_and(|b| &b[1..4] == b"PNG"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -260,8 +260,8 @@ pub(super) fn write_part(sweep: &Sweep, dir: &Path, k: u64, r: &ChunkResult) -> 
     let tmp = path.clone();
     let cols = sweep.columns();
     let mut msg = String::from("message sweep {\n");
-    let nr = sweep.model.regimen_vars().len();
-    let np = sweep.model.param_names().len();
+    let nr = sweep.regimen.vars.len();
+    let np = sweep.param_names.len();
     let first_f64 = cols.iter().position(|c| c.1 == Kind::F64).unwrap_or(0);
     for (c, (name, kind)) in cols.iter().enumerate() {
         let t = match kind {

@@ -1,13 +1,20 @@
-//! `insilico sweep`: regimen × parameter × virtual-population sweeps of a
-//! small model on the batched integrators ([`crate::kernels`]), streamed to
-//! Parquet in chunks that survive a kill.
+//! `insilico sweep`: regimen × parameter × virtual-population sweeps of any
+//! model file (or zoo model) on the batched integrators
+//! ([`crate::kernels`]), streamed to Parquet in chunks that survive a kill.
+//!
+//! The model is compiled once for the batched engine
+//! ([`LaneModel`](crate::model::LaneModel): Cranelift native code, or on
+//! `--device cuda` the CUDA C printed from the same programs). The engine
+//! runs models of up to [`MAX_STATES`] states without `t` in their
+//! right-hand side and without networks; `simulate` (diffsol) runs the rest.
 //!
 //! # The config file
 //!
 //! ```toml
-//! model = "organoid"        # organoid | pk-2cmt-oral
-//! horizon = 336.0           # h, > 0
-//! output_step = 2.0         # h, > 0: outputs on 0, step, ..., horizon feed the reductions
+//! model = "organoid-drug-response"  # a zoo model, or a model file: "path/to/file.model"
+//!                           #   (relative to this config)
+//! horizon = 336.0           # > 0, in the model's time unit
+//! output_step = 2.0         # > 0: outputs on 0, step, ..., horizon feed the reductions
 //! stepper = "tsit5"         # optional: tsit5 (default) | rosenbrock
 //! rtol = 1e-6               # optional (default 1e-6); atol default 1e-9
 //! max_steps = 100000        # optional, per trajectory
@@ -17,83 +24,105 @@
 //! allow_failures = false    # optional (default false): trajectories that fail (status != ok) make
 //!                           #   the command exit non-zero; true: they are reported, exit 0
 //!
-//! [regimen]                 # organoid: level (uM, >= 0), exposure (h, > 0), period (h, > 0)
-//! level = [1, 10, 50]       #   windows [k*period, k*period + exposure), continuous if exposure >= period
-//! exposure = 24             # pk-2cmt-oral: dose (mg, >= 0) into the gut every interval (h, > 0)
-//! period = { from = 24, to = 168, n = 4, log = true }
+//! [regimen.C_med]           # exposure windows on an input declared by the model (`inputs:`):
+//! level = [1, 10, 50]       #   level (>= 0) added to the input in [start + k*period, ... + exposure)
+//! exposure = 24             #   window length (> 0); exposure >= period: one continuous window
+//! period = { from = 24, to = 168, n = 4, log = true }   # > 0 (optional with count = 1)
+//! # count = 3               #   optional: number of windows (default: while before the horizon)
+//! # start = 0               #   optional: first opening (default 0)
 //!
-//! [params]                  # typical values by name (model defaults otherwise);
-//! EC50 = 5.0                #   a list or {from, to, n, log} makes a grid axis
+//! # [regimen.depot]         # a dose train into a state of the model:
+//! # dose = [100, 200]       #   amount per dose (>= 0)
+//! # interval = 12           #   time between doses (> 0; optional with count = 1)
+//! # duration = 1            #   optional: zero-order infusion over this time (default 0: bolus)
+//! # count = 4               #   optional: number of doses (default: while before the horizon)
+//! # start = 0               #   optional: first dose (default 0)
+//!
+//! [params]                  # typical values by the model's parameter (or covariate) names;
+//! EC50 = 5.0                #   the model file's defaults otherwise (a parameter without one must
+//!                           #   be given); a list or {from, to, n, log} makes a grid axis
 //!
 //! [sample]                  # optional: a sampled design over ranges
 //! method = "sobol"          #   sobol (points 0..n of the Joe-Kuo sequence) | lhs (Latin hypercube)
 //! n = 256
 //! seed = 1                  #   lhs only
-//! ranges = { EC50 = [1, 20], k_in = [0.1, 1] }  # parameters or regimen variables not on the grid
+//! ranges = { EC50 = [1, 20], k_in = [0.1, 1] }  # parameters or regimen columns not on the grid
 //! log = ["EC50"]            #   ranges sampled on a log scale
 //!
 //! [population]              # optional: seeded log-normal virtual subjects
 //! size = 64                 #   parameter = value * exp(omega * z), omega^2 = ln(1 + cv^2)
 //! seed = 7
-//! cv = { rho = 0.25, EC50 = 0.4 }
+//! cv = { rho = 0.25, EC50 = 0.4 }   # any parameter
 //!
-//! [[output]]                # reductions per trajectory (defaults per model if none)
-//! name = "viable_final"     #   a column name: letters, digits, '_'
-//! quantity = "viable"       #   organoid: viable damaged total effect healthy_drug toxicity effect_auc; pk: C
+//! [[output]]                # reductions per trajectory (default: `<output>_final` for every
+//! name = "viable_final"     #   output of the model); a column name: letters, digits, '_'
+//! quantity = "viable"       #   an output of the model (`output:` line)
 //! stat = "final"            #   max min auc mean time_above final (aliases cmax ctrough nadir last)
 //! window = [0, 336]         #   optional (default [0, horizon])
 //! threshold = 0.5           #   time_above only
 //!
+//! [efficacy]                # optional: an `efficacy` column, 1 - final(quantity) / final(quantity)
+//! quantity = "viable"       #   of the same trajectory solved without doses and exposures
+//! rtol = 1e-12              #   optional: tolerances of that untreated solve (defaults 1e-12, 1e-15)
+//! atol = 1e-15
+//!
 //! [report]                  # optional
-//! rank_by = "efficacy"      #   a column: an output name, or efficacy (organoid)
+//! rank_by = "efficacy"      #   a column: an output name, or efficacy (the default when configured)
 //! descending = true         #   higher is better (default true)
-//! toxicity = "toxicity_peak"   # a column shown next to it (organoid default)
+//! toxicity = "toxicity_peak"   # a column shown next to it (default: one named toxicity*)
 //! max_toxicity = 0.25       #   regimens above are flagged
 //! heatmap = ["level", "exposure"]   # two grid axes: heat map of rank_by
 //! top = 20                  #   rows of the printed ranking
 //! ```
 //!
-//! Unknown keys, an unknown model, parameter, quantity, statistic or column,
-//! non-positive durations and empty grids are errors naming the file and the key.
+//! A regimen key's column is the key itself (`level`, `dose`, ...) when the
+//! config has one train; with several trains every regimen column is
+//! `<state or input>_<key>` (`depot_dose`, `C_med_level`). Unknown keys, a
+//! model that cannot be found or compiled, an unknown state, input,
+//! parameter, output, statistic or column, non-positive durations and empty
+//! grids are errors naming the file and the key.
 //!
 //! # Order, determinism, resumption
 //!
 //! The sweep's trajectories are numbered `id = group · population_size + member`
 //! with `group = grid_point · sample_size + sample_point`, the grid in row-major
-//! order over the regimen variables (in the model's order: organoid `level`,
-//! `exposure`, `period`; pk `dose`, `interval`) then the parameter axes (in the
-//! model's parameter order) — first outermost. Every input of trajectory `id`
-//! is a pure function of the config and `id` (random-access generators,
-//! counter-based random numbers), and every trajectory is integrated on its
-//! own, so values do not depend on the thread count or the chunking.
+//! order over the regimen variables (dose trains in the model's state order,
+//! then exposure trains in its input order; within a train dose, interval,
+//! duration, count, start or level, exposure, period, count, start) then the
+//! parameter axes (in the model's parameter order) — first outermost. Every
+//! input of trajectory `id` is a pure function of the config and `id`
+//! (random-access generators, counter-based random numbers), and every
+//! trajectory is integrated on its own, so values do not depend on the
+//! thread count or the chunking.
 //!
 //! Chunk `k` holds ids `[k·chunk, (k+1)·chunk)` and is written to
 //! `DIR/part-{k:06}.parquet` through a temporary name and an atomic rename;
 //! `DIR/manifest.json` names the config's fingerprint, `DIR/progress.json`
 //! counts finished chunks. Re-running the same command after a kill keeps
 //! every finished part and computes only the missing ones: no row lost or
-//! duplicated. A different config in the same folder is refused.
+//! duplicated. A different config (or an edited model) in the same folder
+//! is refused.
 //!
 //! # Outputs
 //!
 //! * `part-*.parquet`: one row per trajectory — `id`, `member`, `sample`
 //!   (with a sampled design), the regimen variables, every model parameter
-//!   (as integrated), the outputs, `efficacy` (organoid), `status` (text:
-//!   `ok`, or the cause: `max_steps`, `step_too_small`, `non_finite`,
-//!   `singular`), `failed_at` (the last output time a failed trajectory
-//!   reached) and `steps`. A failed trajectory's outputs and `efficacy` are
-//!   null, never a sentinel number; a trajectory whose output is not finite
-//!   has failed (`non_finite`).
+//!   and covariate (as integrated), the outputs, `efficacy` (when
+//!   configured), `status` (text: `ok`, or the cause: `max_steps`,
+//!   `step_too_small`, `non_finite`, `singular`), `failed_at` (the last
+//!   output time a failed trajectory reached) and `steps`. A failed
+//!   trajectory's outputs and `efficacy` are null, never a sentinel number;
+//!   a trajectory whose output is not finite has failed (`non_finite`).
 //! * `summary.csv`: one row per group (regimen × grid × sample point): its
 //!   factors, `n`, `failed`, then `mean`, `sd`, `min`, `max` of every output
 //!   over the population.
 //! * `heatmap.png` with `[report] heatmap`.
-
+//!
 //! # Example
 //!
 //! ```
 //! use insilico_jobs::sweep::{Device, Engine, Sweep, EMBEDDED_CONFIG};
-//! let sweep = Sweep::from_toml_str(EMBEDDED_CONFIG, "embedded")?;
+//! let sweep = Sweep::from_toml_str(EMBEDDED_CONFIG, "embedded", None)?;
 //! assert_eq!(sweep.len(), 7 * 4 * 2 * 64);
 //! let engine = Engine::new(&sweep, Device::Cpu)?;
 //! // Trajectories 0..64: the lowest level and shortest exposure every 72 h, all 64 organoids.
@@ -103,22 +132,22 @@
 //! # Ok::<(), insilico_jobs::sweep::SweepError>(())
 //! ```
 
+mod engine;
 pub(crate) mod io;
+mod regimen;
 mod report;
 
 use std::path::Path;
 
-use rayon::prelude::*;
 use serde::Deserialize;
 
 use crate::kernels::generators::{linspace, logspace, Grid, LatinHypercube, LogNormalPopulation, Sobol};
-use crate::kernels::organoid::{Organoid, OrganoidOutput, ORGANOID_DEFAULTS, ORGANOID_PARAMS};
 use crate::kernels::reductions::{Reducer, Reduction, Stat};
-use crate::kernels::{
-    integrate, integrate_lanes, BatchModel, Regimen, Status, Stepper, Tolerances, TrajectoryStats, TwoCmtOral,
-    WindowTrain, LANES,
-};
+use crate::kernels::{Stepper, Tolerances};
+use crate::model::{Model, ParamKind};
+use regimen::RegimenSpec;
 
+pub use engine::{cuda_status, status_name, ChunkResult, Device, Engine, MAX_STATES};
 pub use io::{read_parts, Table, Values};
 pub use report::{GroupRow, SweepReport};
 
@@ -159,115 +188,21 @@ impl SweepError {
     }
 }
 
-/// The models a sweep can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SweepModel {
-    /// [`Organoid`]: exposure windows, viable/damaged cells, toxicity proxy.
-    Organoid,
-    /// [`TwoCmtOral`] (P1): oral boluses every interval.
-    Pk2CmtOral,
-}
-
-impl SweepModel {
-    /// Names accepted in configs.
-    pub const NAMES: [&'static str; 2] = ["organoid", "pk-2cmt-oral"];
-
-    fn parse(s: &str) -> Option<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "organoid" => Some(SweepModel::Organoid),
-            "pk-2cmt-oral" | "two-cmt-oral" | "p1" => Some(SweepModel::Pk2CmtOral),
-            _ => None,
-        }
-    }
-    /// The config name.
-    pub fn name(self) -> &'static str {
-        match self {
-            SweepModel::Organoid => "organoid",
-            SweepModel::Pk2CmtOral => "pk-2cmt-oral",
-        }
-    }
-    /// Parameter names in order.
-    pub fn param_names(self) -> &'static [&'static str] {
-        match self {
-            SweepModel::Organoid => &ORGANOID_PARAMS,
-            SweepModel::Pk2CmtOral => &["ka", "CL", "V1", "Q", "V2"],
-        }
-    }
-    fn defaults(self) -> Vec<f64> {
-        match self {
-            SweepModel::Organoid => ORGANOID_DEFAULTS.to_vec(),
-            SweepModel::Pk2CmtOral => vec![1.2, 5.0, 30.0, 10.0, 50.0],
-        }
-    }
-    /// Regimen variables in order.
-    pub fn regimen_vars(self) -> &'static [&'static str] {
-        match self {
-            SweepModel::Organoid => &["level", "exposure", "period"],
-            SweepModel::Pk2CmtOral => &["dose", "interval"],
-        }
-    }
-    /// Observable quantities.
-    pub fn quantities(self) -> Vec<&'static str> {
-        match self {
-            SweepModel::Organoid => OrganoidOutput::ALL.iter().map(|o| o.name()).collect(),
-            SweepModel::Pk2CmtOral => vec!["C"],
-        }
-    }
-    /// Checks one value of regimen variable `var`; `Err` says why not.
-    fn check_regimen_value(self, var: usize, v: f64) -> Result<(), &'static str> {
-        // The first regimen variable (level, dose) may be 0; the others are durations.
-        let positive = var != 0;
-        if !v.is_finite() {
-            Err("must be finite")
-        } else if positive && v <= 0.0 {
-            Err("must be positive (a duration)")
-        } else if v < 0.0 {
-            Err("must be non-negative")
-        } else {
-            Ok(())
-        }
-    }
-    /// Checks one parameter value.
-    fn check_param(self, j: usize, v: f64) -> Result<(), &'static str> {
-        let name = self.param_names()[j];
-        if !v.is_finite() || v < 0.0 {
-            return Err("must be finite and non-negative");
-        }
-        let positive = matches!(name, "K" | "EC50" | "EC50tox" | "V1" | "V2" | "rho" | "v0");
-        if positive && v <= 0.0 {
-            return Err("must be positive");
-        }
-        if name == "hill" && v < 1.0 {
-            return Err("must be at least 1");
-        }
-        Ok(())
-    }
-    /// The regimen of one trajectory from its regimen variables.
-    fn regimen(self, r: &[f64], horizon: f64) -> Regimen {
-        match self {
-            SweepModel::Organoid => {
-                let (level, exposure, period) = (r[0], r[1], r[2]);
-                let w = if level == 0.0 {
-                    return Regimen::new();
-                } else if exposure >= period {
-                    WindowTrain { start: 0.0, period: horizon, count: 1, duration: horizon, level, input: 0 }
-                } else {
-                    let count = (horizon / period).ceil().max(1.0) as u32;
-                    WindowTrain { start: 0.0, period, count, duration: exposure, level, input: 0 }
-                };
-                // Validated at config time: positive durations, finite level.
-                Regimen::new().with_windows(w).unwrap_or_default()
-            }
-            SweepModel::Pk2CmtOral => Regimen::repeated_bolus(r[0], 0, r[1], horizon).unwrap_or_default(),
-        }
-    }
-}
-
 /// A variable of the design: a regimen variable or a model parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
     Regimen(usize),
     Param(usize),
+}
+
+impl Target {
+    /// Regimen variables first, then parameters, each in order.
+    fn order(self) -> (u8, usize) {
+        match self {
+            Target::Regimen(i) => (0, i),
+            Target::Param(j) => (1, j),
+        }
+    }
 }
 
 /// A grid axis.
@@ -298,10 +233,19 @@ struct Sample {
 pub struct OutputSpec {
     /// Column name.
     pub name: String,
-    /// Observable quantity.
+    /// The model output it reduces.
     pub quantity: String,
     /// The reduction.
     pub reduction: Reduction,
+}
+
+/// The `efficacy` column: `1 − final(quantity) / final(quantity untreated)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EfficacySpec {
+    /// The model output compared.
+    pub quantity: String,
+    /// Tolerances of the untreated solve.
+    pub tol: Tolerances,
 }
 
 /// Report settings.
@@ -322,13 +266,13 @@ pub struct ReportSpec {
 }
 
 /// A validated sweep (see the [module documentation](self)).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Sweep {
     /// Config file name, for messages.
     pub source: String,
-    /// The model.
-    pub model: SweepModel,
-    /// Horizon (h).
+    /// The compiled model.
+    pub model: Model,
+    /// Horizon.
     pub horizon: f64,
     /// Output grid.
     pub times: Vec<f64>,
@@ -342,6 +286,10 @@ pub struct Sweep {
     pub max_output_gb: f64,
     /// Failed trajectories do not fail the command.
     pub allow_failures: bool,
+    /// The dose and window trains.
+    regimen: RegimenSpec,
+    /// Per-trajectory parameter names: the model's scalar parameters, then its covariates.
+    param_names: Vec<String>,
     /// Fixed regimen variable values (axes override).
     regimen_fixed: Vec<f64>,
     /// Typical parameters (axes and samples override).
@@ -353,6 +301,8 @@ pub struct Sweep {
     population: LogNormalPopulation,
     /// Output columns.
     pub outputs: Vec<OutputSpec>,
+    /// The efficacy column, when configured.
+    pub efficacy: Option<EfficacySpec>,
     /// Report settings.
     pub report: ReportSpec,
 }
@@ -382,8 +332,17 @@ struct RawConfig {
     population: Option<RawPopulation>,
     #[serde(default)]
     output: Vec<RawOutput>,
+    efficacy: Option<RawEfficacy>,
     #[serde(default)]
     report: RawReport,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEfficacy {
+    quantity: String,
+    rtol: Option<f64>,
+    atol: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,7 +365,7 @@ struct RawPopulation {
     cv: toml::Table,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawOutput {
     name: String,
@@ -484,24 +443,26 @@ fn parse_spec(key: &str, v: &toml::Value) -> Result<Spec, String> {
 }
 
 impl Sweep {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file; a model file is found relative
+    /// to the config's folder.
     pub fn from_path(path: &Path) -> Result<Self, SweepError> {
         let text = std::fs::read_to_string(path).map_err(|e| SweepError::Config {
             file: path.display().to_string(),
             reason: format!("cannot read the config: {e}"),
         })?;
-        Self::from_toml_str(&text, &path.display().to_string())
+        Self::from_toml_str(&text, &path.display().to_string(), path.parent())
     }
 
-    /// Parses and validates a config given as text; `source` names it in messages.
-    pub fn from_toml_str(text: &str, source: &str) -> Result<Self, SweepError> {
+    /// Parses and validates a config given as text; `source` names it in
+    /// messages; a relative model file path is resolved against `base_dir`
+    /// (the current directory when `None`), as `simulate` does.
+    pub fn from_toml_str(text: &str, source: &str, base_dir: Option<&Path>) -> Result<Self, SweepError> {
         let err = |reason: String| SweepError::Config { file: source.to_string(), reason };
         let raw: RawConfig = toml::from_str(text).map_err(|e| err(e.to_string().trim_end().to_string()))?;
-        let model = SweepModel::parse(&raw.model).ok_or_else(|| {
-            err(format!("model: unknown model `{}` (valid: {})", raw.model, SweepModel::NAMES.join(", ")))
-        })?;
+        let model = crate::models_zoo::resolve(&raw.model, base_dir).map_err(|e| err(format!("model: {e}")))?;
+        engine::check_model(&model).map_err(|e| err(format!("model: {e}")))?;
         if !(raw.horizon.is_finite() && raw.horizon > 0.0) {
-            return Err(err(format!("horizon: must be a positive duration (h), got {}", raw.horizon)));
+            return Err(err(format!("horizon: must be a positive duration, got {}", raw.horizon)));
         }
         let horizon = raw.horizon;
         let step = raw.output_step.unwrap_or(horizon / 168.0);
@@ -540,48 +501,51 @@ impl Sweep {
         if !(max_output_gb.is_finite() && max_output_gb > 0.0) {
             return Err(err(format!("max_output_gb: must be a positive number of GB, got {max_output_gb}")));
         }
-        let names = model.param_names();
-        let find_param = |k: &str| names.iter().position(|n| n.eq_ignore_ascii_case(k));
-        let rvars = model.regimen_vars();
-        let find_target = |k: &str| {
-            rvars
-                .iter()
-                .position(|n| n.eq_ignore_ascii_case(k))
-                .map(Target::Regimen)
-                .or(find_param(k).map(Target::Param))
+        // Parameters of a trajectory: the model's scalar parameters, then its covariates.
+        let scalar: Vec<&crate::model::Param> =
+            model.params().iter().filter(|p| !matches!(p.kind, ParamKind::Weight { .. })).collect();
+        let names: Vec<String> =
+            scalar.iter().map(|p| p.name.clone()).chain(model.covariates().iter().map(|c| c.name.clone())).collect();
+        let check_param = |j: usize, v: f64| -> Result<(), String> {
+            if !v.is_finite() {
+                return Err("must be finite".into());
+            }
+            match scalar.get(j).and_then(|p| p.bounds) {
+                Some(b) if !b.contains(v) => Err(format!("lies outside the model's range {b}")),
+                _ => Ok(()),
+            }
         };
+        let find_param = |k: &str| names.iter().position(|n| n.eq_ignore_ascii_case(k));
+        let (regimen, regimen_values) = RegimenSpec::parse(&raw.regimen, &model).map_err(err)?;
+        let rvars = regimen.columns();
+        let find_target = |k: &str| regimen.find(k).map(Target::Regimen).or(find_param(k).map(Target::Param));
         let unknown_param = |section: &str, k: &str| {
             err(format!("[{section}] {k}: unknown parameter of model `{}` (valid: {})", model.name(), names.join(", ")))
         };
 
-        // Regimen variables: all required.
+        // Regimen variables.
         let mut regimen_fixed = vec![f64::NAN; rvars.len()];
         let mut axes_r: Vec<Axis> = Vec::new();
-        for (k, v) in &raw.regimen {
-            let i = rvars.iter().position(|n| n.eq_ignore_ascii_case(k)).ok_or_else(|| {
-                err(format!(
-                    "[regimen] {k}: unknown regimen variable of model `{}` (valid: {})",
-                    model.name(),
-                    rvars.join(", ")
-                ))
-            })?;
-            let key = format!("[regimen] {k}");
-            let vals = match parse_spec(&key, v).map_err(err)? {
+        for (i, v) in regimen_values.iter().enumerate() {
+            let var = &regimen.vars[i];
+            let key = &var.config_key;
+            let vals = match parse_spec(key, v).map_err(err)? {
                 Spec::Fixed(x) => {
                     regimen_fixed[i] = x;
                     vec![x]
                 }
                 Spec::Axis(vals) => {
-                    axes_r.push(Axis { name: rvars[i].to_string(), target: Target::Regimen(i), values: vals.clone() });
+                    axes_r.push(Axis { name: var.column.clone(), target: Target::Regimen(i), values: vals.clone() });
                     vals
                 }
             };
             for x in vals {
-                model.check_regimen_value(i, x).map_err(|why| err(format!("{key}: {why}, got {x}")))?;
+                var.field.check(x).map_err(|why| err(format!("{key}: {why}, got {x}")))?;
             }
         }
-        // Parameters.
-        let mut typical = model.defaults();
+        // Parameters: the model's defaults, then the config's values.
+        let mut typical: Vec<f64> =
+            scalar.iter().map(|p| p.default.unwrap_or(f64::NAN)).chain(model.default_covariates()).collect();
         let mut axes_p: Vec<Axis> = Vec::new();
         for (k, v) in &raw.params {
             let j = find_param(k).ok_or_else(|| unknown_param("params", k))?;
@@ -592,16 +556,16 @@ impl Sweep {
                     vec![x]
                 }
                 Spec::Axis(vals) => {
-                    axes_p.push(Axis { name: names[j].to_string(), target: Target::Param(j), values: vals.clone() });
+                    axes_p.push(Axis { name: names[j].clone(), target: Target::Param(j), values: vals.clone() });
                     vals
                 }
             };
             for x in vals {
-                model.check_param(j, x).map_err(|why| err(format!("{key}: {why}, got {x}")))?;
+                check_param(j, x).map_err(|why| err(format!("{key}: {why}, got {x}")))?;
             }
         }
-        axes_r.sort_by_key(|a| a.target_index());
-        axes_p.sort_by_key(|a| a.target_index());
+        axes_r.sort_by_key(|a| a.target.order());
+        axes_p.sort_by_key(|a| a.target.order());
         let mut axes = axes_r;
         axes.extend(axes_p);
 
@@ -620,16 +584,25 @@ impl Sweep {
                     let key = format!("[sample.ranges] {k}");
                     let t = find_target(k).ok_or_else(|| {
                         err(format!(
-                            "{key}: unknown parameter or regimen variable of model `{}` (valid: {}, {})",
+                            "{key}: unknown parameter or regimen column of model `{}` (valid: {})",
                             model.name(),
-                            rvars.join(", "),
-                            names.join(", ")
+                            rvars
+                                .iter()
+                                .copied()
+                                .chain(names.iter().map(String::as_str))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ))
                     })?;
                     let canonical = match t {
                         Target::Regimen(i) => rvars[i],
-                        Target::Param(j) => names[j],
+                        Target::Param(j) => names[j].as_str(),
                     };
+                    if let Target::Regimen(i) = t {
+                        if !regimen.vars[i].field.samplable() {
+                            return Err(err(format!("{key}: a whole number; give it as a list in [regimen]")));
+                        }
+                    }
                     if axes.iter().any(|a| a.target == t) {
                         return Err(err(format!("{key}: `{canonical}` is already a grid axis")));
                     }
@@ -645,8 +618,8 @@ impl Sweep {
                     }
                     for x in [lo, hi] {
                         let ok = match t {
-                            Target::Regimen(i) => model.check_regimen_value(i, x),
-                            Target::Param(j) => model.check_param(j, x),
+                            Target::Regimen(i) => regimen.vars[i].field.check(x).map_err(String::from),
+                            Target::Param(j) => check_param(j, x),
                         };
                         ok.map_err(|why| err(format!("{key}: {why}, got {x}")))?;
                     }
@@ -657,10 +630,7 @@ impl Sweep {
                         return Err(err(format!("[sample] log: `{l}` is not one of the ranges")));
                     }
                 }
-                ranges.sort_by_key(|r| match r.1 {
-                    Target::Regimen(i) => i,
-                    Target::Param(j) => 100 + j,
-                });
+                ranges.sort_by_key(|r| r.1.order());
                 let sampler = match s.method.to_ascii_lowercase().as_str() {
                     "sobol" => {
                         Sampler::Sobol(Sobol::new(ranges.len()).map_err(|e| err(format!("[sample] ranges: {e}")))?)
@@ -674,16 +644,15 @@ impl Sweep {
                 Some(Sample { n: s.n, sampler, ranges })
             }
         };
-        // Regimen variables must be given somewhere.
-        for (i, v) in regimen_fixed.iter().enumerate() {
-            let on_axis = axes.iter().any(|a| a.target == Target::Regimen(i));
-            let sampled = sample.as_ref().is_some_and(|s| s.ranges.iter().any(|r| r.1 == Target::Regimen(i)));
+        // Parameters without a default must be given somewhere.
+        for (j, v) in typical.iter().enumerate() {
+            let on_axis = axes.iter().any(|a| a.target == Target::Param(j));
+            let sampled = sample.as_ref().is_some_and(|s| s.ranges.iter().any(|r| r.1 == Target::Param(j)));
             if v.is_nan() && !on_axis && !sampled {
                 return Err(err(format!(
-                    "[regimen] {}: missing (model `{}` needs {})",
-                    rvars[i],
-                    model.name(),
-                    rvars.join(", ")
+                    "[params] {}: missing (model `{}` gives it no default)",
+                    names[j],
+                    model.name()
                 )));
             }
         }
@@ -716,14 +685,31 @@ impl Sweep {
             return Err(err("the sweep has more than 2^40 trajectories".into()));
         }
 
-        // Outputs.
-        let quantities = model.quantities();
+        // Outputs: the config's, or the final value of every model output.
+        let quantities = model.output_names();
         let mut outputs = Vec::new();
-        if raw.output.is_empty() {
-            outputs = default_outputs(model, horizon);
-        }
-        let reserved = reserved_columns(model);
-        for (i, o) in raw.output.iter().enumerate() {
+        let raw_outputs = if raw.output.is_empty() {
+            quantities
+                .iter()
+                .map(|q| RawOutput {
+                    name: format!("{q}_final"),
+                    quantity: q.to_string(),
+                    stat: "final".into(),
+                    window: None,
+                    threshold: None,
+                })
+                .collect()
+        } else {
+            raw.output.clone()
+        };
+        let mut reserved: Vec<String> =
+            ["id", "member", "sample", "status", "failed_at", "steps", "efficacy", "group", "n", "failed"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        reserved.extend(rvars.iter().map(|s| s.to_string()));
+        reserved.extend(names.iter().cloned());
+        for (i, o) in raw_outputs.iter().enumerate() {
             let key = format!("[[output]] #{} ({})", i + 1, o.name);
             if o.name.is_empty() || !o.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(err(format!("{key} name: use letters, digits and '_' only")));
@@ -735,7 +721,7 @@ impl Sweep {
             }
             let quantity = quantities.iter().find(|q| q.eq_ignore_ascii_case(&o.quantity)).ok_or_else(|| {
                 err(format!(
-                    "{key} quantity: unknown quantity `{}` of model `{}` (valid: {})",
+                    "{key} quantity: unknown output `{}` of model `{}` (valid: {})",
                     o.quantity,
                     model.name(),
                     quantities.join(", ")
@@ -762,17 +748,38 @@ impl Sweep {
                 reduction: Reduction::new(stat, a, b, threshold),
             });
         }
+        // Efficacy.
+        let efficacy = match &raw.efficacy {
+            None => None,
+            Some(e) => {
+                let quantity = quantities.iter().find(|q| q.eq_ignore_ascii_case(&e.quantity)).ok_or_else(|| {
+                    err(format!(
+                        "[efficacy] quantity: unknown output `{}` of model `{}` (valid: {})",
+                        e.quantity,
+                        model.name(),
+                        quantities.join(", ")
+                    ))
+                })?;
+                let tol = Tolerances {
+                    rtol: e.rtol.unwrap_or(DEFAULT_EFFICACY_RTOL),
+                    atol: e.atol.unwrap_or(DEFAULT_EFFICACY_ATOL),
+                    max_steps: tol.max_steps,
+                };
+                crate::limits::check_tolerances(tol.rtol, tol.atol).map_err(|e| err(format!("[efficacy] {e}")))?;
+                Some(EfficacySpec { quantity: quantity.to_string(), tol })
+            }
+        };
         for q in &quantities {
             let mut reds: Vec<Reduction> = outputs.iter().filter(|o| o.quantity == *q).map(|o| o.reduction).collect();
-            if model == SweepModel::Organoid && *q == "viable" {
-                reds.push(Reduction::last()); // the efficacy's final viable burden
+            if efficacy.as_ref().is_some_and(|e| e.quantity == *q) {
+                reds.push(Reduction::last()); // the efficacy's final treated value
             }
             Reducer::new(&reds).map_err(|e| err(format!("[[output]] quantity {q}: {e}")))?;
         }
 
         // Report.
         let mut columns: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
-        if model == SweepModel::Organoid {
+        if efficacy.is_some() {
             columns.push("efficacy".into());
         }
         let check_column = |key: &str, c: &str| -> Result<String, SweepError> {
@@ -783,10 +790,10 @@ impl Sweep {
                 .ok_or_else(|| err(format!("[report] {key}: unknown column `{c}` (valid: {})", columns.join(", "))))
         };
         let r = &raw.report;
-        let rank_by = match (&r.rank_by, model) {
+        let rank_by = match (&r.rank_by, &efficacy) {
             (Some(c), _) => Some(check_column("rank_by", c)?),
-            (None, SweepModel::Organoid) => Some("efficacy".to_string()),
-            (None, _) => columns.first().cloned(),
+            (None, Some(_)) => Some("efficacy".to_string()),
+            (None, None) => columns.first().cloned(),
         };
         let toxicity = match &r.toxicity {
             Some(c) => Some(check_column("toxicity", c)?),
@@ -833,6 +840,9 @@ impl Sweep {
         let sweep = Sweep {
             source: source.to_string(),
             model,
+            regimen,
+            param_names: names,
+            efficacy,
             horizon,
             times,
             stepper,
@@ -866,6 +876,10 @@ impl Sweep {
 
 /// Default of the config key `max_output_gb`.
 pub const DEFAULT_MAX_OUTPUT_GB: f64 = 10.0;
+/// Default relative tolerance of the efficacy's untreated solve (`[efficacy] rtol`).
+pub const DEFAULT_EFFICACY_RTOL: f64 = 1e-12;
+/// Default absolute tolerance of the efficacy's untreated solve (`[efficacy] atol`).
+pub const DEFAULT_EFFICACY_ATOL: f64 = 1e-15;
 
 impl Sweep {
     /// Estimated bytes of Parquet output: every column at 8 bytes a row
@@ -891,49 +905,6 @@ impl Sweep {
         }
         Ok(())
     }
-}
-
-impl Axis {
-    fn target_index(&self) -> usize {
-        match self.target {
-            Target::Regimen(i) => i,
-            Target::Param(j) => 100 + j,
-        }
-    }
-}
-
-fn default_outputs(model: SweepModel, horizon: f64) -> Vec<OutputSpec> {
-    let o = |name: &str, quantity: &str, reduction: Reduction| OutputSpec {
-        name: name.to_string(),
-        quantity: quantity.to_string(),
-        reduction,
-    };
-    match model {
-        SweepModel::Organoid => vec![
-            o("viable_final", "viable", Reduction::last()),
-            o("viable_nadir", "viable", Reduction::ctrough(0.0, horizon)),
-            o("toxicity_peak", "toxicity", Reduction::cmax(0.0, horizon)),
-        ],
-        SweepModel::Pk2CmtOral => {
-            let a = (horizon - 24.0).max(0.0);
-            vec![
-                o("cmax", "C", Reduction::cmax(a, horizon)),
-                o("ctrough", "C", Reduction::ctrough(a, horizon)),
-                o("auc", "C", Reduction::auc(a, horizon)),
-            ]
-        }
-    }
-}
-
-fn reserved_columns(model: SweepModel) -> Vec<String> {
-    let mut r: Vec<String> =
-        ["id", "member", "sample", "status", "failed_at", "steps", "efficacy", "group", "n", "failed"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    r.extend(model.regimen_vars().iter().map(|s| s.to_string()));
-    r.extend(model.param_names().iter().map(|s| s.to_string()));
-    r
 }
 
 // ----------------------------------------------------------------------------
@@ -1058,10 +1029,10 @@ impl Sweep {
         if self.sample.is_some() {
             c.push(("sample".to_string(), io::Kind::I64));
         }
-        c.extend(self.model.regimen_vars().iter().map(|n| (n.to_string(), io::Kind::F64)));
-        c.extend(self.model.param_names().iter().map(|n| (n.to_string(), io::Kind::F64)));
+        c.extend(self.regimen.columns().iter().map(|n| (n.to_string(), io::Kind::F64)));
+        c.extend(self.param_names.iter().map(|n| (n.clone(), io::Kind::F64)));
         c.extend(self.outputs.iter().map(|o| (o.name.clone(), io::Kind::F64)));
-        if self.model == SweepModel::Organoid {
+        if self.efficacy.is_some() {
             c.push(("efficacy".to_string(), io::Kind::F64));
         }
         c.push(("status".to_string(), io::Kind::Text));
@@ -1071,23 +1042,30 @@ impl Sweep {
     }
 
     /// Names of the per-trajectory result columns summarised per group
-    /// (outputs, then `efficacy` for the organoid).
+    /// (outputs, then `efficacy` when configured).
     pub fn result_columns(&self) -> Vec<String> {
         let mut c: Vec<String> = self.outputs.iter().map(|o| o.name.clone()).collect();
-        if self.model == SweepModel::Organoid {
+        if self.efficacy.is_some() {
             c.push("efficacy".into());
         }
         c
     }
 
-    /// A fingerprint of everything that determines the results (not the
-    /// chunk size's effect on file layout, which is part of it too): a
-    /// different config cannot resume another's folder.
+    /// A fingerprint of everything that determines the results (and the
+    /// chunk size, which fixes the file layout): a different config or an
+    /// edited model cannot resume another's folder.
     pub fn fingerprint(&self) -> String {
+        // The model by its summary and every node of its graph (in order; an edited model differs).
+        let g = self.model.graph();
+        let model_nodes: Vec<&crate::model::expr::Op> =
+            (0..g.len()).map(|i| g.op(i as crate::model::expr::Id)).collect();
+        let model_nodes = (self.model.summary(), model_nodes);
         let desc = format!(
-            "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}",
+            "{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}|{:?}",
             env!("CARGO_PKG_VERSION"),
-            self.model,
+            self.model.name(),
+            model_nodes,
+            self.regimen,
             self.times,
             self.stepper,
             self.tol,
@@ -1098,6 +1076,7 @@ impl Sweep {
             self.population,
             self.pop_size,
             self.outputs,
+            self.efficacy,
             self.chunk
         );
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1129,426 +1108,6 @@ impl Sweep {
         }
         s += &format!(", horizon {} h, {:?}", self.horizon, self.stepper);
         s
-    }
-}
-
-// ----------------------------------------------------------------------------
-// Solving a chunk
-// ----------------------------------------------------------------------------
-
-/// Where the trajectories are integrated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    /// All CPU cores (rayon).
-    Cpu,
-    /// The CUDA kernels (feature `cuda`).
-    Cuda,
-}
-
-/// One pass: the model reporting one quantity, its reductions and where
-/// each reduction's value goes (output column, or the efficacy's final viable).
-struct Pass<M> {
-    model: M,
-    reductions: Vec<Reduction>,
-    /// Output index per reduction; `usize::MAX` = final viable for efficacy.
-    dest: Vec<usize>,
-}
-
-fn passes_for<M: Copy>(sweep: &Sweep, models: &[(&str, M)], efficacy: bool) -> Vec<Pass<M>> {
-    let mut passes = Vec::new();
-    for &(q, m) in models {
-        let mut reductions = Vec::new();
-        let mut dest = Vec::new();
-        for (k, o) in sweep.outputs.iter().enumerate() {
-            if o.quantity == q {
-                reductions.push(o.reduction);
-                dest.push(k);
-            }
-        }
-        if efficacy && q == "viable" {
-            reductions.push(Reduction::last());
-            dest.push(usize::MAX);
-        }
-        if !reductions.is_empty() {
-            passes.push(Pass { model: m, reductions, dest });
-        }
-    }
-    passes
-}
-
-/// Results of one chunk, columnar.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ChunkResult {
-    /// First trajectory id.
-    pub start: u64,
-    /// Per-trajectory inputs.
-    pub inputs: Vec<TrajectoryInputs>,
-    /// `n × outputs` (trajectory-major).
-    pub outputs: Vec<f64>,
-    /// Efficacy per trajectory (organoid), else empty.
-    pub efficacy: Vec<f64>,
-    /// Status code per trajectory (worst over the passes; 0 = ok, see
-    /// [`status_name`]). A trajectory that reached the horizon with a
-    /// non-finite output is [`Status::NonFinite`] too.
-    pub status: Vec<i32>,
-    /// Last output time each trajectory reached (the horizon when it
-    /// succeeded; NaN where the device does not report it).
-    pub reached: Vec<f64>,
-    /// Accepted steps per trajectory (first pass).
-    pub steps: Vec<i32>,
-}
-
-/// A compiled device context for a sweep (CPU: nothing to hold).
-pub struct Engine {
-    device: Device,
-    #[cfg(feature = "cuda")]
-    gpu: Vec<crate::kernels::cuda::GpuEnsemble>,
-}
-
-impl std::fmt::Debug for Engine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Engine({:?})", self.device)
-    }
-}
-
-/// Whether this build can use CUDA and, if so, the GPU's name (or why not).
-pub fn cuda_status() -> Result<String, String> {
-    #[cfg(feature = "cuda")]
-    {
-        crate::kernels::cuda::available().map_err(|e| e.to_string())
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        Err("this build of insilico has no CUDA support (rebuild with `--features cuda`)".to_string())
-    }
-}
-
-impl Engine {
-    /// An engine on `device`: CUDA compiles the kernels of every pass.
-    pub fn new(sweep: &Sweep, device: Device) -> Result<Self, SweepError> {
-        match device {
-            Device::Cpu => Ok(Engine {
-                device,
-                #[cfg(feature = "cuda")]
-                gpu: vec![],
-            }),
-            Device::Cuda => {
-                cuda_status().map_err(|e| SweepError::Device(format!("--device cuda: {e}")))?;
-                #[cfg(feature = "cuda")]
-                {
-                    use crate::kernels::cuda::GpuEnsemble;
-                    let dev = |e: crate::kernels::cuda::CudaError| SweepError::Device(format!("--device cuda: {e}"));
-                    let gpu = match sweep.model {
-                        SweepModel::Organoid => organoid_passes(sweep)
-                            .iter()
-                            .map(|p| GpuEnsemble::new(&p.model).map_err(dev))
-                            .collect::<Result<Vec<_>, _>>()?,
-                        SweepModel::Pk2CmtOral => pk_passes(sweep)
-                            .iter()
-                            .map(|p| GpuEnsemble::new(&p.model).map_err(dev))
-                            .collect::<Result<Vec<_>, _>>()?,
-                    };
-                    Ok(Engine { device, gpu })
-                }
-                #[cfg(not(feature = "cuda"))]
-                {
-                    let _ = sweep;
-                    Err(SweepError::Device("--device cuda: no CUDA support in this build".into()))
-                }
-            }
-        }
-    }
-    /// The device.
-    pub fn device(&self) -> Device {
-        self.device
-    }
-}
-
-fn organoid_passes(sweep: &Sweep) -> Vec<Pass<Organoid>> {
-    let models: Vec<(&str, Organoid)> = OrganoidOutput::ALL.iter().map(|o| (o.name(), Organoid::new(*o))).collect();
-    passes_for(sweep, &models, true)
-}
-
-fn pk_passes(sweep: &Sweep) -> Vec<Pass<TwoCmtOral>> {
-    passes_for(sweep, &[("C", TwoCmtOral)], false)
-}
-
-fn worst(a: Status, b: Status) -> Status {
-    if a as u8 >= b as u8 {
-        a
-    } else {
-        b
-    }
-}
-
-impl Sweep {
-    /// Integrates trajectories `[start, start + n)` on `engine`, calling
-    /// `tick(k)` as `k` more trajectories finish (from worker threads).
-    pub fn solve_chunk(
-        &self,
-        engine: &Engine,
-        start: u64,
-        n: usize,
-        tick: &(dyn Fn(u64) + Sync),
-    ) -> Result<ChunkResult, SweepError> {
-        let inputs: Vec<TrajectoryInputs> = (0..n as u64).into_par_iter().map(|i| self.inputs(start + i)).collect();
-        let nout = self.outputs.len();
-        let mut outputs = vec![0.0; n * nout];
-        let mut fin = vec![f64::NAN; n];
-        let mut status = vec![0i32; n];
-        let mut steps = vec![0i32; n];
-        let mut reached = vec![f64::INFINITY; n];
-        match self.model {
-            SweepModel::Organoid => {
-                let passes = organoid_passes(self);
-                let x0 = |p: &[f64]| Organoid::default().initial_state(p);
-                self.run_passes(
-                    engine,
-                    &passes,
-                    &inputs,
-                    &x0,
-                    &mut outputs,
-                    &mut fin,
-                    (&mut status, &mut steps, &mut reached),
-                    tick,
-                )?
-            }
-            SweepModel::Pk2CmtOral => {
-                let passes = pk_passes(self);
-                let x0 = |_: &[f64]| [0.0; 4];
-                self.run_passes(
-                    engine,
-                    &passes,
-                    &inputs,
-                    &x0,
-                    &mut outputs,
-                    &mut fin,
-                    (&mut status, &mut steps, &mut reached),
-                    tick,
-                )?
-            }
-        }
-        let efficacy = if self.model == SweepModel::Organoid {
-            let t = *self.times.last().unwrap_or(&self.horizon);
-            inputs.iter().zip(&fin).map(|(inp, v)| 1.0 - v / Organoid::untreated_viable(&inp.params, t)).collect()
-        } else {
-            vec![]
-        };
-        // A trajectory that finished with a non-finite output failed: its
-        // numbers are never written (the part holds nulls and the cause).
-        for i in 0..n {
-            let bad_out = outputs[i * nout..(i + 1) * nout].iter().any(|v| !v.is_finite());
-            let bad_eff = efficacy.get(i).is_some_and(|v| !v.is_finite());
-            if status[i] == 0 && (bad_out || bad_eff) {
-                status[i] = Status::NonFinite as i32;
-            }
-        }
-        Ok(ChunkResult { start, inputs, outputs, efficacy, status, steps, reached })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn run_passes<const N: usize, M: BatchModel<N> + Copy>(
-        &self,
-        engine: &Engine,
-        passes: &[Pass<M>],
-        inputs: &[TrajectoryInputs],
-        x0: &(dyn Fn(&[f64]) -> [f64; N] + Sync),
-        outputs: &mut [f64],
-        fin: &mut [f64],
-        (status, steps, reached): (&mut [i32], &mut [i32], &mut [f64]),
-        tick: &(dyn Fn(u64) + Sync),
-    ) -> Result<(), SweepError> {
-        let nout = self.outputs.len();
-        match engine.device {
-            Device::Cpu => {
-                let reducers: Vec<Reducer> = passes
-                    .iter()
-                    .map(|p| Reducer::new(&p.reductions))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| SweepError::Config { file: self.source.clone(), reason: e.to_string() })?;
-                let row_len = nout.max(1);
-                let mut scratch = vec![0.0; inputs.len() * row_len];
-                // `LANES` trajectories at a time through the lane-interleaved
-                // integrator (each result bit-for-bit what it gets alone).
-                scratch
-                    .par_chunks_mut(row_len * LANES)
-                    .zip(fin.par_chunks_mut(LANES))
-                    .zip(status.par_chunks_mut(LANES).zip(steps.par_chunks_mut(LANES)))
-                    .zip(inputs.par_chunks(LANES).zip(reached.par_chunks_mut(LANES)))
-                    .for_each(|(((out, fin), (st, sp)), (inp, reach))| {
-                        let m = inp.len();
-                        let regimens: Vec<Regimen> =
-                            inp.iter().map(|i| self.model.regimen(&i.regimen_vars, self.horizon)).collect();
-                        let xs: Vec<[f64; N]> = inp.iter().map(|i| x0(&i.params)).collect();
-                        let mut worst_status = vec![Status::Ok; m];
-                        let mut vals = [0.0; 64];
-                        for (k, (pass, red)) in passes.iter().zip(&reducers).enumerate() {
-                            let mut rs: Vec<Traced> = (0..m)
-                                .map(|_| {
-                                    let mut r = red.clone();
-                                    r.reset();
-                                    Traced { reducer: r, last_t: f64::NAN }
-                                })
-                                .collect();
-                            let ts: Vec<TrajectoryStats> =
-                                match <[&mut Traced; LANES]>::try_from(rs.iter_mut().collect::<Vec<_>>()) {
-                                    Ok(obs) => integrate_lanes(
-                                        &pass.model,
-                                        self.stepper,
-                                        std::array::from_fn(|l| &inp[l].params[..]),
-                                        std::array::from_fn(|l| &xs[l]),
-                                        std::array::from_fn(|l| &regimens[l]),
-                                        &self.times,
-                                        self.horizon,
-                                        &self.tol,
-                                        obs,
-                                    )
-                                    .to_vec(),
-                                    Err(rest) => rest
-                                        .into_iter()
-                                        .enumerate()
-                                        .map(|(l, r)| {
-                                            integrate(
-                                                &pass.model,
-                                                self.stepper,
-                                                &inp[l].params,
-                                                &xs[l],
-                                                &regimens[l],
-                                                &self.times,
-                                                self.horizon,
-                                                &self.tol,
-                                                r,
-                                            )
-                                        })
-                                        .collect(),
-                                };
-                            for (l, (r, t)) in rs.iter().zip(&ts).enumerate() {
-                                if k == 0 {
-                                    sp[l] = t.steps as i32;
-                                }
-                                worst_status[l] = worst(worst_status[l], t.status);
-                                reach[l] = reach[l].min(if r.last_t.is_nan() { f64::NEG_INFINITY } else { r.last_t });
-                                r.reducer.values(&mut vals[..pass.reductions.len()]);
-                                for (d, v) in pass.dest.iter().zip(&vals) {
-                                    if *d == usize::MAX {
-                                        fin[l] = *v;
-                                    } else {
-                                        out[l * row_len + *d] = *v;
-                                    }
-                                }
-                            }
-                        }
-                        for (s, w) in st.iter_mut().zip(&worst_status) {
-                            *s = *w as i32;
-                        }
-                        tick(m as u64);
-                    });
-                if nout > 0 {
-                    outputs.copy_from_slice(&scratch[..outputs.len()]);
-                }
-                Ok(())
-            }
-            Device::Cuda => {
-                #[cfg(feature = "cuda")]
-                {
-                    use crate::kernels::reductions::summaries_needed;
-                    use crate::kernels::Batch;
-                    let rows: Vec<Vec<f64>> = inputs.iter().map(|i| i.params.clone()).collect();
-                    let regs: Vec<Regimen> =
-                        inputs.iter().map(|i| self.model.regimen(&i.regimen_vars, self.horizon)).collect();
-                    let mut batch = Batch::<N>::from_rows(&rows, regs)
-                        .map_err(|e| SweepError::Device(format!("--device cuda: {e}")))?;
-                    let n = inputs.len();
-                    for (i, inp) in inputs.iter().enumerate() {
-                        let x = x0(&inp.params);
-                        for (s, xs) in x.iter().enumerate() {
-                            batch.x0[s * n + i] = *xs;
-                        }
-                    }
-                    for (k, (pass, gpu)) in passes.iter().zip(&engine.gpu).enumerate() {
-                        let (windows, slots) = summaries_needed(&pass.reductions)
-                            .map_err(|e| SweepError::Config { file: self.source.clone(), reason: e.to_string() })?;
-                        for (w, &(a, b, thr)) in windows.iter().enumerate() {
-                            let (sums, stats, _) = gpu
-                                .solve_summaries(
-                                    &pass.model,
-                                    self.stepper,
-                                    &batch,
-                                    &self.times,
-                                    self.horizon,
-                                    &self.tol,
-                                    (a, b),
-                                    thr,
-                                )
-                                .map_err(|e| SweepError::Device(format!("--device cuda: {e}")))?;
-                            for i in 0..n {
-                                if k == 0 && w == 0 {
-                                    steps[i] = stats[i].steps as i32;
-                                    reached[i] = f64::NAN;
-                                }
-                                status[i] = worst(Status::from_code(status[i]), stats[i].status) as i32;
-                                for ((red, d), slot) in pass.reductions.iter().zip(&pass.dest).zip(&slots) {
-                                    if *slot == w {
-                                        let v = red.of(&sums[i]);
-                                        if *d == usize::MAX {
-                                            fin[i] = v;
-                                        } else {
-                                            outputs[i * nout + d] = v;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    tick(n as u64);
-                    Ok(())
-                }
-                #[cfg(not(feature = "cuda"))]
-                {
-                    let _ = (passes, inputs, x0, outputs, fin, status, steps, reached, tick, nout);
-                    Err(SweepError::Device("--device cuda: no CUDA support in this build".into()))
-                }
-            }
-        }
-    }
-}
-
-/// A reducer that also remembers the last output time it saw (where a
-/// failed trajectory stopped).
-struct Traced<'a> {
-    reducer: Reducer<'a>,
-    last_t: f64,
-}
-
-impl crate::kernels::Observer for Traced<'_> {
-    fn observe(&mut self, k: usize, t: f64, y: f64) {
-        self.last_t = t;
-        self.reducer.observe(k, t, y);
-    }
-}
-
-/// The `status` text of a status code: `ok`, `max_steps` (raise
-/// `max_steps`), `step_too_small`, `non_finite` (a NaN or infinite state or
-/// output) or `singular` (a singular Rosenbrock matrix).
-pub fn status_name(code: i32) -> &'static str {
-    crate::status::of_kernel_code(code)
-}
-
-#[cfg(feature = "cuda")]
-trait FromCode {
-    fn from_code(c: i32) -> Status;
-}
-
-#[cfg(feature = "cuda")]
-impl FromCode for Status {
-    fn from_code(c: i32) -> Status {
-        match c {
-            0 => Status::Ok,
-            1 => Status::MaxSteps,
-            2 => Status::StepTooSmall,
-            3 => Status::NonFinite,
-            _ => Status::Singular,
-        }
     }
 }
 
@@ -1605,18 +1164,17 @@ mod tests {
     use super::*;
 
     fn err_of(text: &str) -> String {
-        match Sweep::from_toml_str(text, "bad.toml") {
+        match Sweep::from_toml_str(text, "bad.toml", None) {
             Ok(_) => panic!("accepted:\n{text}"),
             Err(e) => e.to_string(),
         }
     }
 
-    const BASE: &str =
-        "model = \"organoid\"\nhorizon = 336.0\n[regimen]\nlevel = [1, 10]\nexposure = 24\nperiod = 72\n";
+    const BASE: &str = "model = \"organoid-drug-response\"\nhorizon = 336.0\n[regimen.C_med]\nlevel = [1, 10]\nexposure = 24\nperiod = 72\n";
 
     #[test]
     fn embedded_config_is_valid() {
-        let s = Sweep::from_toml_str(EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME).unwrap();
+        let s = Sweep::from_toml_str(EMBEDDED_CONFIG, EMBEDDED_CONFIG_NAME, None).unwrap();
         assert_eq!(s.len(), 7 * 4 * 2 * 64);
         assert_eq!(s.axis_names(), vec!["level", "exposure", "period"]);
         assert_eq!(s.times.len(), 169);
@@ -1626,14 +1184,32 @@ mod tests {
     #[test]
     fn bad_configs_name_the_file_and_key() {
         let cases: Vec<(String, &str)> = vec![
-            (BASE.replace("organoid", "organoidz"), "model: unknown model `organoidz`"),
+            (BASE.replace("organoid-drug-response", "organoidz"), "model: organoidz: not a zoo model"),
+            (BASE.replace("organoid-drug-response", "no/such.model"), "model: "),
             (format!("{BASE}[params]\nrhoo = 1\n"), "[params] rhoo: unknown parameter"),
-            (BASE.replace("exposure = 24", "exposure = 0"), "[regimen] exposure: must be positive"),
-            (BASE.replace("period = 72", "period = -72"), "[regimen] period: must be positive"),
+            (BASE.replace("exposure = 24", "exposure = 0"), "[regimen.C_med] exposure: must be positive"),
+            (BASE.replace("period = 72", "period = -72"), "[regimen.C_med] period: must be positive"),
             (BASE.replace("horizon = 336.0", "horizon = 0.0"), "horizon: must be a positive duration"),
-            (BASE.replace("level = [1, 10]", "level = []"), "[regimen] level: empty grid"),
-            (BASE.replace("level = [1, 10]", "level = { from = 1, to = 5, n = 0 }"), "[regimen] level.n: empty grid"),
-            (BASE.replace("exposure = 24\n", ""), "[regimen] exposure: missing"),
+            (BASE.replace("level = [1, 10]", "level = []"), "[regimen.C_med] level: empty grid"),
+            (
+                BASE.replace("level = [1, 10]", "level = { from = 1, to = 5, n = 0 }"),
+                "[regimen.C_med] level.n: empty grid",
+            ),
+            (BASE.replace("exposure = 24\n", ""), "[regimen.C_med] exposure: missing"),
+            (BASE.replace("[regimen.C_med]", "[regimen.C_medd]"), "`C_medd` is neither a state nor an input"),
+            (BASE.replace("[regimen.C_med]\n", "[regimen]\n"), "[regimen] exposure: expected a table"),
+            (BASE.replace("period = 72", "period = 72\ncount = 1.5"), "[regimen.C_med] count: must be a whole"),
+            (BASE.replace("period = 72", "periods = 72"), "[regimen.C_med] periods: unknown key"),
+            (format!("{BASE}[regimen.viable]\ninterval = 24\n"), "[regimen.viable] dose: missing"),
+            (format!("{BASE}[efficacy]\nquantity = \"alive\"\n"), "[efficacy] quantity: unknown output `alive`"),
+            (
+                BASE.replace("organoid-drug-response", "pk-2cmt-oral").replace("[regimen.C_med]", "[regimen.depot]"),
+                "[regimen.depot] exposure: unknown key of a dose train",
+            ),
+            (
+                "model = \"pk-2cmt-oral\"\nhorizon = 24.0\n[regimen.depot]\ndose = 100\ninterval = 12\n".into(),
+                "[params] ka: missing (model `pk-2cmt-oral` gives it no default)",
+            ),
             (format!("{BASE}[report]\nrank_by = \"efficacyy\"\n"), "[report] rank_by: unknown column `efficacyy`"),
             (
                 format!("{BASE}[report]\nheatmap = [\"level\", \"period\"]\n"),
@@ -1641,7 +1217,7 @@ mod tests {
             ),
             (
                 format!("{BASE}[[output]]\nname = \"x\"\nquantity = \"viabel\"\nstat = \"final\"\n"),
-                "quantity: unknown quantity `viabel`",
+                "quantity: unknown output `viabel`",
             ),
             (
                 format!("{BASE}[[output]]\nname = \"x\"\nquantity = \"viable\"\nstat = \"median\"\n"),
@@ -1650,7 +1226,7 @@ mod tests {
             (format!("{BASE}[population]\nsize = 0\n"), "[population] size: empty population"),
             (format!("{BASE}[population]\nsize = 4\ncv = {{ EC5 = 0.2 }}\n"), "[population.cv] EC5: unknown parameter"),
             (format!("colour = 1\n{BASE}"), "unknown field `colour`"),
-            (format!("{BASE}colour = 1\n"), "[regimen] colour: unknown regimen variable"),
+            (format!("{BASE}colour = 1\n"), "[regimen.C_med] colour: unknown key of a train of exposure windows"),
             (
                 format!("{BASE}[sample]\nmethod = \"sobol\"\nn = 8\nranges = {{ EC50 = [1, 20], rhox = [1, 2] }}\n"),
                 "[sample.ranges] rhox: unknown parameter",
@@ -1667,7 +1243,7 @@ mod tests {
     fn ids_decompose_in_the_stated_order() {
         let text =
             format!("{BASE}[params]\nEC50 = [2, 4, 8]\n[population]\nsize = 3\nseed = 1\ncv = {{ rho = 0.2 }}\n");
-        let s = Sweep::from_toml_str(&text, "t.toml").unwrap();
+        let s = Sweep::from_toml_str(&text, "t.toml", None).unwrap();
         assert_eq!(s.len(), 2 * 3 * 3);
         // id = group * 3 + member; group = level index * 3 + EC50 index.
         let t = s.inputs(3 * 4 + 2);
@@ -1685,12 +1261,78 @@ mod tests {
         let text = format!(
             "{BASE}[sample]\nmethod = \"lhs\"\nn = 16\nseed = 3\nranges = {{ EC50 = [1, 20], k_in = [0.1, 1] }}\nlog = [\"EC50\"]\n"
         );
-        let s = Sweep::from_toml_str(&text, "t.toml").unwrap();
+        let s = Sweep::from_toml_str(&text, "t.toml", None).unwrap();
         assert_eq!(s.len(), 2 * 16);
         assert_eq!(s.sample_names(), vec!["k_in", "EC50"]);
         for id in 0..s.len() {
             let p = s.inputs(id).params;
             assert!((1.0..=20.0).contains(&p[6]) && (0.1..=1.0).contains(&p[3]));
         }
+    }
+
+    #[test]
+    fn regimen_columns_trains_and_defaults() {
+        // Two trains: columns are prefixed; dose trains come first (state order), then inputs.
+        let text = format!(
+            "{}[regimen.damaged]\ndose = [0, 0.1]\ninterval = 48\nduration = 2\ncount = 3\n",
+            BASE.replace("period = 72", "period = 72\nstart = 12")
+        );
+        let s = Sweep::from_toml_str(&text, "t.toml", None).unwrap();
+        assert_eq!(s.axis_names(), vec!["damaged_dose", "C_med_level"]);
+        let cols: Vec<String> = s.columns().into_iter().map(|c| c.0).collect();
+        assert_eq!(
+            cols[2..10],
+            [
+                "damaged_dose",
+                "damaged_interval",
+                "damaged_duration",
+                "damaged_count",
+                "C_med_level",
+                "C_med_exposure",
+                "C_med_period",
+                "C_med_start"
+            ]
+        );
+        // Default outputs: the final value of every model output; no efficacy unless configured.
+        assert_eq!(s.outputs.len(), 7);
+        assert_eq!(s.outputs[2].name, "total_final");
+        assert!(s.efficacy.is_none() && !cols.contains(&"efficacy".to_string()));
+        // The regimen of the last group: 3 infusions of 0.1 over 2 h every 48 h, windows from 12 h.
+        let t = s.inputs(s.len() - 1);
+        let r = s.regimen.regimen(&t.regimen_vars, s.horizon).unwrap();
+        assert_eq!((r.n_doses, r.doses[0].count, r.doses[0].duration, r.doses[0].target), (1, 3, 2.0, 2));
+        assert_eq!((r.n_windows, r.windows[0].start, r.windows[0].count, r.windows[0].level), (1, 12.0, 5, 10.0));
+        // Amount 0 leaves the train out; exposure >= period is one continuous window to the horizon.
+        let r = s.regimen.regimen(&[0.0, 48.0, 2.0, 3.0, 5.0, 100.0, 72.0, 12.0], 336.0).unwrap();
+        assert_eq!((r.n_doses, r.windows[0].count, r.windows[0].duration), (0, 1, 324.0));
+    }
+
+    #[test]
+    fn model_files_resolve_relative_to_the_config() {
+        let dir = std::env::temp_dir().join(format!("insilico-sweep-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("decay.model"), "parameters: k = 0.1\nstates: a\nd/dt(a) = -k * a\noutput: a\n")
+            .unwrap();
+        let text = "model = \"decay.model\"\nhorizon = 10.0\n[regimen.a]\ndose = 1\ncount = 1\n";
+        let s = Sweep::from_toml_str(text, "d.toml", Some(&dir)).unwrap();
+        assert_eq!(s.model.nstates(), 1);
+        let e = Sweep::from_toml_str(text, "d.toml", None).unwrap_err().to_string();
+        assert!(e.starts_with("d.toml: model: ") && e.contains("decay.model"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_model_too_large_for_the_engine_names_the_limit_and_simulate() {
+        let n = MAX_STATES + 1;
+        let states: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+        let eqs: String = states.iter().map(|s| format!("d/dt({s}) = -k * {s}\n")).collect();
+        let model = format!("parameters: k = 1\nstates: {}\n{eqs}output: s0\n", states.join(", "));
+        let dir = std::env::temp_dir().join(format!("insilico-sweep-big-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("big.model"), model).unwrap();
+        let text = "model = \"big.model\"\nhorizon = 10.0\n[regimen.s0]\ndose = 1\ncount = 1\n";
+        let e = Sweep::from_toml_str(text, "b.toml", Some(&dir)).unwrap_err().to_string();
+        assert!(e.contains("17 states") && e.contains("at most 16") && e.contains("simulate"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

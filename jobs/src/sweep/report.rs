@@ -326,8 +326,8 @@ impl HeatAcc {
         let ys = sweep.axes[yi].values.clone();
         let panels = pi.map_or(vec![f64::NAN], |i| sweep.axes[i].values.clone());
         HeatAcc {
-            x_name: with_unit(x),
-            y_name: with_unit(y),
+            x_name: x.to_string(),
+            y_name: y.to_string(),
             sums: vec![(0.0, 0); xs.len() * ys.len() * panels.len()],
             xs,
             ys,
@@ -434,16 +434,6 @@ impl HeatAcc {
         }
         root.present().map_err(e)?;
         Ok(())
-    }
-}
-
-/// An axis label with the unit of a known regimen variable.
-fn with_unit(name: &str) -> String {
-    match name {
-        "level" => "level (µM)".to_string(),
-        "exposure" | "period" | "interval" => format!("{name} (h)"),
-        "dose" => "dose (mg)".to_string(),
-        _ => name.to_string(),
     }
 }
 
