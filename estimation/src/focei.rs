@@ -1,0 +1,828 @@
+//! FOCE-I: the first-order conditional estimation with interaction, i.e. the
+//! Laplace approximation of the marginal likelihood with the first-order
+//! (Gauss–Newton) Hessian, as NONMEM's `METHOD=1 INTER`.
+//!
+//! # The objective
+//! For subject `i` with observations `y_j`, individual predictions
+//! `f_j(η)`, residual variances `V_j = V(f_j; σ)` and `F = ∂f/∂η` (exact
+//! forward sensitivities of the ODE solution, [`insilico_solvers::sensitivities`]):
+//!
+//! ```text
+//! O_i(η)  = Σ_j [ (y_j − f_j)²/V_j + ln V_j ] + ηᵀΩ⁻¹η
+//! η̂_i     = argmin O_i                                  (the inner problem)
+//! OFV_i   = O_i(η̂_i) + ln det Ω + ln det(Ω⁻¹ + Σ_j F_jᵀF_j / V_j)
+//! OFV     = Σ_i OFV_i                                   (−2LL without the constant)
+//! −2LL    = OFV + N·ln(2π)                              (N observations)
+//! ```
+//!
+//! `OFV` follows NONMEM's convention (no `N·ln(2π)`); `ofv_with_constant`
+//! is the full −2 log-likelihood, the value R's `-2*logLik()` prints. With
+//! interaction, `F` and `V` are evaluated at `η̂`; with the exponential error
+//! model everything is on the log scale (LTBS).
+//!
+//! # The inner problem
+//! Levenberg–Marquardt on `O_i` with the exact gradient and the expected
+//! (Fisher) Hessian `Σ_j (2/V_j + (V'_j/V_j)²) F_jᵀF_j + 2Ω⁻¹`, started at
+//! the previous η̂ (warm), then at 0, then at ±½ω along each axis (robust
+//! starts); a subject that does not converge from any start is reported.
+//!
+//! # The outer problem
+//! BFGS with a backtracking (Armijo) line search on
+//! `ψ = [θ (log scale where positive), the Cholesky factor of Ω with log
+//! diagonal, log σ]`. Its gradient is the central finite difference of the
+//! exact objective: at each `ψ ± h·e_k` every inner problem is re-solved
+//! from η̂ to tight tolerance, so the derivative `∂η̂/∂ψ` is carried
+//! implicitly (the "finite differences of exact inner quantities" route);
+//! cost: `2·dim ψ` objective evaluations per gradient. Subjects (and the
+//! finite-difference directions) run in parallel with rayon; each subject's
+//! result is independent of the others and sums run in subject order, so
+//! the result does not depend on the thread count.
+//!
+//! # The covariance step
+//! `R = ∇²OFV` by central second differences; the Hessian-based
+//! covariance of ψ is `2·R⁻¹`, the sandwich `R⁻¹ S R⁻¹` with
+//! `S = Σ_i ∇OFV_i ∇OFV_iᵀ`. Natural-scale standard errors follow by the
+//! delta method.
+
+use std::time::Instant;
+
+use insilico_model::Model;
+use insilico_solvers::data::Dataset;
+use insilico_solvers::{Method, Options};
+use nalgebra::{DMatrix, DVector};
+use rayon::prelude::*;
+
+use crate::error::EstimationError;
+use crate::population::{Layout, PopValues, SolveSettings, SubjectData};
+use crate::spec::{OmegaStructure, PopulationSpec};
+
+/// Which covariance step to run after the estimation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CovarianceStep {
+    /// None.
+    None,
+    /// Standard errors from the Hessian of −2LL (`2·R⁻¹`).
+    Hessian,
+    /// NONMEM's default sandwich `R⁻¹ S R⁻¹` (the Hessian-based one is reported too).
+    Sandwich,
+}
+
+/// Knobs of [`fit`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitOptions {
+    /// ODE method (default: BDF).
+    pub method: Method,
+    /// ODE tolerances and step limit (default: rtol 1e-8, atol 1e-10).
+    pub ode: Options,
+    /// Maximum outer (BFGS) iterations (default 200).
+    pub max_iterations: usize,
+    /// Convergence: the largest |∂OFV/∂ψ_k| (default 1e-3).
+    pub gradient_tolerance: f64,
+    /// Convergence: relative change of OFV over an iteration (default 1e-10).
+    pub objective_tolerance: f64,
+    /// Maximum inner (Levenberg–Marquardt) iterations per start (default 100).
+    pub max_inner_iterations: usize,
+    /// Inner convergence: the largest |Δη| of the last step (default 1e-10).
+    pub inner_tolerance: f64,
+    /// Finite-difference step on ψ for the gradient (default 1e-4).
+    pub fd_step: f64,
+    /// Covariance step (default: sandwich, which reports the Hessian-based one too).
+    pub covariance: CovarianceStep,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            method: Method::Bdf,
+            ode: Options { rtol: 1e-8, atol: 1e-10, max_steps: 1_000_000 },
+            max_iterations: 200,
+            gradient_tolerance: 1e-3,
+            objective_tolerance: 1e-10,
+            max_inner_iterations: 100,
+            inner_tolerance: 1e-10,
+            fd_step: 1e-4,
+            covariance: CovarianceStep::Sandwich,
+        }
+    }
+}
+
+/// One estimated quantity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimated {
+    /// Name (`ka`, `omega2(eta_ka)`, `omega(eta_ka,eta_CL)`, `sigma_a`).
+    pub name: String,
+    /// The estimate on its natural scale.
+    pub value: f64,
+    /// Standard error from the covariance step (sandwich when run, else Hessian).
+    pub se: Option<f64>,
+    /// Relative standard error, `100·se/|value|` (%).
+    pub rse_percent: Option<f64>,
+}
+
+/// A random effect's variance in the forms pharmacometricians read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtaVariance {
+    /// The random effect.
+    pub name: String,
+    /// `ω²`.
+    pub omega2: f64,
+    /// `ω`.
+    pub sd: f64,
+    /// `100·sqrt(exp(ω²) − 1)` for log-normal effects; `None` for declared ones.
+    pub cv_percent: Option<f64>,
+    /// η-shrinkage `1 − SD(η̂)/ω` (%), SD with `n − 1`.
+    pub shrinkage_percent: f64,
+}
+
+/// A subject's conditional estimate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectEstimate {
+    /// ID.
+    pub id: String,
+    /// η̂ (in the order of the random effects).
+    pub eta: Vec<f64>,
+    /// Whether the inner problem converged.
+    pub converged: bool,
+    /// Its contribution to OFV.
+    pub ofv: f64,
+}
+
+/// The covariance step's results on the natural scale of
+/// [`Estimate::parameters`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Covariance {
+    /// `sandwich` or `hessian`: which one the SEs of the estimates come from.
+    pub kind: &'static str,
+    /// Covariance matrix of the estimates (natural scale), row-major, same order as `parameters`.
+    pub matrix: Vec<Vec<f64>>,
+    /// Correlation matrix.
+    pub correlation: Vec<Vec<f64>>,
+    /// Hessian-based SEs (always computed).
+    pub se_hessian: Vec<f64>,
+    /// Sandwich SEs (when requested).
+    pub se_sandwich: Option<Vec<f64>>,
+    /// Standard errors on ψ's scale (log for θ, σ, and the Cholesky diagonal).
+    pub se_psi: Vec<f64>,
+    /// Condition number of the Hessian of −2LL on ψ's scale (largest/smallest eigenvalue).
+    pub condition_number: f64,
+}
+
+/// The result of a FOCE-I fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Estimate {
+    /// `"focei"`.
+    pub method: &'static str,
+    /// −2LL without the `N·ln(2π)` constant (NONMEM's OFV).
+    pub ofv: f64,
+    /// −2LL with `N·ln(2π)` (as R's `-2*logLik`).
+    pub ofv_with_constant: f64,
+    /// Number of observations `N`.
+    pub n_observations: usize,
+    /// Number of subjects.
+    pub n_subjects: usize,
+    /// Typical values θ, then Ω's entries (`omega2(..)` variances and, for a
+    /// block, `omega(..,..)` covariances), then σ (`sigma_a`, `sigma_b`).
+    pub parameters: Vec<Estimated>,
+    /// Number of θ entries at the front of `parameters`.
+    pub n_theta: usize,
+    /// Ω as a matrix.
+    pub omega: Vec<Vec<f64>>,
+    /// Per random effect: ω², SD, CV%, shrinkage.
+    pub etas: Vec<EtaVariance>,
+    /// Per subject: η̂ and convergence.
+    pub subjects: Vec<SubjectEstimate>,
+    /// IDs of subjects whose inner problem did not converge at the final estimates.
+    pub nonconverged: Vec<String>,
+    /// Whether the outer optimisation met its tolerance.
+    pub converged: bool,
+    /// Outer (BFGS) iterations.
+    pub iterations: usize,
+    /// Objective evaluations (each solves every inner problem).
+    pub evaluations: usize,
+    /// Wall time of the estimation (s), without the covariance step.
+    pub wall_seconds: f64,
+    /// Wall time of the covariance step (s).
+    pub covariance_seconds: f64,
+    /// The covariance step, when run and successful.
+    pub covariance: Option<Covariance>,
+    /// Why the covariance step failed, when it did.
+    pub covariance_error: Option<String>,
+}
+
+impl Estimate {
+    /// A plain-text table of the estimates.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "FOCE-I: OFV (−2LL, no constant) {:.4}; −2LL with N·ln(2π) {:.4}; {} subjects, {} observations; {} iterations, {} evaluations, {:.3} s (+{:.3} s covariance){}",
+            self.ofv,
+            self.ofv_with_constant,
+            self.n_subjects,
+            self.n_observations,
+            self.iterations,
+            self.evaluations,
+            self.wall_seconds,
+            self.covariance_seconds,
+            if self.converged { "" } else { " (NOT CONVERGED)" }
+        );
+        let _ = writeln!(s, "{:<24} {:>12} {:>12} {:>8}", "parameter", "estimate", "SE", "RSE%");
+        for p in &self.parameters {
+            let se = p.se.map_or("-".to_string(), |v| format!("{v:.5}"));
+            let rse = p.rse_percent.map_or("-".to_string(), |v| format!("{v:.1}"));
+            let _ = writeln!(s, "{:<24} {:>12.6} {:>12} {:>8}", p.name, p.value, se, rse);
+        }
+        let _ = writeln!(s, "{:<24} {:>10} {:>10} {:>8} {:>10}", "random effect", "omega2", "SD", "CV%", "shrink%");
+        for e in &self.etas {
+            let cv = e.cv_percent.map_or("-".to_string(), |v| format!("{v:.1}"));
+            let _ = writeln!(s, "{:<24} {:>10.5} {:>10.5} {:>8} {:>10.1}", e.name, e.omega2, e.sd, cv, e.shrinkage_percent);
+        }
+        if !self.nonconverged.is_empty() {
+            let _ = writeln!(s, "inner problem not converged for subjects: {}", self.nonconverged.join(", "));
+        }
+        if let Some(c) = &self.covariance {
+            let _ = writeln!(s, "covariance step: {} (condition number {:.3e})", c.kind, c.condition_number);
+        }
+        if let Some(e) = &self.covariance_error {
+            let _ = writeln!(s, "covariance step failed: {e}");
+        }
+        s
+    }
+}
+
+/// The inner solution of one subject at one ψ.
+#[derive(Debug, Clone)]
+pub(crate) struct Inner {
+    pub eta: Vec<f64>,
+    /// OFV_i (FOCE-I, no constant); +∞ when the subject could not be evaluated.
+    pub ofv: f64,
+    pub converged: bool,
+    /// Individual predictions at η̂ (comparison scale).
+    pub ipred: Vec<f64>,
+    /// Residual variances at η̂.
+    pub var: Vec<f64>,
+}
+
+/// One evaluation of O_i at η.
+struct Point {
+    eta: DVector<f64>,
+    o: f64,
+    g: DVector<f64>,
+    h: DMatrix<f64>,
+    /// `Σ F_jᵀF_j / V_j`.
+    ftvf: DMatrix<f64>,
+    f: Vec<f64>,
+    v: Vec<f64>,
+}
+
+/// The population problem: a model, its subjects and the layout of ψ.
+pub(crate) struct Population {
+    pub layout: Layout,
+    pub subjects: Vec<SubjectData>,
+    pub settings: SolveSettings,
+    pub opts: FitOptions,
+}
+
+impl Population {
+    fn point(&self, s: &SubjectData, pop: &PopValues, eta: &DVector<f64>) -> Option<Point> {
+        let q = self.layout.n_eta();
+        let (p, scale) = self.layout.individual(&pop.theta, eta.as_slice());
+        let sens = s.predict(&p, &self.layout.eta_idx, self.layout.error.log_scale(), &self.settings).ok()?;
+        let oi = &pop.omega_inv;
+        let oe = oi * eta;
+        let mut o = eta.dot(&oe);
+        let mut g = 2.0 * &oe;
+        let mut h = 2.0 * oi;
+        let mut ftvf = DMatrix::zeros(q, q);
+        let mut v = Vec::with_capacity(s.y.len());
+        let mut fj = DVector::zeros(q);
+        for (j, (&y, &f)) in s.y.iter().zip(&sens.predictions).enumerate() {
+            for k in 0..q {
+                fj[k] = sens.jacobian[j * q + k] * scale[k];
+            }
+            let (var, dv) = self.layout.error.variance(f, &pop.sigma);
+            if !(var > 0.0 && var.is_finite()) {
+                return None;
+            }
+            let r = y - f;
+            o += r * r / var + var.ln();
+            let c = -2.0 * r / var + (1.0 / var - r * r / (var * var)) * dv;
+            g.axpy(c, &fj, 1.0);
+            let w = 2.0 / var + (dv / var) * (dv / var);
+            h.ger(w, &fj, &fj, 1.0);
+            ftvf.ger(1.0 / var, &fj, &fj, 1.0);
+            v.push(var);
+        }
+        if !o.is_finite() {
+            return None;
+        }
+        Some(Point { eta: eta.clone(), o, g, h, ftvf, f: sens.predictions, v })
+    }
+
+    /// Levenberg–Marquardt from `start`; `(point, converged)`.
+    fn minimise(&self, s: &SubjectData, pop: &PopValues, start: &[f64]) -> Option<(Point, bool)> {
+        let mut cur = self.point(s, pop, &DVector::from_column_slice(start))?;
+        let mut lambda = 1e-4;
+        let tol = self.opts.inner_tolerance;
+        for _ in 0..self.opts.max_inner_iterations {
+            let mut accepted = None;
+            for _ in 0..40 {
+                let mut a = cur.h.clone();
+                for k in 0..a.nrows() {
+                    a[(k, k)] *= 1.0 + lambda;
+                }
+                let Some(chol) = a.cholesky() else {
+                    lambda *= 10.0;
+                    continue;
+                };
+                let step = chol.solve(&(-&cur.g));
+                // Keep steps on the η scale moderate (η of 5 is a factor e^5).
+                let big = step.amax();
+                let step = if big > 2.0 { step * (2.0 / big) } else { step };
+                let trial_eta = &cur.eta + &step;
+                match self.point(s, pop, &trial_eta) {
+                    Some(t) if t.o <= cur.o + 1e-12 * cur.o.abs() => {
+                        accepted = Some((t, step.amax()));
+                        lambda = (lambda / 10.0).max(1e-12);
+                        break;
+                    }
+                    _ => lambda *= 10.0,
+                }
+            }
+            let (next, step) = accepted?;
+            let small_step = step <= tol * (1.0 + next.eta.amax());
+            cur = next;
+            if small_step {
+                return Some((cur, true));
+            }
+        }
+        Some((cur, false))
+    }
+
+    /// The inner problem of subject `s` at `pop`, from `warm` then the robust starts.
+    pub fn inner(&self, s: &SubjectData, pop: &PopValues, warm: &[f64]) -> Inner {
+        let q = self.layout.n_eta();
+        let mut starts: Vec<Vec<f64>> = vec![warm.to_vec()];
+        if warm.iter().any(|v| *v != 0.0) {
+            starts.push(vec![0.0; q]);
+        }
+        let om = pop.omega.matrix();
+        for k in 0..q {
+            for sign in [0.5, -0.5] {
+                let mut e = vec![0.0; q];
+                e[k] = sign * om[(k, k)].sqrt();
+                starts.push(e);
+            }
+        }
+        let mut best: Option<(Point, bool)> = None;
+        for st in &starts {
+            if let Some((p, conv)) = self.minimise(s, pop, st) {
+                let better = best.as_ref().is_none_or(|(b, bc)| (conv && !bc) || (conv == *bc && p.o < b.o));
+                if better {
+                    best = Some((p, conv));
+                }
+                if conv {
+                    break;
+                }
+            }
+        }
+        match best {
+            None => Inner { eta: warm.to_vec(), ofv: f64::INFINITY, converged: false, ipred: Vec::new(), var: Vec::new() },
+            Some((p, converged)) => {
+                let a = &pop.omega_inv + &p.ftvf;
+                let logdet = match a.cholesky() {
+                    Some(c) => 2.0 * c.l().diagonal().iter().map(|d| d.ln()).sum::<f64>(),
+                    None => f64::INFINITY,
+                };
+                let ofv = p.o + pop.omega.log_det() + logdet;
+                Inner { eta: p.eta.as_slice().to_vec(), ofv, converged, ipred: p.f, var: p.v }
+            }
+        }
+    }
+
+    /// Every subject's inner solution at ψ, from the warm starts `etas`.
+    pub fn evaluate(&self, psi: &[f64], etas: &[Vec<f64>]) -> Vec<Inner> {
+        let pop = self.layout.unpack(psi);
+        self.subjects.par_iter().zip(etas.par_iter()).map(|(s, e)| self.inner(s, &pop, e)).collect()
+    }
+
+    /// Per-subject objective values at each of `points` (ψ vectors), warm-started at `etas`:
+    /// `out[k][i]`. Parallel over (point, subject) pairs.
+    pub fn evaluate_many(&self, points: &[Vec<f64>], etas: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let n = self.subjects.len();
+        let pops: Vec<PopValues> = points.iter().map(|p| self.layout.unpack(p)).collect();
+        let flat: Vec<f64> = (0..points.len() * n)
+            .into_par_iter()
+            .map(|t| {
+                let (k, i) = (t / n, t % n);
+                self.inner(&self.subjects[i], &pops[k], &etas[i]).ofv
+            })
+            .collect();
+        flat.chunks(n).map(|c| c.to_vec()).collect()
+    }
+
+    fn step(&self, psi: &[f64], k: usize) -> f64 {
+        self.opts.fd_step * (1.0 + psi[k].abs())
+    }
+
+    /// Central-difference gradient of OFV at ψ; also the per-subject gradients.
+    pub fn gradient(&self, psi: &[f64], etas: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let d = psi.len();
+        let mut points = Vec::with_capacity(2 * d);
+        for k in 0..d {
+            let h = self.step(psi, k);
+            for sign in [1.0, -1.0] {
+                let mut p = psi.to_vec();
+                p[k] += sign * h;
+                points.push(p);
+            }
+        }
+        let vals = self.evaluate_many(&points, etas);
+        let n = self.subjects.len();
+        let mut per_subject = vec![vec![0.0; d]; n];
+        let mut g = vec![0.0; d];
+        for k in 0..d {
+            let h = self.step(psi, k);
+            for i in 0..n {
+                let gi = (vals[2 * k][i] - vals[2 * k + 1][i]) / (2.0 * h);
+                per_subject[i][k] = gi;
+                g[k] += gi;
+            }
+        }
+        (g, per_subject)
+    }
+}
+
+fn total(inner: &[Inner]) -> f64 {
+    inner.iter().map(|r| r.ofv).sum()
+}
+
+/// Fits the population model `spec` of `model` to `data` by FOCE-I.
+///
+/// ```
+/// use insilico_estimation::{focei, ErrorModel, PopulationSpec};
+/// use insilico_model::Model;
+/// use insilico_solvers::data::{Dataset, ReadOptions};
+/// let model = Model::parse("parameters: k in (0, inf), V in (0, inf)\nstates: c\nd/dt(c) = -k * c\noutput: cp = c / V", "iv")?;
+/// // Two subjects with elimination rates 0.2 and 0.3, V = 10, dose 100.
+/// let mut csv = String::from("ID,TIME,AMT,DV,EVID\n");
+/// for (id, k) in [(1, 0.2f64), (2, 0.3), (3, 0.25)] {
+///     csv += &format!("{id},0,100,.,1\n");
+///     for t in [1.0, 2.0, 4.0, 8.0] {
+///         csv += &format!("{id},{t},0,{},0\n", 10.0 * (-k * t).exp() * (1.0 + 0.01 * (t - 4.0)));
+///     }
+/// }
+/// let data = Dataset::from_str("iv.csv", &csv, &ReadOptions::default()).unwrap();
+/// let spec = PopulationSpec::log_normal(&[("k", 0.2), ("V", 12.0)], &[("k", 0.1)], ErrorModel::Proportional, &[0.05])?;
+/// let opts = focei::FitOptions { covariance: focei::CovarianceStep::None, ..Default::default() };
+/// let est = focei::fit(&model, &data, &spec, &opts)?;
+/// assert!((est.parameters[1].value - 10.0).abs() < 0.5);
+/// # Ok::<(), insilico_estimation::EstimationError>(())
+/// ```
+pub fn fit(model: &Model, data: &Dataset, spec: &PopulationSpec, options: &FitOptions) -> Result<Estimate, EstimationError> {
+    let start = Instant::now();
+    let layout = Layout::new(model, spec)?;
+    let subjects = SubjectData::build_all(model, data, &layout, spec)?;
+    let theta0: Vec<f64> = spec.theta.iter().map(|(_, v)| *v).collect();
+    let mut psi = layout.pack(&theta0, &spec.omega, &spec.sigma);
+    let pop = Population {
+        layout,
+        subjects,
+        settings: SolveSettings { method: options.method, options: options.ode },
+        opts: *options,
+    };
+    let q = pop.layout.n_eta();
+    let n = pop.subjects.len();
+    let mut etas = vec![vec![0.0; q]; n];
+    let mut cur = pop.evaluate(&psi, &etas);
+    let mut evaluations = 1;
+    if let Some((i, _)) = cur.iter().enumerate().find(|(_, r)| !r.ofv.is_finite()) {
+        // Name the subject and the solver's reason at the typical values.
+        let s = &pop.subjects[i];
+        let p0 = pop.layout.unpack(&psi);
+        let (p, _) = pop.layout.individual(&p0.theta, &vec![0.0; q]);
+        if let Err(reason) = s.predict(&p, &pop.layout.eta_idx, pop.layout.error.log_scale(), &pop.settings) {
+            return Err(EstimationError::InitialObjective { reason: format!("subject `{}`: {reason}", s.id) });
+        }
+        return Err(EstimationError::InitialObjective {
+            reason: format!("subject `{}` has a non-finite objective (a zero or negative residual variance?)", s.id),
+        });
+    }
+    let mut f = total(&cur);
+    etas = cur.iter().map(|r| r.eta.clone()).collect();
+    let (mut g, _) = pop.gradient(&psi, &etas);
+    evaluations += 2 * psi.len();
+    let d = psi.len();
+    let mut hinv = DMatrix::<f64>::identity(d, d);
+    let mut converged = false;
+    let mut iterations = 0;
+    while iterations < options.max_iterations {
+        let gv = DVector::from_column_slice(&g);
+        if gv.amax() < options.gradient_tolerance {
+            converged = true;
+            break;
+        }
+        iterations += 1;
+        let mut dir = -(&hinv * &gv);
+        let mut slope = gv.dot(&dir);
+        if slope >= 0.0 || !slope.is_finite() {
+            hinv = DMatrix::identity(d, d);
+            dir = -gv.clone();
+            slope = gv.dot(&dir);
+        }
+        let big = dir.amax();
+        if big > 1.0 {
+            dir *= 1.0 / big;
+            slope /= big;
+        }
+        let mut alpha = 1.0;
+        let mut next = None;
+        for _ in 0..30 {
+            let trial: Vec<f64> = psi.iter().zip(dir.iter()).map(|(p, s)| p + alpha * s).collect();
+            let res = pop.evaluate(&trial, &etas);
+            evaluations += 1;
+            let ft = total(&res);
+            if ft.is_finite() && ft <= f + 1e-4 * alpha * slope {
+                next = Some((trial, res, ft));
+                break;
+            }
+            // Quadratic interpolation of the step, kept in [0.1, 0.5]·α.
+            let a_new = if ft.is_finite() {
+                let denom = 2.0 * (ft - f - alpha * slope);
+                if denom > 0.0 {
+                    (-slope * alpha * alpha / denom).clamp(0.1 * alpha, 0.5 * alpha)
+                } else {
+                    0.5 * alpha
+                }
+            } else {
+                0.1 * alpha
+            };
+            alpha = a_new;
+        }
+        let Some((new_psi, res, fnew)) = next else {
+            // No decrease along the search direction: at the optimum to the
+            // precision of the finite-difference gradient.
+            converged = gv.amax() < 100.0 * options.gradient_tolerance;
+            break;
+        };
+        let new_etas: Vec<Vec<f64>> = res.iter().map(|r| r.eta.clone()).collect();
+        let (gnew, _) = pop.gradient(&new_psi, &new_etas);
+        evaluations += 2 * d;
+        let s = DVector::from_iterator(d, new_psi.iter().zip(&psi).map(|(a, b)| a - b));
+        let y = DVector::from_iterator(d, gnew.iter().zip(&g).map(|(a, b)| a - b));
+        let sy = s.dot(&y);
+        if sy > 1e-12 * s.norm() * y.norm() {
+            if iterations == 1 {
+                hinv = DMatrix::identity(d, d) * (sy / y.dot(&y));
+            }
+            let rho = 1.0 / sy;
+            let hy = &hinv * &y;
+            let yhy = y.dot(&hy);
+            // H⁺ = H − ρ(H y sᵀ + s yᵀ H) + (ρ² yᵀHy + ρ) s sᵀ
+            hinv -= rho * (&hy * s.transpose() + &s * hy.transpose());
+            hinv += (rho * rho * yhy + rho) * (&s * s.transpose());
+        }
+        let fold = f;
+        psi = new_psi;
+        cur = res;
+        etas = new_etas;
+        f = fnew;
+        g = gnew;
+        if (fold - f).abs() < options.objective_tolerance * (1.0 + f.abs()) && s.amax() < 1e-6 {
+            converged = true;
+            break;
+        }
+    }
+    let wall_seconds = start.elapsed().as_secs_f64();
+    let cov_start = Instant::now();
+    let (covariance, covariance_error) = match options.covariance {
+        CovarianceStep::None => (None, None),
+        kind => match covariance_step(&pop, &psi, &etas, kind == CovarianceStep::Sandwich) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+    };
+    if options.covariance != CovarianceStep::None {
+        evaluations += 2 * d * d + 2 * d;
+    }
+    let covariance_seconds = cov_start.elapsed().as_secs_f64();
+    Ok(assemble(&pop, &psi, &cur, covariance, covariance_error, converged, iterations, evaluations, wall_seconds, covariance_seconds))
+}
+
+/// The natural-scale reported vector: θ, Ω entries, σ.
+fn reported(layout: &Layout, psi: &[f64]) -> Vec<f64> {
+    let pv = layout.unpack(psi);
+    let mut out = pv.theta.clone();
+    let om = pv.omega.matrix();
+    let q = layout.n_eta();
+    for i in 0..q {
+        out.push(om[(i, i)]);
+    }
+    if layout.omega_structure == OmegaStructure::Block {
+        for i in 0..q {
+            for j in 0..i {
+                out.push(om[(i, j)]);
+            }
+        }
+    }
+    out.extend(pv.sigma);
+    out
+}
+
+fn reported_names(layout: &Layout) -> Vec<String> {
+    let mut names = layout.theta_names.clone();
+    let q = layout.n_eta();
+    for i in 0..q {
+        names.push(format!("omega2({})", layout.eta_names[i]));
+    }
+    if layout.omega_structure == OmegaStructure::Block {
+        for i in 0..q {
+            for j in 0..i {
+                names.push(format!("omega({},{})", layout.eta_names[i], layout.eta_names[j]));
+            }
+        }
+    }
+    names.extend(layout.error.sigma_names().iter().map(|s| format!("sigma_{s}")));
+    names
+}
+
+fn covariance_step(pop: &Population, psi: &[f64], etas: &[Vec<f64>], sandwich: bool) -> Result<Covariance, EstimationError> {
+    let d = psi.len();
+    // Second differences need a larger step than the gradient.
+    let h: Vec<f64> = (0..d).map(|k| 10.0 * pop.step(psi, k)).collect();
+    let mut points = vec![psi.to_vec()];
+    for k in 0..d {
+        for sk in [1.0, -1.0] {
+            let mut p = psi.to_vec();
+            p[k] += sk * h[k];
+            points.push(p);
+        }
+    }
+    for k in 0..d {
+        for l in 0..k {
+            for (sk, sl) in [(1.0, 1.0), (1.0, -1.0), (-1.0, 1.0), (-1.0, -1.0)] {
+                let mut p = psi.to_vec();
+                p[k] += sk * h[k];
+                p[l] += sl * h[l];
+                points.push(p);
+            }
+        }
+    }
+    let vals: Vec<f64> = pop.evaluate_many(&points, etas).iter().map(|v| v.iter().sum()).collect();
+    let f0 = vals[0];
+    let mut hess = DMatrix::zeros(d, d);
+    for k in 0..d {
+        hess[(k, k)] = (vals[1 + 2 * k] - 2.0 * f0 + vals[2 + 2 * k]) / (h[k] * h[k]);
+    }
+    let mut idx = 1 + 2 * d;
+    for k in 0..d {
+        for l in 0..k {
+            let v = (vals[idx] - vals[idx + 1] - vals[idx + 2] + vals[idx + 3]) / (4.0 * h[k] * h[l]);
+            hess[(k, l)] = v;
+            hess[(l, k)] = v;
+            idx += 4;
+        }
+    }
+    if hess.iter().any(|v| !v.is_finite()) {
+        return Err(EstimationError::Covariance { reason: "not finite (an inner problem failed near the estimates)".into() });
+    }
+    let eig = hess.clone().symmetric_eigen();
+    let (lo, hi) = eig.eigenvalues.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &e| (lo.min(e), hi.max(e.abs())));
+    if lo <= 0.0 {
+        return Err(EstimationError::Covariance {
+            reason: format!("not positive definite (smallest eigenvalue {lo:.3e}, largest {hi:.3e})"),
+        });
+    }
+    let condition_number = hi / lo;
+    let rinv = hess.clone().cholesky().map(|c| c.inverse()).ok_or_else(|| EstimationError::Covariance {
+        reason: "singular".into(),
+    })?;
+    let cov_h = 2.0 * &rinv;
+    let cov_s = if sandwich {
+        let (_, per) = pop.gradient(psi, etas);
+        let mut s = DMatrix::zeros(d, d);
+        for gi in &per {
+            let v = DVector::from_column_slice(gi);
+            s.ger(1.0, &v, &v, 1.0);
+        }
+        Some(&rinv * s * &rinv)
+    } else {
+        None
+    };
+    // Delta method to the natural scale.
+    let r0 = reported(&pop.layout, psi);
+    let m = r0.len();
+    let mut jac = DMatrix::zeros(m, d);
+    for k in 0..d {
+        let e = 1e-6 * (1.0 + psi[k].abs());
+        let mut a = psi.to_vec();
+        let mut b = psi.to_vec();
+        a[k] += e;
+        b[k] -= e;
+        let (ra, rb) = (reported(&pop.layout, &a), reported(&pop.layout, &b));
+        for r in 0..m {
+            jac[(r, k)] = (ra[r] - rb[r]) / (2.0 * e);
+        }
+    }
+    let nat_h = &jac * &cov_h * jac.transpose();
+    let se_hessian: Vec<f64> = (0..m).map(|r| nat_h[(r, r)].max(0.0).sqrt()).collect();
+    let nat_s = cov_s.as_ref().map(|c| &jac * c * jac.transpose());
+    let se_sandwich = nat_s.as_ref().map(|c| (0..m).map(|r| c[(r, r)].max(0.0).sqrt()).collect::<Vec<_>>());
+    let (kind, nat, cov_psi) = match (&nat_s, &cov_s) {
+        (Some(n), Some(c)) => ("sandwich", n.clone(), c.clone()),
+        _ => ("hessian", nat_h.clone(), cov_h.clone()),
+    };
+    let se_psi = (0..d).map(|k| cov_psi[(k, k)].max(0.0).sqrt()).collect();
+    let matrix: Vec<Vec<f64>> = (0..m).map(|r| (0..m).map(|c| nat[(r, c)]).collect()).collect();
+    let correlation = (0..m)
+        .map(|r| {
+            (0..m)
+                .map(|c| {
+                    let den = (nat[(r, r)] * nat[(c, c)]).sqrt();
+                    if den > 0.0 {
+                        nat[(r, c)] / den
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    Ok(Covariance { kind, matrix, correlation, se_hessian, se_sandwich, se_psi, condition_number })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn assemble(
+    pop: &Population,
+    psi: &[f64],
+    inner: &[Inner],
+    covariance: Option<Covariance>,
+    covariance_error: Option<String>,
+    converged: bool,
+    iterations: usize,
+    evaluations: usize,
+    wall_seconds: f64,
+    covariance_seconds: f64,
+) -> Estimate {
+    let layout = &pop.layout;
+    let values = reported(layout, psi);
+    let names = reported_names(layout);
+    let se: Vec<Option<f64>> = match &covariance {
+        Some(c) => c.se_sandwich.clone().unwrap_or_else(|| c.se_hessian.clone()).into_iter().map(Some).collect(),
+        None => vec![None; values.len()],
+    };
+    let parameters = names
+        .into_iter()
+        .zip(values)
+        .zip(se)
+        .map(|((name, value), se)| Estimated { name, value, se, rse_percent: se.map(|s| 100.0 * s / value.abs()) })
+        .collect();
+    let pv = layout.unpack(psi);
+    let om = pv.omega.matrix();
+    let q = layout.n_eta();
+    let n = inner.len();
+    let etas = (0..q)
+        .map(|k| {
+            let w2 = om[(k, k)];
+            let mean = inner.iter().map(|r| r.eta[k]).sum::<f64>() / n as f64;
+            let var = inner.iter().map(|r| (r.eta[k] - mean).powi(2)).sum::<f64>() / (n.max(2) - 1) as f64;
+            EtaVariance {
+                name: layout.eta_names[k].clone(),
+                omega2: w2,
+                sd: w2.sqrt(),
+                cv_percent: layout.eta_lognormal[k].then(|| 100.0 * (w2.exp() - 1.0).sqrt()),
+                shrinkage_percent: 100.0 * (1.0 - var.sqrt() / w2.sqrt()),
+            }
+        })
+        .collect();
+    let subjects: Vec<SubjectEstimate> = pop
+        .subjects
+        .iter()
+        .zip(inner)
+        .map(|(s, r)| SubjectEstimate { id: s.id.clone(), eta: r.eta.clone(), converged: r.converged, ofv: r.ofv })
+        .collect();
+    let nonconverged = subjects.iter().filter(|s| !s.converged).map(|s| s.id.clone()).collect();
+    let n_observations: usize = pop.subjects.iter().map(|s| s.y.len()).sum();
+    let ofv = total(inner);
+    Estimate {
+        method: "focei",
+        ofv,
+        ofv_with_constant: ofv + n_observations as f64 * (2.0 * std::f64::consts::PI).ln(),
+        n_observations,
+        n_subjects: n,
+        parameters,
+        n_theta: layout.n_theta(),
+        omega: (0..q).map(|i| (0..q).map(|j| om[(i, j)]).collect()).collect(),
+        etas,
+        subjects,
+        nonconverged,
+        converged,
+        iterations,
+        evaluations,
+        wall_seconds,
+        covariance_seconds,
+        covariance,
+        covariance_error,
+    }
+}
