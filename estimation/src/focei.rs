@@ -44,6 +44,7 @@
 //! `S = Σ_i ∇OFV_i ∇OFV_iᵀ`. Natural-scale standard errors follow by the
 //! delta method.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use insilico_model::Model;
@@ -67,6 +68,20 @@ pub enum CovarianceStep {
     Sandwich,
 }
 
+/// How the outer gradient `∂OFV/∂ψ` is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OuterGradient {
+    /// The implicit-function theorem at η̂: `dη̂/dψ = −(∂²O/∂η²)⁻¹ ∂²O/∂η∂ψ`,
+    /// with the second-order terms (`∂²O/∂η²`, `∂(ln det)/∂η`, and the
+    /// θ-derivatives at fixed η) as central differences of the exact
+    /// sensitivity-based gradient; `2·(dim θ + dim η)` ODE solves per subject
+    /// and no inner re-optimisation.
+    ImplicitFunction,
+    /// Central differences of OFV itself, every inner problem re-solved at
+    /// `ψ ± h·e_k` (warm-started): `2·dim ψ` objective evaluations.
+    FiniteDifference,
+}
+
 /// Knobs of [`fit`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FitOptions {
@@ -88,12 +103,14 @@ pub struct FitOptions {
     pub fd_step: f64,
     /// Covariance step (default: sandwich, which reports the Hessian-based one too).
     pub covariance: CovarianceStep,
+    /// Outer gradient (default: the implicit-function route).
+    pub gradient: OuterGradient,
 }
 
 impl Default for FitOptions {
     fn default() -> Self {
         FitOptions {
-            method: Method::Bdf,
+            method: Method::Tsit45,
             ode: Options { rtol: 1e-8, atol: 1e-10, max_steps: 1_000_000 },
             max_iterations: 200,
             gradient_tolerance: 1e-3,
@@ -102,6 +119,7 @@ impl Default for FitOptions {
             inner_tolerance: 1e-10,
             fd_step: 1e-4,
             covariance: CovarianceStep::Sandwich,
+            gradient: OuterGradient::ImplicitFunction,
         }
     }
 }
@@ -197,8 +215,12 @@ pub struct Estimate {
     pub converged: bool,
     /// Outer (BFGS) iterations.
     pub iterations: usize,
-    /// Objective evaluations (each solves every inner problem).
+    /// Objective evaluations outside gradients (each solves every inner problem).
     pub evaluations: usize,
+    /// Outer gradient evaluations.
+    pub gradients: usize,
+    /// ODE solves (with sensitivities by η) over the whole fit, covariance step included.
+    pub ode_solves: usize,
     /// Wall time of the estimation (s), without the covariance step.
     pub wall_seconds: f64,
     /// Wall time of the covariance step (s).
@@ -216,13 +238,15 @@ impl Estimate {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "FOCE-I: OFV (−2LL, no constant) {:.4}; −2LL with N·ln(2π) {:.4}; {} subjects, {} observations; {} iterations, {} evaluations, {:.3} s (+{:.3} s covariance){}",
+            "FOCE-I: OFV (−2LL, no constant) {:.4}; −2LL with N·ln(2π) {:.4}; {} subjects, {} observations; {} iterations, {} evaluations + {} gradients, {} ODE solves, {:.3} s (+{:.3} s covariance){}",
             self.ofv,
             self.ofv_with_constant,
             self.n_subjects,
             self.n_observations,
             self.iterations,
             self.evaluations,
+            self.gradients,
+            self.ode_solves,
             self.wall_seconds,
             self.covariance_seconds,
             if self.converged { "" } else { " (NOT CONVERGED)" }
@@ -282,13 +306,33 @@ pub(crate) struct Population {
     pub subjects: Vec<SubjectData>,
     pub settings: SolveSettings,
     pub opts: FitOptions,
+    /// ODE solves so far (each with sensitivities by η).
+    pub solves: AtomicUsize,
 }
 
 impl Population {
     fn point(&self, s: &SubjectData, pop: &PopValues, eta: &DVector<f64>) -> Option<Point> {
+        let (f, jac) = self.predict_at(s, &pop.theta, eta)?;
+        self.point_from(s, pop, eta, f, &jac)
+    }
+
+    /// Individual predictions at (θ, η) and their Jacobian by η (row-major `n × q`).
+    fn predict_at(&self, s: &SubjectData, theta: &[f64], eta: &DVector<f64>) -> Option<(Vec<f64>, Vec<f64>)> {
+        self.solves.fetch_add(1, Ordering::Relaxed);
         let q = self.layout.n_eta();
-        let (p, scale) = self.layout.individual(&pop.theta, eta.as_slice());
-        let sens = s.predict(&p, &self.layout.eta_idx, self.layout.error.log_scale(), &self.settings).ok()?;
+        let (p, scale) = self.layout.individual(theta, eta.as_slice());
+        let mut sens = s.predict(&p, &self.layout.eta_idx, self.layout.error.log_scale(), &self.settings).ok()?;
+        for row in sens.jacobian.chunks_mut(q.max(1)) {
+            for (v, sc) in row.iter_mut().zip(&scale) {
+                *v *= sc;
+            }
+        }
+        Some((sens.predictions, sens.jacobian))
+    }
+
+    /// `O_i`, its gradient and curvature at η from predictions `f` and their Jacobian.
+    fn point_from(&self, s: &SubjectData, pop: &PopValues, eta: &DVector<f64>, f: Vec<f64>, jac: &[f64]) -> Option<Point> {
+        let q = self.layout.n_eta();
         let oi = &pop.omega_inv;
         let oe = oi * eta;
         let mut o = eta.dot(&oe);
@@ -297,9 +341,9 @@ impl Population {
         let mut ftvf = DMatrix::zeros(q, q);
         let mut v = Vec::with_capacity(s.y.len());
         let mut fj = DVector::zeros(q);
-        for (j, (&y, &f)) in s.y.iter().zip(&sens.predictions).enumerate() {
+        for (j, (&y, &f)) in s.y.iter().zip(&f).enumerate() {
             for k in 0..q {
-                fj[k] = sens.jacobian[j * q + k] * scale[k];
+                fj[k] = jac[j * q + k];
             }
             let (var, dv) = self.layout.error.variance(f, &pop.sigma);
             if !(var > 0.0 && var.is_finite()) {
@@ -317,7 +361,7 @@ impl Population {
         if !o.is_finite() {
             return None;
         }
-        Some(Point { eta: eta.clone(), o, g, h, ftvf, f: sens.predictions, v })
+        Some(Point { eta: eta.clone(), o, g, h, ftvf, f, v })
     }
 
     /// Levenberg–Marquardt from `start`; `(point, converged)`.
@@ -426,8 +470,88 @@ impl Population {
         self.opts.fd_step * (1.0 + psi[k].abs())
     }
 
-    /// Central-difference gradient of OFV at ψ; also the per-subject gradients.
+    /// The gradient of OFV at ψ (η̂ at ψ in `etas`), and the per-subject gradients.
     pub fn gradient(&self, psi: &[f64], etas: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
+        if self.opts.gradient == OuterGradient::ImplicitFunction {
+            let per: Option<Vec<Vec<f64>>> =
+                self.subjects.par_iter().zip(etas.par_iter()).map(|(s, e)| self.subject_gradient(s, psi, e)).collect();
+            if let Some(per) = per {
+                let mut g = vec![0.0; psi.len()];
+                for gi in &per {
+                    for (a, b) in g.iter_mut().zip(gi) {
+                        *a += b;
+                    }
+                }
+                return (g, per);
+            }
+        }
+        self.fd_gradient(psi, etas)
+    }
+
+    /// `(O, ln det Ω + ln det(Ω⁻¹ + FᵀV⁻¹F), ∇_η O)` at fixed η, from predictions `f`, `jac`.
+    fn terms(&self, s: &SubjectData, pop: &PopValues, eta: &DVector<f64>, f: &[f64], jac: &[f64]) -> Option<(f64, f64, DVector<f64>)> {
+        let p = self.point_from(s, pop, eta, f.to_vec(), jac)?;
+        let a = &pop.omega_inv + &p.ftvf;
+        let l = 2.0 * a.cholesky()?.l().diagonal().iter().map(|d| d.ln()).sum::<f64>() + pop.omega.log_det();
+        Some((p.o, l, p.g))
+    }
+
+    /// `dOFV_i/dψ` by the implicit-function theorem at η̂ (see [`OuterGradient::ImplicitFunction`]).
+    fn subject_gradient(&self, s: &SubjectData, psi: &[f64], eta_hat: &[f64]) -> Option<Vec<f64>> {
+        let d = psi.len();
+        let q = self.layout.n_eta();
+        let nt = self.layout.n_theta();
+        let pop0 = self.layout.unpack(psi);
+        let eta0 = DVector::from_column_slice(eta_hat);
+        let (f0, j0) = self.predict_at(s, &pop0.theta, &eta0)?;
+        let (_, _, g0) = self.terms(s, &pop0, &eta0, &f0, &j0)?;
+        // ∂²O/∂η² and ∂L/∂η by central differences of exact quantities in η.
+        let mut hess = DMatrix::zeros(q, q);
+        let mut dl_deta = DVector::zeros(q);
+        for m in 0..q {
+            let h = self.opts.fd_step * (1.0 + eta0[m].abs());
+            let mut ep = eta0.clone();
+            ep[m] += h;
+            let mut em = eta0.clone();
+            em[m] -= h;
+            let (fp, jp) = self.predict_at(s, &pop0.theta, &ep)?;
+            let (fm, jm) = self.predict_at(s, &pop0.theta, &em)?;
+            let (_, lp, gp) = self.terms(s, &pop0, &ep, &fp, &jp)?;
+            let (_, lm, gm) = self.terms(s, &pop0, &em, &fm, &jm)?;
+            hess.set_column(m, &((gp - gm) / (2.0 * h)));
+            dl_deta[m] = (lp - lm) / (2.0 * h);
+        }
+        let hess = 0.5 * (&hess + hess.transpose());
+        // Partial derivatives in ψ at fixed η; Ω and σ do not move the predictions.
+        let mut do_dpsi = vec![0.0; d];
+        let mut d2 = DMatrix::zeros(q, d);
+        for k in 0..d {
+            let h = self.step(psi, k);
+            let mut vals = Vec::with_capacity(2);
+            for sign in [1.0, -1.0] {
+                let mut pk = psi.to_vec();
+                pk[k] += sign * h;
+                let pop = self.layout.unpack(&pk);
+                let t = if k < nt {
+                    let (f, j) = self.predict_at(s, &pop.theta, &eta0)?;
+                    self.terms(s, &pop, &eta0, &f, &j)?
+                } else {
+                    self.terms(s, &pop, &eta0, &f0, &j0)?
+                };
+                vals.push(t);
+            }
+            let ((op, lp, gp), (om, lm, gm)) = (&vals[0], &vals[1]);
+            do_dpsi[k] = (op + lp - om - lm) / (2.0 * h);
+            d2.set_column(k, &((gp - gm) / (2.0 * h)));
+        }
+        // dη̂/dψ = −(∂²O/∂η²)⁻¹ ∂²O/∂η∂ψ; the total derivative adds ∂(O + L)/∂η · dη̂/dψ.
+        let deta = -hess.cholesky()?.solve(&d2);
+        let w = dl_deta + g0;
+        Some((0..d).map(|k| do_dpsi[k] + w.dot(&deta.column(k))).collect())
+    }
+
+    /// Central-difference gradient of OFV at ψ; also the per-subject gradients.
+    pub fn fd_gradient(&self, psi: &[f64], etas: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
         let d = psi.len();
         let mut points = Vec::with_capacity(2 * d);
         for k in 0..d {
@@ -452,6 +576,14 @@ impl Population {
         }
         (g, per_subject)
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    iterations: usize,
+    evaluations: usize,
+    gradients: usize,
+    solves: usize,
 }
 
 fn total(inner: &[Inner]) -> f64 {
@@ -491,6 +623,7 @@ pub fn fit(model: &Model, data: &Dataset, spec: &PopulationSpec, options: &FitOp
         subjects,
         settings: SolveSettings { method: options.method, options: options.ode },
         opts: *options,
+        solves: AtomicUsize::new(0),
     };
     let q = pop.layout.n_eta();
     let n = pop.subjects.len();
@@ -512,7 +645,7 @@ pub fn fit(model: &Model, data: &Dataset, spec: &PopulationSpec, options: &FitOp
     let mut f = total(&cur);
     etas = cur.iter().map(|r| r.eta.clone()).collect();
     let (mut g, _) = pop.gradient(&psi, &etas);
-    evaluations += 2 * psi.len();
+    let mut gradients = 1;
     let d = psi.len();
     let mut hinv = DMatrix::<f64>::identity(d, d);
     let mut converged = false;
@@ -568,7 +701,7 @@ pub fn fit(model: &Model, data: &Dataset, spec: &PopulationSpec, options: &FitOp
         };
         let new_etas: Vec<Vec<f64>> = res.iter().map(|r| r.eta.clone()).collect();
         let (gnew, _) = pop.gradient(&new_psi, &new_etas);
-        evaluations += 2 * d;
+        gradients += 1;
         let s = DVector::from_iterator(d, new_psi.iter().zip(&psi).map(|(a, b)| a - b));
         let y = DVector::from_iterator(d, gnew.iter().zip(&g).map(|(a, b)| a - b));
         let sy = s.dot(&y);
@@ -603,11 +736,9 @@ pub fn fit(model: &Model, data: &Dataset, spec: &PopulationSpec, options: &FitOp
             Err(e) => (None, Some(e.to_string())),
         },
     };
-    if options.covariance != CovarianceStep::None {
-        evaluations += 2 * d * d + 2 * d;
-    }
     let covariance_seconds = cov_start.elapsed().as_secs_f64();
-    Ok(assemble(&pop, &psi, &cur, covariance, covariance_error, converged, iterations, evaluations, wall_seconds, covariance_seconds))
+    let counts = Counts { iterations, evaluations, gradients, solves: pop.solves.load(Ordering::Relaxed) };
+    Ok(assemble(&pop, &psi, &cur, covariance, covariance_error, converged, counts, wall_seconds, covariance_seconds))
 }
 
 /// The natural-scale reported vector: θ, Ω entries, σ.
@@ -647,7 +778,29 @@ fn reported_names(layout: &Layout) -> Vec<String> {
     names
 }
 
-fn covariance_step(pop: &Population, psi: &[f64], etas: &[Vec<f64>], sandwich: bool) -> Result<Covariance, EstimationError> {
+/// `∇²OFV` by central differences of the gradient (inner problems re-solved at each point).
+fn hessian_from_gradients(pop: &Population, psi: &[f64], etas: &[Vec<f64>]) -> DMatrix<f64> {
+    let d = psi.len();
+    let mut hess = DMatrix::zeros(d, d);
+    for k in 0..d {
+        let h = 10.0 * pop.step(psi, k);
+        let mut cols = Vec::with_capacity(2);
+        for sign in [1.0, -1.0] {
+            let mut p = psi.to_vec();
+            p[k] += sign * h;
+            let res = pop.evaluate(&p, etas);
+            let e: Vec<Vec<f64>> = res.iter().map(|r| r.eta.clone()).collect();
+            cols.push(pop.gradient(&p, &e).0);
+        }
+        for l in 0..d {
+            hess[(l, k)] = (cols[0][l] - cols[1][l]) / (2.0 * h);
+        }
+    }
+    0.5 * (&hess + hess.transpose())
+}
+
+/// `∇²OFV` by central second differences of OFV.
+fn hessian_from_values(pop: &Population, psi: &[f64], etas: &[Vec<f64>]) -> DMatrix<f64> {
     let d = psi.len();
     // Second differences need a larger step than the gradient.
     let h: Vec<f64> = (0..d).map(|k| 10.0 * pop.step(psi, k)).collect();
@@ -684,6 +837,16 @@ fn covariance_step(pop: &Population, psi: &[f64], etas: &[Vec<f64>], sandwich: b
             idx += 4;
         }
     }
+    hess
+}
+
+fn covariance_step(pop: &Population, psi: &[f64], etas: &[Vec<f64>], sandwich: bool) -> Result<Covariance, EstimationError> {
+    let d = psi.len();
+    let hess = if pop.opts.gradient == OuterGradient::ImplicitFunction {
+        hessian_from_gradients(pop, psi, etas)
+    } else {
+        hessian_from_values(pop, psi, etas)
+    };
     if hess.iter().any(|v| !v.is_finite()) {
         return Err(EstimationError::Covariance { reason: "not finite (an inner problem failed near the estimates)".into() });
     }
@@ -760,8 +923,7 @@ fn assemble(
     covariance: Option<Covariance>,
     covariance_error: Option<String>,
     converged: bool,
-    iterations: usize,
-    evaluations: usize,
+    counts: Counts,
     wall_seconds: f64,
     covariance_seconds: f64,
 ) -> Estimate {
@@ -818,8 +980,10 @@ fn assemble(
         subjects,
         nonconverged,
         converged,
-        iterations,
-        evaluations,
+        iterations: counts.iterations,
+        evaluations: counts.evaluations,
+        gradients: counts.gradients,
+        ode_solves: counts.solves,
         wall_seconds,
         covariance_seconds,
         covariance,
