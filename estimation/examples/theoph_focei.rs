@@ -18,7 +18,11 @@ const NLME: &str = include_str!("../tests/data/theoph_nlme.txt");
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = match std::env::args().nth(1) {
         Some(path) => Dataset::from_path(&path, &ReadOptions::default())?,
-        None => Dataset::from_str("examples/data/theoph.csv", include_str!("../../examples/data/theoph.csv"), &ReadOptions::default())?,
+        None => Dataset::from_str(
+            "examples/data/theoph.csv",
+            include_str!("../../examples/data/theoph.csv"),
+            &ReadOptions::default(),
+        )?,
     };
     let model = insilico_models_zoo::load("pk-1cmt-oral")?;
     let spec = PopulationSpec::log_normal(
@@ -28,13 +32,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[0.7],
     )?;
     let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    let opts = FitOptions { covariance: CovarianceStep::None, ..FitOptions::default() };
+    // Knobs for measuring cost and accuracy: RTOL (ODE), INNER_TOL, GRADIENT=fd|ift.
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    let mut base = FitOptions::default();
+    if let Some(r) = env("RTOL") {
+        base.ode.rtol = r;
+    }
+    if let Some(t) = env("INNER_TOL") {
+        base.inner_tolerance = t;
+    }
+    if std::env::var("GRADIENT").is_ok_and(|g| g == "fd") {
+        base.gradient = focei::OuterGradient::FiniteDifference;
+    }
+    let opts = FitOptions { covariance: CovarianceStep::None, ..base };
     let t = Instant::now();
     for _ in 0..reps {
         focei::fit(&model, &data, &spec, &opts)?;
     }
     let per_fit = t.elapsed().as_secs_f64() / reps as f64;
-    let est = focei::fit(&model, &data, &spec, &FitOptions::default())?;
+    let quick = focei::fit(&model, &data, &spec, &opts)?;
+    println!("without the covariance step: {} ODE solves, {} iterations", quick.ode_solves, quick.iterations);
+    let est = focei::fit(&model, &data, &spec, &base)?;
     println!("{}", est.table());
     let r = |key: &str| -> f64 {
         NLME.lines()

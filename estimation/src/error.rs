@@ -33,7 +33,9 @@ pub enum EstimationError {
         reason: String,
     },
     /// A subject has no usable observation (every EVID 0 record missing or MDV = 1).
-    #[error("subject `{subject}` of {file} has no observations (EVID 0 with a DV and MDV 0); remove it or add its data")]
+    #[error(
+        "subject `{subject}` of {file} has no observations (EVID 0 with a DV and MDV 0); remove it or add its data"
+    )]
     NoObservations {
         /// The dataset.
         file: String,
@@ -82,7 +84,9 @@ pub enum EstimationError {
         reason: String,
     },
     /// The covariance step failed: the Hessian of the objective is singular or not positive definite.
-    #[error("covariance step failed: the Hessian of −2LL is {reason}; the model may be unidentifiable from these data")]
+    #[error(
+        "covariance step failed: the Hessian of −2LL is {reason}; the model may be unidentifiable from these data"
+    )]
     Covariance {
         /// Singular, indefinite, ...
         reason: String,

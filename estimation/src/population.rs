@@ -42,7 +42,8 @@ impl Layout {
     pub fn new(model: &Model, spec: &PopulationSpec) -> Result<Layout, EstimationError> {
         let params = model.params();
         let scalar = model.scalar_param_names().join(", ");
-        let find = |name: &str| params.iter().position(|p| p.name == name && !matches!(p.kind, ParamKind::Weight { .. }));
+        let find =
+            |name: &str| params.iter().position(|p| p.name == name && !matches!(p.kind, ParamKind::Weight { .. }));
         let perr = |param: &str, reason: String| EstimationError::Parameter {
             param: param.to_string(),
             model: model.name().to_string(),
@@ -55,7 +56,10 @@ impl Layout {
         }
         let q = spec.random.len();
         if spec.omega.dim() != q {
-            return Err(EstimationError::Spec(format!("Ω is {0} × {0} but {q} random effects are declared", spec.omega.dim())));
+            return Err(EstimationError::Spec(format!(
+                "Ω is {0} × {0} but {q} random effects are declared",
+                spec.omega.dim()
+            )));
         }
         let mut eta_idx = Vec::with_capacity(q);
         let mut eta_lognormal = Vec::with_capacity(q);
@@ -123,7 +127,11 @@ impl Layout {
         let output = match &spec.output {
             None => 0,
             Some(o) => names.iter().position(|n| n == o).ok_or_else(|| {
-                EstimationError::Spec(format!("model {} has no output `{o}` (outputs: {})", model.name(), names.join(", ")))
+                EstimationError::Spec(format!(
+                    "model {} has no output `{o}` (outputs: {})",
+                    model.name(),
+                    names.join(", ")
+                ))
             })?,
         };
         if names.is_empty() {
@@ -239,7 +247,10 @@ impl SubjectData {
         let obs_cmt = spec.obs_cmt.unwrap_or(central);
         for (key, c) in [("dose_cmt", dose_cmt), ("obs_cmt", obs_cmt)] {
             if c == 0 || c > n {
-                return Err(EstimationError::Spec(format!("{key} = {c} but model {} has compartments 1..={n}", model.name())));
+                return Err(EstimationError::Spec(format!(
+                    "{key} = {c} but model {} has compartments 1..={n}",
+                    model.name()
+                )));
             }
         }
         let base_mapping = DoseMapping::new(n, dose_cmt, obs_cmt);
@@ -247,7 +258,11 @@ impl SubjectData {
             let sys = ModelSystem::from_compiled(compiled.clone(), &[])?;
             subject_dose_mapping(&sys, &base_mapping, &layout.base) != base_mapping
         };
-        let header = Arc::new(Dataset { file: ds.file.clone(), covariate_names: ds.covariate_names.clone(), subjects: Vec::new() });
+        let header = Arc::new(Dataset {
+            file: ds.file.clone(),
+            covariate_names: ds.covariate_names.clone(),
+            subjects: Vec::new(),
+        });
         let mut out = Vec::with_capacity(ds.subjects.len());
         for subj in &ds.subjects {
             let cov = subject_covariates(model, ds, subj)?;

@@ -166,7 +166,10 @@ impl Omega {
             });
         }
         let q = variances.len();
-        Ok(Omega { structure: OmegaStructure::Diagonal, chol: DMatrix::from_fn(q, q, |i, j| if i == j { variances[i].sqrt() } else { 0.0 }) })
+        Ok(Omega {
+            structure: OmegaStructure::Diagonal,
+            chol: DMatrix::from_fn(q, q, |i, j| if i == j { variances[i].sqrt() } else { 0.0 }),
+        })
     }
 
     /// A full block Ω from its rows (symmetric, positive definite).
@@ -181,7 +184,13 @@ impl Omega {
             for j in 0..i {
                 let (a, b) = (m[(i, j)], m[(j, i)]);
                 if !a.is_finite() || (a - b).abs() > 1e-12 * (a.abs() + b.abs()).max(1e-300) {
-                    return Err(bad(format!("entries ({}, {}) = {a} and ({}, {}) = {b} differ", i + 1, j + 1, j + 1, i + 1)));
+                    return Err(bad(format!(
+                        "entries ({}, {}) = {a} and ({}, {}) = {b} differ",
+                        i + 1,
+                        j + 1,
+                        j + 1,
+                        i + 1
+                    )));
                 }
             }
         }
@@ -285,7 +294,10 @@ pub(crate) fn cholesky(m: &DMatrix<f64>) -> Result<DMatrix<f64>, String> {
             d -= l[(j, k)] * l[(j, k)];
         }
         if !(d > 0.0 && d.is_finite()) {
-            return Err(format!("pivot {} of its Cholesky factorisation is {d:e} (a leading minor is not positive)", j + 1));
+            return Err(format!(
+                "pivot {} of its Cholesky factorisation is {d:e} (a leading minor is not positive)",
+                j + 1
+            ));
         }
         let d = d.sqrt();
         l[(j, j)] = d;

@@ -71,8 +71,12 @@ fn theophylline_matches_nlme() {
     // SEs are conditional on the variance parameters; ours are joint).
     let cov = est.covariance.as_ref().expect("covariance step");
     for (k, name) in ["ka", "CL", "V"].iter().enumerate() {
-        let (ours, theirs) = (est.parameters[k].se.unwrap() / est.parameters[k].value, reference(&format!("se_log_{name}")));
-        println!("SE(log {name}): ours (sandwich) {ours:.4}, hessian {:.4}, nlme {theirs:.4}", cov.se_hessian[k] / est.parameters[k].value);
+        let (ours, theirs) =
+            (est.parameters[k].se.unwrap() / est.parameters[k].value, reference(&format!("se_log_{name}")));
+        println!(
+            "SE(log {name}): ours (sandwich) {ours:.4}, hessian {:.4}, nlme {theirs:.4}",
+            cov.se_hessian[k] / est.parameters[k].value
+        );
         assert!((cov.se_hessian[k] / est.parameters[k].value - theirs).abs() / theirs < 0.25);
     }
 }

@@ -400,7 +400,12 @@ impl ObsSink for SensSink<'_> {
 /// // y = 10 e^{-kt}; dy/dk = -10 t e^{-kt}
 /// assert!((s.jacobian[1] + 50.0 * (-1.0f64).exp()).abs() < 1e-6);
 /// ```
-pub fn sensitivities(problem: &Problem, method: Method, opts: &Options, params: &[usize]) -> Result<Sensitivities, Error> {
+pub fn sensitivities(
+    problem: &Problem,
+    method: Method,
+    opts: &Options,
+    params: &[usize],
+) -> Result<Sensitivities, Error> {
     problem.validate()?;
     let sys = problem.system;
     if let Some(&bad) = params.iter().find(|&&i| i >= sys.nparams()) {
