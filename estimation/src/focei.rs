@@ -229,9 +229,38 @@ pub struct Estimate {
     pub covariance: Option<Covariance>,
     /// Why the covariance step failed, when it did.
     pub covariance_error: Option<String>,
+    /// Per observation: PRED, IPRED, IWRES, CWRES and η̂. CWRES follows
+    /// Hooker, Staatz, Karlsson (2007): with `F = ∂f/∂η` and `V` at η̂,
+    /// `E[y] ≈ f(η̂) − F·η̂`, `Cov[y] ≈ F·Ω·Fᵀ + diag(V)`, and
+    /// `CWRES = L⁻¹(y − E[y])` with `L` the Cholesky factor of `Cov[y]`.
+    pub sdtab: Vec<SdtabRow>,
+    /// ε-shrinkage `1 − SD(IWRES)` (%).
+    pub eps_shrinkage_percent: f64,
+    /// Names of the random effects (the η columns of `sdtab`).
+    pub eta_names: Vec<String>,
 }
 
 impl Estimate {
+    /// The diagnostics table as CSV: `ID,TIME,DV,PRED,IPRED,CWRES,IWRES` and one column per η.
+    ///
+    /// NPDE is not computed yet.
+    pub fn sdtab_csv(&self) -> String {
+        let mut s = String::from("ID,TIME,DV,PRED,IPRED,CWRES,IWRES");
+        for n in &self.eta_names {
+            s.push(',');
+            s.push_str(n);
+        }
+        s.push('\n');
+        for r in &self.sdtab {
+            s.push_str(&format!("{},{},{},{},{},{},{}", r.id, r.time, r.dv, r.pred, r.ipred, r.cwres, r.iwres));
+            for e in &r.eta {
+                s.push_str(&format!(",{e}"));
+            }
+            s.push('\n');
+        }
+        s
+    }
+
     /// A plain-text table of the estimates.
     pub fn table(&self) -> String {
         use std::fmt::Write;
@@ -272,6 +301,7 @@ impl Estimate {
         if let Some(e) = &self.covariance_error {
             let _ = writeln!(s, "covariance step failed: {e}");
         }
+        let _ = writeln!(s, "ε-shrinkage (1 − SD(IWRES)): {:.1}%", self.eps_shrinkage_percent);
         s
     }
 }
@@ -283,10 +313,6 @@ pub(crate) struct Inner {
     /// OFV_i (FOCE-I, no constant); +∞ when the subject could not be evaluated.
     pub ofv: f64,
     pub converged: bool,
-    /// Individual predictions at η̂ (comparison scale).
-    pub ipred: Vec<f64>,
-    /// Residual variances at η̂.
-    pub var: Vec<f64>,
 }
 
 /// One evaluation of O_i at η.
@@ -297,8 +323,6 @@ struct Point {
     h: DMatrix<f64>,
     /// `Σ F_jᵀF_j / V_j`.
     ftvf: DMatrix<f64>,
-    f: Vec<f64>,
-    v: Vec<f64>,
 }
 
 /// The population problem: a model, its subjects and the layout of ψ.
@@ -314,7 +338,7 @@ pub(crate) struct Population {
 impl Population {
     fn point(&self, s: &SubjectData, pop: &PopValues, eta: &DVector<f64>) -> Option<Point> {
         let (f, jac) = self.predict_at(s, &pop.theta, eta)?;
-        self.point_from(s, pop, eta, f, &jac)
+        self.point_from(s, pop, eta, &f, &jac)
     }
 
     /// Individual predictions at (θ, η) and their Jacobian by η (row-major `n × q`).
@@ -337,7 +361,7 @@ impl Population {
         s: &SubjectData,
         pop: &PopValues,
         eta: &DVector<f64>,
-        f: Vec<f64>,
+        f: &[f64],
         jac: &[f64],
     ) -> Option<Point> {
         let q = self.layout.n_eta();
@@ -347,9 +371,8 @@ impl Population {
         let mut g = 2.0 * &oe;
         let mut h = 2.0 * oi;
         let mut ftvf = DMatrix::zeros(q, q);
-        let mut v = Vec::with_capacity(s.y.len());
         let mut fj = DVector::zeros(q);
-        for (j, (&y, &f)) in s.y.iter().zip(&f).enumerate() {
+        for (j, (&y, &f)) in s.y.iter().zip(f).enumerate() {
             for k in 0..q {
                 fj[k] = jac[j * q + k];
             }
@@ -364,12 +387,11 @@ impl Population {
             let w = 2.0 / var + (dv / var) * (dv / var);
             h.ger(w, &fj, &fj, 1.0);
             ftvf.ger(1.0 / var, &fj, &fj, 1.0);
-            v.push(var);
         }
         if !o.is_finite() {
             return None;
         }
-        Some(Point { eta: eta.clone(), o, g, h, ftvf, f, v })
+        Some(Point { eta: eta.clone(), o, g, h, ftvf })
     }
 
     /// Levenberg–Marquardt from `start`; `(point, converged)`.
@@ -440,9 +462,7 @@ impl Population {
             }
         }
         match best {
-            None => {
-                Inner { eta: warm.to_vec(), ofv: f64::INFINITY, converged: false, ipred: Vec::new(), var: Vec::new() }
-            }
+            None => Inner { eta: warm.to_vec(), ofv: f64::INFINITY, converged: false },
             Some((p, converged)) => {
                 let a = &pop.omega_inv + &p.ftvf;
                 let logdet = match a.cholesky() {
@@ -450,7 +470,7 @@ impl Population {
                     None => f64::INFINITY,
                 };
                 let ofv = p.o + pop.omega.log_det() + logdet;
-                Inner { eta: p.eta.as_slice().to_vec(), ofv, converged, ipred: p.f, var: p.v }
+                Inner { eta: p.eta.as_slice().to_vec(), ofv, converged }
             }
         }
     }
@@ -507,7 +527,7 @@ impl Population {
         f: &[f64],
         jac: &[f64],
     ) -> Option<(f64, f64, DVector<f64>)> {
-        let p = self.point_from(s, pop, eta, f.to_vec(), jac)?;
+        let p = self.point_from(s, pop, eta, f, jac)?;
         let a = &pop.omega_inv + &p.ftvf;
         let l = 2.0 * a.cholesky()?.l().diagonal().iter().map(|d| d.ln()).sum::<f64>() + pop.omega.log_det();
         Some((p.o, l, p.g))
@@ -593,6 +613,29 @@ impl Population {
         }
         (g, per_subject)
     }
+}
+
+/// One row of the diagnostics table (NONMEM's sdtab), per observation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SdtabRow {
+    /// Subject ID.
+    pub id: String,
+    /// Observation time.
+    pub time: f64,
+    /// The observation.
+    pub dv: f64,
+    /// Population prediction (η = 0).
+    pub pred: f64,
+    /// Individual prediction (η = η̂).
+    pub ipred: f64,
+    /// `(y − IPRED)/sqrt(V(IPRED))` (on the log scale for the exponential error model).
+    pub iwres: f64,
+    /// Conditional weighted residual (Hooker et al. 2007), see [`Estimate::sdtab`].
+    pub cwres: f64,
+    /// The subject's η̂.
+    pub eta: Vec<f64>,
+    /// Dataset line of the observation.
+    pub line: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -775,6 +818,59 @@ pub fn fit(
 }
 
 /// The natural-scale reported vector: θ, Ω entries, σ.
+/// The sdtab rows of one subject at ψ with η̂.
+fn subject_sdtab(pop: &Population, s: &SubjectData, pv: &PopValues, eta: &[f64]) -> Vec<SdtabRow> {
+    let q = pop.layout.n_eta();
+    let n = s.y.len();
+    let nan_rows = || -> Vec<SdtabRow> {
+        (0..n)
+            .map(|j| SdtabRow {
+                id: s.id.clone(),
+                time: s.obs[j].time,
+                dv: s.y[j],
+                pred: f64::NAN,
+                ipred: f64::NAN,
+                iwres: f64::NAN,
+                cwres: f64::NAN,
+                eta: eta.to_vec(),
+                line: s.lines[j],
+            })
+            .collect()
+    };
+    let e = DVector::from_column_slice(eta);
+    let (Some((fi, jac)), Some((f0, _))) =
+        (pop.predict_at(s, &pv.theta, &e), pop.predict_at(s, &pv.theta, &DVector::zeros(q)))
+    else {
+        return nan_rows();
+    };
+    let fmat = DMatrix::from_row_slice(n, q, &jac);
+    let var: Vec<f64> = fi.iter().map(|&f| pop.layout.error.variance(f, &pv.sigma).0).collect();
+    let mut cov = &fmat * pv.omega.matrix() * fmat.transpose();
+    for j in 0..n {
+        cov[(j, j)] += var[j];
+    }
+    let mean = DVector::from_iterator(n, (0..n).map(|j| fi[j] - (fmat.row(j) * &e)[0]));
+    let resid = DVector::from_column_slice(&s.y) - mean;
+    let cwres = match cov.cholesky() {
+        Some(c) => c.l().solve_lower_triangular(&resid).unwrap_or_else(|| DVector::from_element(n, f64::NAN)),
+        None => DVector::from_element(n, f64::NAN),
+    };
+    let back = |v: f64| if pop.layout.error.log_scale() { v.exp() } else { v };
+    (0..n)
+        .map(|j| SdtabRow {
+            id: s.id.clone(),
+            time: s.obs[j].time,
+            dv: back(s.y[j]),
+            pred: back(f0[j]),
+            ipred: back(fi[j]),
+            iwres: (s.y[j] - fi[j]) / var[j].sqrt(),
+            cwres: cwres[j],
+            eta: eta.to_vec(),
+            line: s.lines[j],
+        })
+        .collect()
+}
+
 fn reported(layout: &Layout, psi: &[f64]) -> Vec<f64> {
     let pv = layout.unpack(psi);
     let mut out = pv.theta.clone();
@@ -1009,6 +1105,19 @@ fn assemble(
     let nonconverged = subjects.iter().filter(|s| !s.converged).map(|s| s.id.clone()).collect();
     let n_observations: usize = pop.subjects.iter().map(|s| s.y.len()).sum();
     let ofv = total(inner);
+    let sdtab: Vec<SdtabRow> = pop
+        .subjects
+        .par_iter()
+        .zip(inner.par_iter())
+        .map(|(s, r)| subject_sdtab(pop, s, &pv, &r.eta))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .flatten()
+        .collect();
+    let iw: Vec<f64> = sdtab.iter().map(|r| r.iwres).filter(|v| v.is_finite()).collect();
+    let m = iw.len().max(2) as f64;
+    let mean = iw.iter().sum::<f64>() / m;
+    let sd = (iw.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (m - 1.0)).sqrt();
     Estimate {
         method: "focei",
         ofv,
@@ -1030,6 +1139,9 @@ fn assemble(
         covariance_seconds,
         covariance,
         covariance_error,
+        sdtab,
+        eps_shrinkage_percent: 100.0 * (1.0 - sd),
+        eta_names: layout.eta_names.clone(),
     }
 }
 

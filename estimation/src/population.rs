@@ -160,9 +160,6 @@ impl Layout {
     pub fn n_omega(&self) -> usize {
         Omega::count_params(self.omega_structure, self.n_eta())
     }
-    pub fn n_psi(&self) -> usize {
-        self.n_theta() + self.n_omega() + self.error.sigma_names().len()
-    }
 
     /// ψ from natural-scale values.
     pub fn pack(&self, theta: &[f64], omega: &Omega, sigma: &[f64]) -> Vec<f64> {
