@@ -1159,7 +1159,7 @@ mod tests {
         let model = insilico_models_zoo::load("pk-1cmt-oral").unwrap();
         let text: String = THEOPH
             .lines()
-            .filter(|l| !l.contains(",0,0,") || !l.split(',').nth(1).is_some_and(|t| t == "0"))
+            .filter(|l| !l.contains(",0,0,") || l.split(',').nth(1).is_none_or(|t| t != "0"))
             .map(|l| format!("{l}\n"))
             .collect();
         let data = Dataset::from_str("theoph.csv", &text, &ReadOptions::default()).unwrap();
