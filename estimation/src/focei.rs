@@ -502,20 +502,28 @@ impl Population {
 
     /// The gradient of OFV at ψ (η̂ at ψ in `etas`), and the per-subject gradients.
     pub fn gradient(&self, psi: &[f64], etas: &[Vec<f64>]) -> (Vec<f64>, Vec<Vec<f64>>) {
+        let (g, per, _) = self.gradient_and_slopes(psi, etas);
+        (g, per)
+    }
+
+    /// As [`Population::gradient`], plus each subject's `dη̂/dψ` (`q × dim ψ`) on the implicit-function route.
+    pub fn gradient_and_slopes(&self, psi: &[f64], etas: &[Vec<f64>]) -> GradientParts {
         if self.opts.gradient == OuterGradient::ImplicitFunction {
-            let per: Option<Vec<Vec<f64>>> =
+            let per: Option<Vec<(Vec<f64>, DMatrix<f64>)>> =
                 self.subjects.par_iter().zip(etas.par_iter()).map(|(s, e)| self.subject_gradient(s, psi, e)).collect();
             if let Some(per) = per {
                 let mut g = vec![0.0; psi.len()];
-                for gi in &per {
+                for (gi, _) in &per {
                     for (a, b) in g.iter_mut().zip(gi) {
                         *a += b;
                     }
                 }
-                return (g, per);
+                let (per, slopes): (Vec<Vec<f64>>, Vec<DMatrix<f64>>) = per.into_iter().unzip();
+                return (g, per, Some(slopes));
             }
         }
-        self.fd_gradient(psi, etas)
+        let (g, per) = self.fd_gradient(psi, etas);
+        (g, per, None)
     }
 
     /// `(O, ln det Ω + ln det(Ω⁻¹ + FᵀV⁻¹F), ∇_η O)` at fixed η, from predictions `f`, `jac`.
@@ -534,7 +542,7 @@ impl Population {
     }
 
     /// `dOFV_i/dψ` by the implicit-function theorem at η̂ (see [`OuterGradient::ImplicitFunction`]).
-    fn subject_gradient(&self, s: &SubjectData, psi: &[f64], eta_hat: &[f64]) -> Option<Vec<f64>> {
+    fn subject_gradient(&self, s: &SubjectData, psi: &[f64], eta_hat: &[f64]) -> Option<(Vec<f64>, DMatrix<f64>)> {
         let d = psi.len();
         let q = self.layout.n_eta();
         let nt = self.layout.n_theta();
@@ -584,7 +592,7 @@ impl Population {
         // dη̂/dψ = −(∂²O/∂η²)⁻¹ ∂²O/∂η∂ψ; the total derivative adds ∂(O + L)/∂η · dη̂/dψ.
         let deta = -hess.cholesky()?.solve(&d2);
         let w = dl_deta + g0;
-        Some((0..d).map(|k| do_dpsi[k] + w.dot(&deta.column(k))).collect())
+        Some(((0..d).map(|k| do_dpsi[k] + w.dot(&deta.column(k))).collect(), deta))
     }
 
     /// Central-difference gradient of OFV at ψ; also the per-subject gradients.
@@ -637,6 +645,9 @@ pub struct SdtabRow {
     /// Dataset line of the observation.
     pub line: usize,
 }
+
+/// The total gradient, the per-subject gradients and (implicit-function route) each subject's `dη̂/dψ`.
+type GradientParts = (Vec<f64>, Vec<Vec<f64>>, Option<Vec<DMatrix<f64>>>);
 
 #[derive(Debug, Clone, Copy)]
 struct Counts {
@@ -720,7 +731,7 @@ pub fn fit(
     }
     let mut f = total(&cur);
     etas = cur.iter().map(|r| r.eta.clone()).collect();
-    let (mut g, _) = pop.gradient(&psi, &etas);
+    let (mut g, _, mut slopes) = pop.gradient_and_slopes(&psi, &etas);
     let mut gradients = 1;
     let d = psi.len();
     let mut hinv = DMatrix::<f64>::identity(d, d);
@@ -749,7 +760,24 @@ pub fn fit(
         let mut next = None;
         for _ in 0..30 {
             let trial: Vec<f64> = psi.iter().zip(dir.iter()).map(|(p, s)| p + alpha * s).collect();
-            let res = pop.evaluate(&trial, &etas);
+            // Warm starts predicted to first order by dη̂/dψ (implicit-function route).
+            let starts: Vec<Vec<f64>> = match &slopes {
+                Some(sl) => etas
+                    .iter()
+                    .zip(sl)
+                    .map(|(e, m)| {
+                        let dpsi = DVector::from_iterator(d, trial.iter().zip(&psi).map(|(a, b)| a - b));
+                        let pred = DVector::from_column_slice(e) + m * dpsi;
+                        if pred.iter().all(|v| v.is_finite()) && (&pred - DVector::from_column_slice(e)).amax() < 1.0 {
+                            pred.as_slice().to_vec()
+                        } else {
+                            e.clone()
+                        }
+                    })
+                    .collect(),
+                None => etas.clone(),
+            };
+            let res = pop.evaluate(&trial, &starts);
             evaluations += 1;
             let ft = total(&res);
             if ft.is_finite() && ft <= f + 1e-4 * alpha * slope {
@@ -776,7 +804,8 @@ pub fn fit(
             break;
         };
         let new_etas: Vec<Vec<f64>> = res.iter().map(|r| r.eta.clone()).collect();
-        let (gnew, _) = pop.gradient(&new_psi, &new_etas);
+        let (gnew, _, new_slopes) = pop.gradient_and_slopes(&new_psi, &new_etas);
+        slopes = new_slopes;
         gradients += 1;
         let s = DVector::from_iterator(d, new_psi.iter().zip(&psi).map(|(a, b)| a - b));
         let y = DVector::from_iterator(d, gnew.iter().zip(&g).map(|(a, b)| a - b));
