@@ -74,8 +74,9 @@ pub enum OuterGradient {
     /// The implicit-function theorem at η̂: `dη̂/dψ = −(∂²O/∂η²)⁻¹ ∂²O/∂η∂ψ`,
     /// with the second-order terms (`∂²O/∂η²`, `∂(ln det)/∂η`, and the
     /// θ-derivatives at fixed η) as central differences of the exact
-    /// sensitivity-based gradient; `2·(dim θ + dim η)` ODE solves per subject
-    /// and no inner re-optimisation.
+    /// sensitivity-based gradient; `1 + 2·dim η + 2·(θ without a log-normal η)`
+    /// ODE solves per subject (a log θ with a log-normal η on the same
+    /// parameter reuses the η-shifted solves) and no inner re-optimisation.
     ImplicitFunction,
     /// Central differences of OFV itself, every inner problem re-solved at
     /// `ψ ± h·e_k` (warm-started): `2·dim ψ` objective evaluations.
@@ -553,6 +554,8 @@ impl Population {
         // ∂²O/∂η² and ∂L/∂η by central differences of exact quantities in η.
         let mut hess = DMatrix::zeros(q, q);
         let mut dl_deta = DVector::zeros(q);
+        // Predictions at η ± h·e_m, reused for log θ of the same parameter.
+        let mut shifted = Vec::with_capacity(q);
         for m in 0..q {
             let h = self.opts.fd_step * (1.0 + eta0[m].abs());
             let mut ep = eta0.clone();
@@ -565,12 +568,29 @@ impl Population {
             let (_, lm, gm) = self.terms(s, &pop0, &em, &fm, &jm)?;
             hess.set_column(m, &((gp - gm) / (2.0 * h)));
             dl_deta[m] = (lp - lm) / (2.0 * h);
+            shifted.push((h, fp, jp, fm, jm));
         }
         let hess = 0.5 * (&hess + hess.transpose());
         // Partial derivatives in ψ at fixed η; Ω and σ do not move the predictions.
         let mut do_dpsi = vec![0.0; d];
         let mut d2 = DMatrix::zeros(q, d);
         for k in 0..d {
+            // "Mu-referencing": with P = θ·exp(η), moving log θ by h moves the
+            // predictions exactly as moving η by h, and O's prior term and L do
+            // not read θ, so the η-shifted solves serve.
+            let mu = (k < nt && self.layout.theta_log[k])
+                .then(|| {
+                    (0..q).find(|&m| self.layout.eta_lognormal[m] && self.layout.eta_idx[m] == self.layout.theta_idx[k])
+                })
+                .flatten();
+            if let Some(m) = mu {
+                let (h, fp, jp, fm, jm) = &shifted[m];
+                let (op, lp, gp) = self.terms(s, &pop0, &eta0, fp, jp)?;
+                let (om, lm, gm) = self.terms(s, &pop0, &eta0, fm, jm)?;
+                do_dpsi[k] = (op + lp - om - lm) / (2.0 * h);
+                d2.set_column(k, &((gp - gm) / (2.0 * h)));
+                continue;
+            }
             let h = self.step(psi, k);
             let mut vals = Vec::with_capacity(2);
             for sign in [1.0, -1.0] {
