@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[0.7],
     )?;
     let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    // Knobs for measuring cost and accuracy: RTOL (ODE), INNER_TOL, GRADIENT=fd|ift.
+    // Knobs for measuring cost and accuracy: RTOL (ODE), INNER_TOL, METHOD (bdf, tsit45, ...), GRADIENT=fd|ift.
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     let mut base = FitOptions::default();
     if let Some(r) = env("RTOL") {
@@ -40,6 +40,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(t) = env("INNER_TOL") {
         base.inner_tolerance = t;
+    }
+    if let Some(m) = std::env::var("METHOD").ok().and_then(|m| insilico_solvers::Method::parse(&m)) {
+        base.method = m;
     }
     if std::env::var("GRADIENT").is_ok_and(|g| g == "fd") {
         base.gradient = focei::OuterGradient::FiniteDifference;

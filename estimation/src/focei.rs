@@ -414,6 +414,11 @@ impl Population {
                 let step = chol.solve(&(-&cur.g));
                 // Keep steps on the η scale moderate (η of 5 is a factor e^5).
                 let big = step.amax();
+                // Converged without another solve when the (nearly undamped)
+                // Gauss–Newton step is already below the tolerance.
+                if lambda <= 1e-3 && big <= tol * (1.0 + cur.eta.amax()) {
+                    return Some((cur, true));
+                }
                 let step = if big > 2.0 { step * (2.0 / big) } else { step };
                 let trial_eta = &cur.eta + &step;
                 match self.point(s, pop, &trial_eta) {
