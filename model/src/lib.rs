@@ -47,6 +47,7 @@ pub mod lanes;
 mod lower;
 pub mod model;
 pub mod parser;
+pub mod subject;
 pub mod system;
 pub mod tape;
 

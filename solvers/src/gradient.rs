@@ -338,3 +338,91 @@ fn backward(
     })?;
     Ok((grad, lam))
 }
+
+/// Predictions with their forward sensitivities to chosen parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sensitivities {
+    /// Predictions `y_j`, in the order of `Problem::observations`.
+    pub predictions: Vec<f64>,
+    /// `∂y_j/∂θ_{params[k]}`, row-major: `jacobian[j * params.len() + k]`.
+    pub jacobian: Vec<f64>,
+}
+
+struct SensSink<'a> {
+    sys: &'a dyn System,
+    p: &'a [f64],
+    n: usize,
+    params: &'a [usize],
+    out: Sensitivities,
+}
+
+impl ObsSink for SensSink<'_> {
+    fn observe(&mut self, idx: usize, obs: &Observation, x: &[f64], s: &[f64]) {
+        let n = self.n;
+        self.out.predictions[idx] = self.sys.output(obs.output, obs.time, x, self.p);
+        let mut gx = vec![0.0; n];
+        let mut gp = vec![0.0; self.p.len()];
+        self.sys.output_grad(obs.output, obs.time, x, self.p, &mut gx, &mut gp);
+        let k = self.params.len();
+        for (j, &i) in self.params.iter().enumerate() {
+            let v: f64 = (0..n).map(|r| gx[r] * s[j * n + r]).sum();
+            self.out.jacobian[idx * k + j] = v + gp[i];
+        }
+    }
+}
+
+/// Predictions and their exact forward sensitivities `∂y_j/∂θ_i` for the
+/// parameters `params` only (the population estimators need the Jacobian of
+/// every prediction with respect to a subject's random effects). The state
+/// is augmented with one sensitivity column per listed parameter, chained
+/// through doses, lags, bioavailability and steady states as in
+/// [`gradient`].
+///
+/// # Example
+/// ```
+/// use insilico_solvers::gradient::sensitivities;
+/// use insilico_solvers::{Dose, Method, Options, Problem, Schedule, System};
+/// struct Decay;
+/// impl System for Decay {
+///     fn nstates(&self) -> usize { 1 }
+///     fn nparams(&self) -> usize { 1 }
+///     fn rhs(&self, _t: f64, x: &[f64], _u: &[f64], p: &[f64], dx: &mut [f64]) { dx[0] = -p[0] * x[0]; }
+///     fn jvp(&self, _t: f64, _x: &[f64], _u: &[f64], p: &[f64], v: &[f64], o: &mut [f64]) { o[0] = -p[0] * v[0]; }
+///     fn vjp_state(&self, _t: f64, _x: &[f64], _u: &[f64], p: &[f64], w: &[f64], o: &mut [f64]) { o[0] = -p[0] * w[0]; }
+///     fn jvp_params(&self, _t: f64, x: &[f64], _u: &[f64], _p: &[f64], v: &[f64], o: &mut [f64]) { o[0] = -x[0] * v[0]; }
+///     fn vjp_params(&self, _t: f64, x: &[f64], _u: &[f64], _p: &[f64], w: &[f64], o: &mut [f64]) { o[0] = -x[0] * w[0]; }
+/// }
+/// let prob = Problem::new(&Decay, vec![0.2])
+///     .with_schedule(Schedule::new().dose(Dose::bolus(0.0, 0, 10.0)))
+///     .observe(0, &[1.0, 5.0]);
+/// let opts = Options { rtol: 1e-10, atol: 1e-12, ..Options::default() };
+/// let s = sensitivities(&prob, Method::Bdf, &opts, &[0]).unwrap();
+/// // y = 10 e^{-kt}; dy/dk = -10 t e^{-kt}
+/// assert!((s.jacobian[1] + 50.0 * (-1.0f64).exp()).abs() < 1e-6);
+/// ```
+pub fn sensitivities(
+    problem: &Problem,
+    method: Method,
+    opts: &Options,
+    params: &[usize],
+) -> Result<Sensitivities, Error> {
+    problem.validate()?;
+    let sys = problem.system;
+    if let Some(&bad) = params.iter().find(|&&i| i >= sys.nparams()) {
+        return Err(Error::InvalidProblem(format!(
+            "sensitivity to parameter #{bad} requested, the system has {}",
+            sys.nparams()
+        )));
+    }
+    let nobs = problem.observations.len();
+    let dirs: Vec<Dir> = params.iter().map(|&i| Dir::Param(i)).collect();
+    let mut sink = SensSink {
+        sys,
+        p: &problem.params,
+        n: sys.nstates(),
+        params,
+        out: Sensitivities { predictions: vec![0.0; nobs], jacobian: vec![0.0; nobs * params.len()] },
+    };
+    driver::forward(problem, method, opts, &dirs, &mut sink, None)?;
+    Ok(sink.out)
+}

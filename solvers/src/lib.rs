@@ -20,5 +20,5 @@ mod integrator;
 mod linsolve;
 pub mod solve;
 
-pub use gradient::{gradient, Gradient, GradientMethod, Loss};
+pub use gradient::{gradient, sensitivities, Gradient, GradientMethod, Loss, Sensitivities};
 pub use solve::{solve, Error, Method, Observation as ObservationPoint, Options, Problem, Solution, Stats};
