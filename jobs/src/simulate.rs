@@ -596,80 +596,14 @@ impl Simulation {
     }
 
     /// The config's dose mapping plus the dose attributes the model itself
-    /// sets (`alag(s)`, `f(s)`, `rate(s)`, `dur(s)`) for this subject.
+    /// sets for this subject ([`with_model_dose_attributes`]).
     fn subject_mapping(&self, sys: &ModelSystem) -> DoseMapping {
-        let mut mapping = self.mapping.clone();
-        for s in 0..sys.model().nstates() {
-            for (attr, list) in [
-                (DoseAttr::Bioavailability, &mut mapping.bioavailability),
-                (DoseAttr::Lag, &mut mapping.lag),
-                (DoseAttr::Rate, &mut mapping.rate),
-                (DoseAttr::Duration, &mut mapping.duration),
-            ] {
-                if let Some(src) = sys.dose_attribute(s, attr, &self.params) {
-                    list.push((s + 1, src));
-                }
-            }
-        }
-        mapping
+        with_model_dose_attributes(&self.mapping, sys, &self.params)
     }
 
-    /// The model's covariates for one subject, from the dataset columns of
-    /// the same names (any case), else the model's defaults.
+    /// The model's covariates for one subject ([`subject_covariates`]).
     fn subject_covariates(&self, ds: &Dataset, subj: &crate::solvers::data::Subject) -> Result<Vec<f64>, Error> {
-        let m = &self.model.model;
-        let mut out = Vec::with_capacity(m.covariates().len());
-        for cov in m.covariates() {
-            let col = ds.covariate_names.iter().position(|n| n.eq_ignore_ascii_case(&cov.name));
-            let value = match col {
-                None => cov.default.ok_or_else(|| Error::Config {
-                    file: self.source.clone(),
-                    reason: format!(
-                        "model {} reads covariate `{}`, which is not a column of {} and has no default in the model \
-                         (write `covariates: {} = <value>` in the model, or add the column)",
-                        m.name(),
-                        cov.name,
-                        ds.file,
-                        cov.name
-                    ),
-                })?,
-                Some(k) => {
-                    let mut value: Option<(f64, usize)> = None;
-                    for r in &subj.records {
-                        let Some(v) = r.covariates.get(k).copied().flatten() else { continue };
-                        match value {
-                            None => value = Some((v, r.line)),
-                            Some((first, line)) if first != v => {
-                                return Err(Error::Config {
-                                    file: self.source.clone(),
-                                    reason: format!(
-                                        "covariate `{}` of subject `{}` changes from {first} (line {line}) to {v} \
-                                         (line {}) in {}: time-varying covariates are not supported by simulate yet",
-                                        cov.name, subj.id, r.line, ds.file
-                                    ),
-                                })
-                            }
-                            Some(_) => {}
-                        }
-                    }
-                    match (value, cov.default) {
-                        (Some((v, _)), _) => v,
-                        (None, Some(d)) => d,
-                        (None, None) => {
-                            return Err(Error::Config {
-                                file: self.source.clone(),
-                                reason: format!(
-                                    "covariate `{}` is missing on every record of subject `{}` in {} and the model gives no default",
-                                    cov.name, subj.id, ds.file
-                                ),
-                            })
-                        }
-                    }
-                }
-            };
-            out.push(value);
-        }
-        Ok(out)
+        subject_covariates(&self.model.model, &self.source, ds, subj)
     }
 
     /// One line describing the model, parameters and solver settings.
@@ -691,6 +625,88 @@ impl Simulation {
             self.options.atol
         )
     }
+}
+
+/// `mapping` plus the dose attributes the model itself sets (`alag(s)`,
+/// `f(s)`, `rate(s)`, `dur(s)`) for parameters `p` (shared by `simulate` and `fit`).
+pub(crate) fn with_model_dose_attributes(mapping: &DoseMapping, sys: &ModelSystem, p: &[f64]) -> DoseMapping {
+    let mut mapping = mapping.clone();
+    for s in 0..sys.model().nstates() {
+        for (attr, list) in [
+            (DoseAttr::Bioavailability, &mut mapping.bioavailability),
+            (DoseAttr::Lag, &mut mapping.lag),
+            (DoseAttr::Rate, &mut mapping.rate),
+            (DoseAttr::Duration, &mut mapping.duration),
+        ] {
+            if let Some(src) = sys.dose_attribute(s, attr, p) {
+                list.push((s + 1, src));
+            }
+        }
+    }
+    mapping
+}
+
+/// The covariates of `model` for one subject, from the dataset columns of
+/// the same names (any case), else the model's defaults; `source` (the
+/// config file) is named in errors (shared by `simulate` and `fit`).
+pub(crate) fn subject_covariates(
+    m: &crate::model::Model,
+    source: &str,
+    ds: &Dataset,
+    subj: &crate::solvers::data::Subject,
+) -> Result<Vec<f64>, Error> {
+    let mut out = Vec::with_capacity(m.covariates().len());
+    for cov in m.covariates() {
+        let col = ds.covariate_names.iter().position(|n| n.eq_ignore_ascii_case(&cov.name));
+        let value = match col {
+            None => cov.default.ok_or_else(|| Error::Config {
+                file: source.to_string(),
+                reason: format!(
+                    "model {} reads covariate `{}`, which is not a column of {} and has no default in the model \
+                     (write `covariates: {} = <value>` in the model, or add the column)",
+                    m.name(),
+                    cov.name,
+                    ds.file,
+                    cov.name
+                ),
+            })?,
+            Some(k) => {
+                let mut value: Option<(f64, usize)> = None;
+                for r in &subj.records {
+                    let Some(v) = r.covariates.get(k).copied().flatten() else { continue };
+                    match value {
+                        None => value = Some((v, r.line)),
+                        Some((first, line)) if first != v => {
+                            return Err(Error::Config {
+                                file: source.to_string(),
+                                reason: format!(
+                                    "covariate `{}` of subject `{}` changes from {first} (line {line}) to {v} \
+                                     (line {}) in {}: time-varying covariates are not supported by simulate yet",
+                                    cov.name, subj.id, r.line, ds.file
+                                ),
+                            })
+                        }
+                        Some(_) => {}
+                    }
+                }
+                match (value, cov.default) {
+                    (Some((v, _)), _) => v,
+                    (None, Some(d)) => d,
+                    (None, None) => {
+                        return Err(Error::Config {
+                            file: source.to_string(),
+                            reason: format!(
+                                "covariate `{}` is missing on every record of subject `{}` in {} and the model gives no default",
+                                cov.name, subj.id, ds.file
+                            ),
+                        })
+                    }
+                }
+            }
+        };
+        out.push(value);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
