@@ -1,14 +1,24 @@
-//! `insilico fit` and `insilico simulate --fitted`: fitting PK and hybrid
-//! PK/neural models to NONMEM-layout data from a TOML config.
+//! `insilico fit` and `simulate --fitted`: fitting any model file (a zoo
+//! name or a `.model` path) to NONMEM-layout data from a TOML config.
+//!
+//! The model is compiled like a user's (`insilico_model`), bound to the
+//! subjects' covariates, and fitted through [`ModelSystem`]: the fast DOPRI5
+//! discrete adjoint generated from its right-hand-side program
+//! ([`ModelSystem::fast`]) where the schedule allows, else the diffsol
+//! gradient. Parameters are the model's, by name; the weights of a `network`
+//! declaration are fitted parameters; a model that sets initial states from
+//! parameters (`s(0) = Circ0`) has its gradients chained through them. No
+//! code here depends on which model it is.
 //!
 //! # The config file
 //! ```toml
 //! name = "p4-hybrid"                      # optional label
-//! model = "pk-1cmt-oral"                  # any PK model name (see insilico_mechanistic)
+//! model = "pk-1cmt-oral-hybrid"           # a zoo model (models-zoo/) or a model file relative to this config
+//! output = "cp"                           # optional: the output observed (default: the model's first)
 //! data = "../../shared/data/ude_train.csv" # relative to the config file
 //! modes = ["population"]                  # any of: individual (each subject alone), pooled, population (random effects)
 //! error = "proportional"                  # additive | proportional | combined | log
-//! sigma = [0.1]                           # initial σ (two for combined: additive, proportional)
+//! sigma = [0.1]                           # initial σ, standard deviations (two for combined: additive, proportional)
 //! rtol = 1e-5                             # solver tolerances (amounts)
 //! atol = 1e-6
 //! engine = "auto"                         # auto | fast | generic
@@ -16,29 +26,32 @@
 //! validation_fraction = 0.0               # subjects held out for early stopping
 //! patience = 10                           # validation checks without improvement before a stage stops
 //! check_every = 10
-//! standard_errors = true                  # SEs from the inverse Hessian (mechanistic models)
+//! standard_errors = true                  # SEs from the inverse Hessian (models without a network)
+//! dose_cmt = 1                            # optional: CMT of doses without one (default 1)
+//! obs_cmt = 2                             # optional: CMT of observations without one (default: `central`)
 //!
 //! [columns]                               # optional: NONMEM columns under another name (AMT = "DOSE")
 //!
-//! [params.ka]                             # every model parameter, by name
-//! init = 1.0
+//! [outputs]                               # optional: the output observed, by observation CMT (number or
+//! 1 = "cp"                                #   state name); other observations: `output`
+//! 8 = "neutrophils"
+//!
+//! [params.ka]                             # a model parameter, by name; one not listed is held fixed at the
+//! init = 1.0                              #   model's value (an error where the model gives none)
 //! transform = "log"                       # log (default) | identity
 //! fixed = false
 //! prior = [0.0, 1.0]                      # optional Gaussian prior (mean, sd) on the transformed scale
-//! omega = 0.3                             # optional log-normal random effect (initial sd)
+//! omega = 0.3                             # optional log-normal random effect (initial value, a standard deviation)
 //! omega_fixed = false
 //!
-//! [neural]                                # optional: a learned flux (see insilico_neural::FluxResidual)
-//! from = "central"                        # source state
-//! to = "eliminated"                       # sink state (omit: out of the system)
-//! hidden = [16, 16]
-//! activation = "tanh"
-//! feature_scale = 5.0                     # the network sees C / feature_scale
-//! rate_scale = 0.2                        # flux = rate_scale · a(A_from) · softplus(nn)
-//! form = "rate"                           # rate: a(A) = A (default) | saturating: a(A) = A/(1 + A/saturation),
-//! # saturation = 100.0                    #   a flux bounded by rate_scale·saturation·softplus(nn) (see ChannelForm)
-//! init_scale = 0.5                        # output-layer scale of the seeded initialisation
+//! [neural]                                # optional, for a model with a `network`: its weights
+//! init_scale = 0.5                        # output-layer scale of the seeded initialisation (network k: seed + k)
 //! weight_prior_sd = 3.0                   # optional Gaussian prior on the weights
+//! from = "central"                        # the flux from -> to (d(to)/dt with drug only in `from`) against the
+//! to = "eliminated"                       #   observed concentration: plots and the shape penalty
+//! shape = "saturable"                     # none | monotone | saturable (see insilico_jobs::fit_shape)
+//! shape_max = 10.0                        # the grid reaches shape_max x the largest observation
+//! shape_weight = 1000.0
 //!
 //! [[stages]]                              # optimisers, in order
 //! method = "adam"
@@ -49,7 +62,8 @@
 //! iterations = 200
 //!
 //! [heldout]                               # optional: extrapolation check against reference models
-//! reference_models = ["pk-1cmt-oral-mm", "pk-1cmt-oral-mm-linear"] # each fitted (pooled) to the same data, then simulated
+//! reference_models = ["pk-1cmt-oral-mm", "pk-1cmt-oral-mm-linear"] # zoo names or model files, each fitted
+//!                                         #   (pooled) to the same data, then simulated
 //! regimens = [ { name = "400 mg", amount = 400, times = [1, 2, 4, 8, 12, 24, 36] } ]
 //! ```
 //!
@@ -65,10 +79,10 @@
 //!   widths and weights, per-subject η), read by `simulate --fitted`.
 //! * `predictions.csv`: `ID,TIME,DV,PRED,IPRED` for every fitted observation.
 //! * PNG plots: `loss.png`, `obs_vs_pred.png`, `subjects.png` and, with a
-//!   network, `rate.png` and `elimination_flux.png` (the learned elimination
-//!   rate constant and flux against concentration, up to 4x the largest
-//!   observation, beside the `[heldout]` reference models) and
-//!   `learned_rate.csv`.
+//!   network and `[neural] from`/`to`, `rate.png` and `elimination_flux.png`
+//!   (that flux, learned and mechanistic parts together, and its rate
+//!   constant against concentration, up to 4x the largest observation,
+//!   beside the `[heldout]` reference models) and `learned_rate.csv`.
 //! * `heldout.csv` with `[heldout]`: `REFERENCE,REGIMEN,TIME,REF,PRED`.
 
 use std::collections::BTreeMap;
@@ -740,7 +754,7 @@ fn model_of<'a>(built: &'a FitModel, spec: &FitSpec, cfg: &FitConfig) -> Model<'
         .collect();
     Model {
         system: &built.system,
-        fast: None,
+        fast: built.system.fast(),
         n_weights: built.n_weights,
         weights_init: init,
         weight_prior_sd: n.and_then(|n| n.weight_prior_sd),
@@ -1615,7 +1629,7 @@ pub fn simulate_fitted(cfg: &FitConfig, fitted: &Path, ds: &Dataset, out: &Path)
     let spec = FitSpec { sigma_init: sigma.clone(), ..no_eta(&cfg.spec) };
     let model = Model {
         system: built.system(),
-        fast: None,
+        fast: built.system().fast(),
         n_weights: built.n_weights(),
         weights_init: weights.clone(),
         weight_prior_sd: None,

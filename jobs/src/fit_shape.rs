@@ -27,7 +27,7 @@ use crate::solvers::System;
 /// A shape penalty on the flux into state `to` as a function of the
 /// observed concentration of state `from` (see the module docs).
 #[derive(Debug, Clone)]
-pub(crate) struct StateFluxShape<'a> {
+pub struct StateFluxShape<'a> {
     sys: &'a ModelSystem,
     /// Parameters before the network weights.
     m0: usize,
@@ -43,7 +43,7 @@ impl<'a> StateFluxShape<'a> {
     /// A penalty of weight `weight` on `n ≥ 2` concentrations spaced
     /// geometrically from `c_min` to `c_max`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
+    pub fn new(
         sys: &'a ModelSystem,
         m0: usize,
         from: usize,
@@ -69,7 +69,7 @@ impl<'a> StateFluxShape<'a> {
     }
 
     /// The grid of concentrations.
-    pub(crate) fn grid(&self) -> &[f64] {
+    pub fn grid(&self) -> &[f64] {
         &self.grid
     }
 
@@ -103,7 +103,7 @@ impl<'a> StateFluxShape<'a> {
 
     /// `J(c)` for plots: the flux into `to` and the amount in `from` at
     /// concentration `c`, for mechanistic `theta` and weights `w`.
-    pub(crate) fn flux_at(&self, theta: &[f64], w: &[f64], c: f64) -> (f64, f64) {
+    pub fn flux_at(&self, theta: &[f64], w: &[f64], c: f64) -> (f64, f64) {
         let p = self.params(theta, w);
         let (k, _) = self.slope(&p);
         let (j, x) = self.flux(&p, k, c);
@@ -137,7 +137,7 @@ impl<'a> StateFluxShape<'a> {
 
     /// The largest violation on the grid, in log units (as
     /// [`insilico_neural::shape::FluxShape::max_violation`]).
-    pub(crate) fn max_violation(&self, theta: &[f64], w: &[f64]) -> f64 {
+    pub fn max_violation(&self, theta: &[f64], w: &[f64]) -> f64 {
         let l: Vec<f64> = self.logs(&self.params(theta, w), false).into_iter().map(|t| t.0).collect();
         let mut worst = 0.0f64;
         for i in 0..l.len() - 1 {

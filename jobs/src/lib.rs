@@ -52,7 +52,7 @@ pub mod bench_p2;
 pub mod bench_p3;
 pub mod error;
 pub mod fit_cmd;
-mod fit_shape;
+pub mod fit_shape;
 pub mod limits;
 pub mod p1;
 pub mod perturb;
