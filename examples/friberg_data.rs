@@ -7,10 +7,10 @@
 //! `cargo run --release --example friberg_data` (seed 20261207: the file in
 //! the repository is its output; the generator is deterministic).
 //!
-//! Design: four dose groups of 10 subjects (25, 50, 100, 200 mg as 1-hour
-//! infusions into `central`, CMT 1); drug concentration `cp` observed at
-//! 0.5, 1, 2, 4, 8, 12 and 24 h (CMT 1) and neutrophils every 2 days from
-//! day 0 to day 24 (CMT 8, `circ`).
+//! Design: four dose groups of 10 subjects (50, 100, 200, 400 mg as 1-hour
+//! infusions into `central`, CMT 1, on days 0 and 21); drug concentration
+//! `cp` observed at 0.5, 1, 2, 4, 8, 12 and 24 h after the first dose
+//! (CMT 1) and neutrophils daily from day 0 to day 42 (CMT 8, `circ`).
 
 use std::fmt::Write;
 
@@ -59,24 +59,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         p[k] = v;
     }
     let cp_times = [0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 24.0];
-    let anc_times: Vec<f64> = (0..=12).map(|d| 48.0 * d as f64).collect();
+    let anc_times: Vec<f64> = (0..=42).map(|d| 24.0 * d as f64).collect();
     let (cp_out, anc_out) = (1, 0); // outputs: neutrophils, cp
     let mut rng = SplitMix(SEED);
     let mut csv = String::from("ID,TIME,AMT,RATE,DV,EVID,CMT\n");
     let opts = Options { rtol: 1e-10, atol: 1e-12, ..Options::default() };
     for id in 1..=40 {
-        let dose = [25.0, 50.0, 100.0, 200.0][(id - 1) / 10];
+        let dose = [50.0, 100.0, 200.0, 400.0][(id - 1) / 10];
         let mut obs: Vec<(f64, usize, usize)> = cp_times.iter().map(|&t| (t, cp_out, 1)).collect();
         obs.extend(anc_times.iter().map(|&t| (t, anc_out, 8)));
         obs.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
         let prob = Problem::new(&sys, p.clone())
-            .with_schedule(Schedule::new().dose(Dose::infusion(0.0, 0, dose, 1.0)))
+            .with_schedule(
+                Schedule::new().dose(Dose::infusion(0.0, 0, dose, 1.0)).dose(Dose::infusion(504.0, 0, dose, 1.0)),
+            )
             .with_x0(sys.initial_state(&p));
         let mut prob = prob;
         prob.observations = obs.iter().map(|&(time, output, _)| ObservationPoint { time, output }).collect();
         let sol = solve(&prob, Method::Bdf, &opts)?;
         writeln!(csv, "{id},0,{dose},{dose},.,1,1")?;
+        let mut second = false;
         for ((t, _, cmt), y) in obs.iter().zip(&sol.outputs) {
+            if *t >= 504.0 && !second {
+                writeln!(csv, "{id},504,{dose},{dose},.,1,1")?;
+                second = true;
+            }
             let dv = y * (1.0 + 0.1 * rng.normal());
             writeln!(csv, "{id},{t},0,0,{dv:.6},0,{cmt}")?;
         }
