@@ -59,7 +59,6 @@ pub mod perturb;
 pub mod plots;
 pub mod simulate;
 pub mod status;
-pub mod surrogate;
 pub mod sweep;
 
 pub use error::Error;
