@@ -8,8 +8,8 @@
 //! network's hidden activations, through the network's own tape) as the
 //! stage's tape; [`FastRhs::vjp_tape`] sweeps the instructions backwards once,
 //! giving `(∂f/∂x)ᵀw` and `(∂f/∂θ)ᵀw` together, network weights through the
-//! network's exact VJP (the specialised kernels of
-//! [`insilico_neural::small`-shaped](insilico_neural::Mlp) networks included).
+//! network's exact VJP (the specialised kernels of 1→h→h→1 tanh
+//! [`Mlp`](insilico_neural::Mlp)s included).
 //! Each instruction's local derivative is the one the symbolic
 //! differentiation writes, so the result equals the model's exact Jacobian
 //! products to round-off (tested against them and against central
