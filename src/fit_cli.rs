@@ -63,7 +63,7 @@ pub fn fit(config: Option<&Path>, out: &Path) -> Result<()> {
     println!(
         "wrote   {}/fit.json, model.json, predictions.csv and PNG plots (loss, observed vs predicted, per-subject{})",
         out.display(),
-        if cfg.build()?.n_weights_public() > 0 { ", learned rate" } else { "" }
+        if cfg.n_weights() > 0 { ", learned rate" } else { "" }
     );
     Ok(())
 }

@@ -419,6 +419,12 @@ fn fuzz_simulate_config() {
 
 #[test]
 fn fuzz_fit_configs() {
+    let ds = insilico::solvers::Dataset::from_str(
+        "theoph.csv",
+        insilico::fit_cmd::EMBEDDED_FIT_DATA,
+        &insilico::solvers::ReadOptions::default(),
+    )
+    .unwrap();
     for (name, seed) in [
         ("theoph.toml", include_str!("../examples/theoph.toml")),
         ("p4_hybrid.toml", include_str!("../examples/p4_hybrid.toml")),
@@ -426,7 +432,10 @@ fn fuzz_fit_configs() {
         fuzz_config(&format!("fuzz_fit_config {name}"), seed, &|text| {
             if let Ok(cfg) = FitConfig::from_toml_str(text, "fuzz.toml", None) {
                 let _ = cfg.describe();
-                let _ = cfg.build();
+                let _ = cfg.n_weights();
+                if let Ok(b) = cfg.build(&ds) {
+                    let _ = cfg.subjects(&b, &ds);
+                }
             }
         });
     }

@@ -1,14 +1,24 @@
-//! `insilico fit` and `insilico simulate --fitted`: fitting PK and hybrid
-//! PK/neural models to NONMEM-layout data from a TOML config.
+//! `insilico fit` and `simulate --fitted`: fitting any model file (a zoo
+//! name or a `.model` path) to NONMEM-layout data from a TOML config.
+//!
+//! The model is compiled like a user's (`insilico_model`), bound to the
+//! subjects' covariates, and fitted through [`ModelSystem`]: the fast DOPRI5
+//! discrete adjoint generated from its right-hand-side program
+//! ([`ModelSystem::fast`]) where the schedule allows, else the diffsol
+//! gradient. Parameters are the model's, by name; the weights of a `network`
+//! declaration are fitted parameters; a model that sets initial states from
+//! parameters (`s(0) = Circ0`) has its gradients chained through them. No
+//! code here depends on which model it is.
 //!
 //! # The config file
 //! ```toml
 //! name = "p4-hybrid"                      # optional label
-//! model = "pk-1cmt-oral"                  # any PK model name (see insilico_mechanistic)
+//! model = "pk-1cmt-oral-hybrid"           # a zoo model (models-zoo/) or a model file relative to this config
+//! output = "cp"                           # optional: the output observed (default: the model's first)
 //! data = "../../shared/data/ude_train.csv" # relative to the config file
 //! modes = ["population"]                  # any of: individual (each subject alone), pooled, population (random effects)
 //! error = "proportional"                  # additive | proportional | combined | log
-//! sigma = [0.1]                           # initial σ (two for combined: additive, proportional)
+//! sigma = [0.1]                           # initial σ, standard deviations (two for combined: additive, proportional)
 //! rtol = 1e-5                             # solver tolerances (amounts)
 //! atol = 1e-6
 //! engine = "auto"                         # auto | fast | generic
@@ -16,29 +26,32 @@
 //! validation_fraction = 0.0               # subjects held out for early stopping
 //! patience = 10                           # validation checks without improvement before a stage stops
 //! check_every = 10
-//! standard_errors = true                  # SEs from the inverse Hessian (mechanistic models)
+//! standard_errors = true                  # SEs from the inverse Hessian (models without a network)
+//! dose_cmt = 1                            # optional: CMT of doses without one (default 1)
+//! obs_cmt = 2                             # optional: CMT of observations without one (default: `central`)
 //!
 //! [columns]                               # optional: NONMEM columns under another name (AMT = "DOSE")
 //!
-//! [params.ka]                             # every model parameter, by name
-//! init = 1.0
+//! [outputs]                               # optional: the output observed, by observation CMT (number or
+//! 1 = "cp"                                #   state name); other observations: `output`
+//! 8 = "neutrophils"
+//!
+//! [params.ka]                             # a model parameter, by name; one not listed is held fixed at the
+//! init = 1.0                              #   model's value (an error where the model gives none)
 //! transform = "log"                       # log (default) | identity
 //! fixed = false
 //! prior = [0.0, 1.0]                      # optional Gaussian prior (mean, sd) on the transformed scale
-//! omega = 0.3                             # optional log-normal random effect (initial sd)
+//! omega = 0.3                             # optional log-normal random effect (initial value, a standard deviation)
 //! omega_fixed = false
 //!
-//! [neural]                                # optional: a learned flux (see insilico_neural::FluxResidual)
-//! from = "central"                        # source state
-//! to = "eliminated"                       # sink state (omit: out of the system)
-//! hidden = [16, 16]
-//! activation = "tanh"
-//! feature_scale = 5.0                     # the network sees C / feature_scale
-//! rate_scale = 0.2                        # flux = rate_scale · a(A_from) · softplus(nn)
-//! form = "rate"                           # rate: a(A) = A (default) | saturating: a(A) = A/(1 + A/saturation),
-//! # saturation = 100.0                    #   a flux bounded by rate_scale·saturation·softplus(nn) (see ChannelForm)
-//! init_scale = 0.5                        # output-layer scale of the seeded initialisation
+//! [neural]                                # optional, for a model with a `network`: its weights
+//! init_scale = 0.5                        # output-layer scale of the seeded initialisation (network k: seed + k)
 //! weight_prior_sd = 3.0                   # optional Gaussian prior on the weights
+//! from = "central"                        # the flux from -> to (d(to)/dt with drug only in `from`) against the
+//! to = "eliminated"                       #   observed concentration: plots and the shape penalty
+//! shape = "saturable"                     # none | monotone | saturable (see insilico_jobs::fit_shape)
+//! shape_max = 10.0                        # the grid reaches shape_max x the largest observation
+//! shape_weight = 1000.0
 //!
 //! [[stages]]                              # optimisers, in order
 //! method = "adam"
@@ -49,7 +62,8 @@
 //! iterations = 200
 //!
 //! [heldout]                               # optional: extrapolation check against reference models
-//! reference_models = ["pk-1cmt-oral-mm", "pk-1cmt-oral-mm-linear"] # each fitted (pooled) to the same data, then simulated
+//! reference_models = ["pk-1cmt-oral-mm", "pk-1cmt-oral-mm-linear"] # zoo names or model files, each fitted
+//!                                         #   (pooled) to the same data, then simulated
 //! regimens = [ { name = "400 mg", amount = 400, times = [1, 2, 4, 8, 12, 24, 36] } ]
 //! ```
 //!
@@ -65,10 +79,10 @@
 //!   widths and weights, per-subject η), read by `simulate --fitted`.
 //! * `predictions.csv`: `ID,TIME,DV,PRED,IPRED` for every fitted observation.
 //! * PNG plots: `loss.png`, `obs_vs_pred.png`, `subjects.png` and, with a
-//!   network, `rate.png` and `elimination_flux.png` (the learned elimination
-//!   rate constant and flux against concentration, up to 4x the largest
-//!   observation, beside the `[heldout]` reference models) and
-//!   `learned_rate.csv`.
+//!   network and `[neural] from`/`to`, `rate.png` and `elimination_flux.png`
+//!   (that flux, learned and mechanistic parts together, and its rate
+//!   constant against concentration, up to 4x the largest observation,
+//!   beside the `[heldout]` reference models) and `learned_rate.csv`.
 //! * `heldout.csv` with `[heldout]`: `REFERENCE,REGIMEN,TIME,REF,PRED`.
 
 use std::collections::BTreeMap;
@@ -80,18 +94,19 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::mechanistic::PkModel;
-use crate::neural::fast::FastRhs;
+use std::sync::Arc;
+
+use crate::fit_shape::StateFluxShape;
+use crate::model::system::weight_indices;
+use crate::model::{Compiled, Model as ModelFile, ModelSystem, Param, ParamKind};
 use crate::neural::fit::Penalty;
 use crate::neural::fit::{
-    self, subjects_from_dataset, Engine, ErrorModel, FitResult, FitSpec, FitSubject, Model, Objective, ParamSpec,
-    Progress, Stage, Transform,
+    self, subjects_from_dataset_outputs, Engine, ErrorModel, FitResult, FitSpec, FitSubject, InitialState, Model,
+    Objective, ParamSpec, Progress, Stage, Transform,
 };
-use crate::neural::shape::{FluxShape, Shape};
-use crate::neural::{Activation, Channel, ChannelForm, Feature, FluxResidual, Mlp};
+use crate::neural::shape::Shape;
 use crate::plots;
 use crate::solvers::{Dataset, Dose, DoseMapping, Options, ReadOptions, Schedule, System};
-use crate::surrogate::OralMmLinear;
 
 /// The embedded default of `insilico fit` without arguments.
 pub const EMBEDDED_FIT_CONFIG: &str = include_str!("../../examples/theoph.toml");
@@ -162,29 +177,13 @@ struct RawParam {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawNeural {
-    from: String,
+    from: Option<String>,
     to: Option<String>,
-    hidden: Vec<usize>,
-    activation: Option<String>,
-    feature_scale: Option<f64>,
-    rate_scale: Option<f64>,
-    form: Option<String>,
-    saturation: Option<f64>,
     shape: Option<String>,
     shape_max: Option<f64>,
     shape_weight: Option<f64>,
     init_scale: Option<f64>,
     weight_prior_sd: Option<f64>,
-}
-
-impl RawNeural {
-    /// The channel form (validated by [`FitConfig::from_toml_str`]).
-    fn channel_form(&self) -> ChannelForm {
-        match (self.form.as_deref().map(|f| f.trim().eq_ignore_ascii_case("saturating")), self.saturation) {
-            (Some(true), Some(half)) => ChannelForm::Saturating { half },
-            _ => ChannelForm::Rate,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -216,7 +215,9 @@ struct RawFit {
     ignore_columns: Vec<String>,
     #[serde(default)]
     columns: BTreeMap<String, String>,
-    output_scale: Option<f64>,
+    output: Option<String>,
+    #[serde(default)]
+    outputs: BTreeMap<String, String>,
     modes: Option<Vec<String>>,
     error: Option<String>,
     sigma: Option<Vec<f64>>,
@@ -277,44 +278,40 @@ pub struct FitConfig {
     pub source: String,
     /// Dataset path (resolved against the config's directory).
     pub data: PathBuf,
+    /// The config's directory (model files and `[heldout]` references resolve against it).
+    base: Option<PathBuf>,
     raw: RawFit,
-    pk: PkModel,
+    /// The compiled model.
+    model: Arc<Compiled>,
+    /// The output observed where `[outputs]` names none.
+    output: usize,
+    /// `(CMT, output)` pairs of `[outputs]`.
+    outputs_by_cmt: Vec<(usize, usize)>,
     spec: FitSpec,
     modes: Vec<String>,
-    net: Option<(Mlp, RawNeural, usize, Option<usize>)>,
+    /// `[neural] from`/`to` as state indices (the flux whose shape is
+    /// constrained and plotted).
+    flux: Option<(usize, usize)>,
 }
 
-/// The built model: a PK model or a PK model with a learned flux.
-pub enum Built {
-    /// Mechanistic only.
-    Pk(PkModel),
-    /// With a learned flux.
-    Hybrid(Box<FluxResidual<PkModel, Mlp>>),
+/// The model to fit: the compiled model file bound to the subjects'
+/// covariates, a [`System`] whose parameters are the model's `θ` (declared
+/// parameters and random effects, then the network weights).
+pub struct FitModel {
+    system: ModelSystem,
+    n_weights: usize,
+    /// `θ ↦ (x₀, ∂x₀/∂θ)` when the model sets an initial state.
+    init: Option<Box<InitialState>>,
 }
 
-impl Built {
+impl FitModel {
     /// As a [`System`].
-    pub fn system(&self) -> &dyn System {
-        match self {
-            Built::Pk(m) => m,
-            Built::Hybrid(h) => h.as_ref(),
-        }
-    }
-    fn fast(&self) -> Option<&dyn FastRhs> {
-        match self {
-            Built::Pk(_) => None,
-            Built::Hybrid(h) => Some(h.as_ref()),
-        }
+    pub fn system(&self) -> &ModelSystem {
+        &self.system
     }
     /// Number of network weights (0 for a mechanistic model).
-    pub fn n_weights_public(&self) -> usize {
-        self.n_weights()
-    }
-    fn n_weights(&self) -> usize {
-        match self {
-            Built::Pk(_) => 0,
-            Built::Hybrid(h) => h.net().n_params(),
-        }
+    pub fn n_weights(&self) -> usize {
+        self.n_weights
     }
 }
 
@@ -325,21 +322,46 @@ impl FitConfig {
         Self::from_toml_str(&text, &path.display().to_string(), path.parent())
     }
 
-    /// Parses a config; relative data paths resolve against `base`.
+    /// Parses a config; relative data and model paths resolve against `base`.
     pub fn from_toml_str(text: &str, name: &str, base: Option<&Path>) -> Result<FitConfig, FitCmdError> {
         let cfg = |reason: String| FitCmdError::Config { file: name.to_string(), reason };
         let raw: RawFit = toml::from_str(text).map_err(|e| cfg(e.to_string()))?;
-        let pk = PkModel::from_name(raw.model.trim()).map_err(|e| cfg(format!("key `model`: {e}")))?;
-        let scale = raw.output_scale.unwrap_or(1.0);
-        if !(scale.is_finite() && scale > 0.0) {
-            return Err(cfg(format!("key `output_scale` must be > 0, found {scale}")));
+        let model = crate::models_zoo::resolve(&raw.model, base).map_err(|e| cfg(format!("key `model`: {e}")))?;
+        let mname = model.name().to_string();
+        // The fit's layout: every θ entry that is not a network weight, then the weights.
+        let weights = weight_indices(&model);
+        let m0 = model.params().len() - weights.len();
+        if weights.iter().enumerate().any(|(i, &k)| k != m0 + i) {
+            return Err(cfg(format!("key `model`: model {mname}: network weights must follow every other parameter")));
         }
-        let pk = pk.with_output_scale(scale);
-        let names = pk.param_names();
+        let declared: Vec<&Param> = model.params()[..m0].iter().collect();
+        let names: Vec<String> = declared.iter().map(|p| p.name.clone()).collect();
+        let listed = names.iter().filter(|n| !n.is_empty()).cloned().collect::<Vec<_>>().join(", ");
+        for k in raw.params.keys() {
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                return Err(cfg(format!("unknown parameter [params.{k}] (model {mname} has {listed})")));
+            }
+        }
         let mut params = Vec::new();
-        for n in &names {
+        for p in &declared {
+            let n = &p.name;
             let Some((_, rp)) = raw.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)) else {
-                return Err(cfg(format!("missing [params.{n}] (model {} has parameters {})", pk, names.join(", "))));
+                // Not listed: fixed at the model's value (random effects at 0).
+                let init = match (&p.kind, p.default) {
+                    (ParamKind::Random, _) => 0.0,
+                    (_, Some(v)) => v,
+                    (_, None) => {
+                        return Err(cfg(format!(
+                            "missing [params.{n}]: model {mname} gives `{n}` no value (its parameters are {listed}; \
+                             a parameter with a value in the model and no [params] table is held fixed at it)"
+                        )))
+                    }
+                };
+                let mut ps = ParamSpec::new(n, init);
+                ps.fixed = true;
+                ps.transform = Transform::Identity;
+                params.push(ps);
+                continue;
             };
             let transform = match rp.transform.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
                 None => Transform::Log,
@@ -353,6 +375,11 @@ impl FitConfig {
                     "[params.{n}] init = {}: must be finite and > 0 for a log transform",
                     rp.init
                 )));
+            }
+            if let Some(b) = p.bounds {
+                if !b.contains(rp.init) {
+                    return Err(cfg(format!("[params.{n}] init = {}: outside the model's range {b}", rp.init)));
+                }
             }
             if let Some(o) = rp.omega {
                 if !(o.is_finite() && o > 0.0) {
@@ -376,10 +403,33 @@ impl FitConfig {
                 eta: rp.omega.map(|o| (o, rp.omega_fixed.unwrap_or(false))),
             });
         }
-        for k in raw.params.keys() {
-            if !names.iter().any(|n| n.eq_ignore_ascii_case(k)) {
-                return Err(cfg(format!("unknown parameter [params.{k}] (model {} has {})", pk, names.join(", "))));
+        let out_names = model.output_names();
+        let find_output = |o: &str, key: &str| {
+            out_names.iter().position(|n| n.eq_ignore_ascii_case(o.trim())).ok_or_else(|| {
+                cfg(format!("{key}: model {mname} has no output `{o}` (its outputs are {})", out_names.join(", ")))
+            })
+        };
+        let output = match &raw.output {
+            None => 0,
+            Some(o) => find_output(o, "key `output`")?,
+        };
+        let states = model.state_names();
+        let find_state = |s: &str| -> Option<usize> {
+            match s.trim().parse::<usize>() {
+                Ok(c) if (1..=states.len()).contains(&c) => Some(c - 1),
+                _ => states.iter().position(|x| x.eq_ignore_ascii_case(s.trim())),
             }
+        };
+        let mut outputs_by_cmt = Vec::new();
+        for (cmt, o) in &raw.outputs {
+            let c = find_state(cmt).ok_or_else(|| {
+                cfg(format!(
+                    "[outputs] `{cmt}`: not a compartment (1..={}) or state ({})",
+                    states.len(),
+                    states.join(", ")
+                ))
+            })?;
+            outputs_by_cmt.push((c + 1, find_output(o, &format!("[outputs] {cmt}"))?));
         }
         let error = match &raw.error {
             None => ErrorModel::Proportional,
@@ -438,86 +488,61 @@ impl FitConfig {
         if !(0.0..0.9).contains(&vf) {
             return Err(cfg(format!("key `validation_fraction` = {vf}: use a value in [0, 0.9)")));
         }
-        let states = pk.state_names();
-        let net = match &raw.neural {
-            None => None,
-            Some(n) => {
-                let find = |s: &str| states.iter().position(|x| x.eq_ignore_ascii_case(s.trim()));
-                let from = find(&n.from)
-                    .ok_or_else(|| cfg(format!("[neural] from = `{}`: states are {}", n.from, states.join(", "))))?;
-                let to = match &n.to {
-                    None => None,
-                    Some(t) => Some(
-                        find(t).ok_or_else(|| cfg(format!("[neural] to = `{t}`: states are {}", states.join(", "))))?,
-                    ),
-                };
-                let act = match &n.activation {
-                    None => Activation::Tanh,
-                    Some(a) => Activation::parse(a)
-                        .ok_or_else(|| cfg(format!("[neural] activation `{a}`: use tanh or softplus")))?,
-                };
-                let mut widths = vec![1];
-                widths.extend(&n.hidden);
-                widths.push(1);
-                // Estimate before allocating: weights and biases of every layer.
-                let n_weights: f64 = widths.windows(2).map(|w| (w[0] as f64 + 1.0) * w[1] as f64).sum();
-                crate::limits::check_alloc(
-                    n_weights * 8.0,
-                    8,
-                    "the network's weights and their workspaces",
-                    "[neural] hidden",
-                )
-                .map_err(cfg)?;
-                let mlp = Mlp::new(&widths, act).map_err(|e| cfg(format!("[neural] {e}")))?;
-                match (n.form.as_deref().map(|f| f.trim().to_ascii_lowercase()).as_deref(), n.saturation) {
-                    (None | Some("rate"), None) => {}
-                    (None | Some("rate"), Some(_)) => {
-                        return Err(cfg(
-                            "[neural] saturation is given but form is `rate`: set form = \"saturating\"".into()
-                        ))
-                    }
-                    (Some("saturating"), Some(h)) if h.is_finite() && h > 0.0 => {}
-                    (Some("saturating"), Some(h)) => {
-                        return Err(cfg(format!("[neural] saturation = {h}: must be > 0 (an amount of `{}`)", n.from)))
-                    }
-                    (Some("saturating"), None) => {
-                        return Err(cfg(format!(
-                            "[neural] form = \"saturating\" needs `saturation` (the amount of `{}` at which the \
-                             gate is half-saturated)",
-                            n.from
-                        )))
-                    }
-                    (Some(f), _) => return Err(cfg(format!("[neural] form `{f}`: use rate or saturating"))),
+        let mut flux = None;
+        if let Some(n) = &raw.neural {
+            if model.networks().is_empty() {
+                return Err(cfg(format!(
+                    "[neural]: model {mname} declares no network (write `network g: 1 -> 16 -> 1 tanh` in the model)"
+                )));
+            }
+            let state = |key: &str, s: &Option<String>| -> Result<Option<usize>, FitCmdError> {
+                match s {
+                    None => Ok(None),
+                    Some(s) => find_state(s)
+                        .map(Some)
+                        .ok_or_else(|| cfg(format!("[neural] {key} = `{s}`: states are {}", states.join(", ")))),
                 }
-                if let Some(sh) = &n.shape {
-                    if !sh.trim().eq_ignore_ascii_case("none") && Shape::parse(sh).is_none() {
+            };
+            flux = match (state("from", &n.from)?, state("to", &n.to)?) {
+                (Some(a), Some(b)) => Some((a, b)),
+                (None, None) => None,
+                _ => return Err(cfg("[neural]: give both `from` and `to` (the flux the shape applies to)".into())),
+            };
+            if let Some(sh) = &n.shape {
+                if !sh.trim().eq_ignore_ascii_case("none") {
+                    if Shape::parse(sh).is_none() {
                         return Err(cfg(format!("[neural] shape `{sh}`: use none, monotone or saturable")));
                     }
-                }
-                if let Some(m) = n.shape_max {
-                    if !(m.is_finite() && m > 1.0) {
+                    if flux.is_none() {
                         return Err(cfg(format!(
-                            "[neural] shape_max = {m}: must be > 1 (a multiple of the largest observation)"
+                            "[neural] shape `{sh}` needs `from` and `to` (the flux it constrains)"
                         )));
                     }
                 }
-                if let Some(wt) = n.shape_weight {
-                    if !(wt.is_finite() && wt >= 0.0) {
-                        return Err(cfg(format!("[neural] shape_weight = {wt}: must be ≥ 0")));
-                    }
-                }
-                for (k, v) in [("feature_scale", n.feature_scale), ("rate_scale", n.rate_scale)] {
-                    if let Some(v) = v {
-                        if !(v.is_finite() && v > 0.0) {
-                            return Err(cfg(format!("[neural] {k} = {v}: must be > 0")));
-                        }
-                    }
-                }
-                Some((mlp, n.clone(), from, to))
             }
-        };
+            if let Some(m) = n.shape_max {
+                if !(m.is_finite() && m > 1.0) {
+                    return Err(cfg(format!(
+                        "[neural] shape_max = {m}: must be > 1 (a multiple of the largest observation)"
+                    )));
+                }
+            }
+            for (k, v) in [("shape_weight", n.shape_weight), ("init_scale", n.init_scale)] {
+                if let Some(v) = v {
+                    if !(v.is_finite() && v >= 0.0) {
+                        return Err(cfg(format!("[neural] {k} = {v}: must be ≥ 0")));
+                    }
+                }
+            }
+            if let Some(sd) = n.weight_prior_sd {
+                if !(sd.is_finite() && sd > 0.0) {
+                    return Err(cfg(format!("[neural] weight_prior_sd = {sd}: must be > 0")));
+                }
+            }
+        }
+        let base = base.map(Path::to_path_buf);
         if let Some(h) = &raw.heldout {
-            reference_names(h).map_err(|e| cfg(format!("[heldout] {e}")))?;
+            reference_names(h, base.as_deref()).map_err(|e| cfg(format!("[heldout] {e}")))?;
         }
         let spec = FitSpec {
             params,
@@ -533,34 +558,90 @@ impl FitConfig {
             engine,
             x0: None,
         };
-        let data = match base {
+        let data = match &base {
             Some(d) => d.join(raw.data.trim()),
             None => PathBuf::from(raw.data.trim()),
         };
-        Ok(FitConfig { source: name.to_string(), data, raw, pk, spec, modes, net })
+        Ok(FitConfig {
+            source: name.to_string(),
+            data,
+            base,
+            raw,
+            model: Compiled::new(model),
+            output,
+            outputs_by_cmt,
+            spec,
+            modes,
+            flux,
+        })
     }
 
-    /// Builds the model.
-    pub fn build(&self) -> Result<Built, FitCmdError> {
-        match &self.net {
-            None => Ok(Built::Pk(self.pk)),
-            Some((mlp, n, from, to)) => {
-                let h = FluxResidual::new(
-                    self.pk,
-                    mlp.clone(),
-                    vec![(Feature::Output(0), n.feature_scale.unwrap_or(1.0))],
-                    vec![Channel::new(*from, *to, n.rate_scale.unwrap_or(1.0)).with_form(n.channel_form())],
-                )
-                .map_err(|e| FitCmdError::Config { file: self.source.clone(), reason: format!("[neural] {e}") })?;
-                Ok(Built::Hybrid(Box::new(h)))
+    /// The compiled model.
+    pub fn model(&self) -> &ModelFile {
+        &self.model.model
+    }
+
+    /// Number of network weights of the model (0 for a mechanistic model).
+    pub fn n_weights(&self) -> usize {
+        weight_indices(self.model()).len()
+    }
+
+    /// Builds the model for the subjects of `ds`: the model bound to their
+    /// covariates (which must be the same for every subject: per-subject
+    /// covariates are not supported by `fit` yet).
+    pub fn build(&self, ds: &Dataset) -> Result<FitModel, FitCmdError> {
+        let bad = |reason: String| FitCmdError::Config { file: self.source.clone(), reason };
+        let m = self.model();
+        let mut cov: Option<(Vec<f64>, String)> = None;
+        if !m.covariates().is_empty() {
+            for subj in &ds.subjects {
+                let c = crate::model::subject::subject_covariates(m, ds, subj).map_err(|e| bad(e.to_string()))?;
+                match &cov {
+                    None => cov = Some((c, subj.id.clone())),
+                    Some((c0, id0)) if *c0 != c => {
+                        return Err(bad(format!(
+                            "model {} reads covariates ({}) that differ between subject `{id0}` and subject `{}` in \
+                             {}: fit does not support per-subject covariates yet",
+                            m.name(),
+                            m.covariates().iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
+                            subj.id,
+                            ds.file
+                        )))
+                    }
+                    Some(_) => {}
+                }
             }
         }
+        let cov = cov.map(|c| c.0).unwrap_or_else(|| m.default_covariates());
+        let system = ModelSystem::from_compiled(self.model.clone(), &cov).map_err(|e| bad(e.to_string()))?;
+        // A model that writes `s(0) = ...`: the initial state follows each subject's parameters.
+        let mut theta: Vec<f64> = self.spec.params.iter().map(|p| p.init).collect();
+        theta.extend(m.default_params(self.spec.seed)[theta.len()..].iter());
+        let init: Option<Box<InitialState>> = if system.initial_state(&theta).iter().any(|v| *v != 0.0)
+            || !system.initial_state_jacobian(&theta).is_empty()
+        {
+            let sys = system.clone();
+            Some(Box::new(move |p: &[f64]| (sys.initial_state(p), sys.initial_state_jacobian(p))))
+        } else {
+            None
+        };
+        Ok(FitModel { system, n_weights: self.n_weights(), init })
     }
 
-    /// The dose mapping.
-    pub fn mapping(&self) -> DoseMapping {
-        let n = self.pk.n_compartments();
-        DoseMapping::new(n, self.raw.dose_cmt.unwrap_or(1), self.raw.obs_cmt.unwrap_or(self.pk.central() + 1))
+    /// The dose mapping: `dose_cmt` (default 1), `obs_cmt` (default the
+    /// state `central`, else 1), and the dose attributes the model sets.
+    pub fn mapping(&self, built: &FitModel) -> DoseMapping {
+        let states = self.model().state_names();
+        let central = states.iter().position(|s| *s == "central").map_or(1, |k| k + 1);
+        let base = DoseMapping::new(states.len(), self.raw.dose_cmt.unwrap_or(1), self.raw.obs_cmt.unwrap_or(central));
+        let theta: Vec<f64> = self.spec.params.iter().map(|p| p.init).collect();
+        crate::model::subject::subject_dose_mapping(&built.system, &base, &theta)
+    }
+
+    /// The fit subjects of `ds` (observations with a value; the observed
+    /// output chosen by `output` and `[outputs]`).
+    pub fn subjects(&self, built: &FitModel, ds: &Dataset) -> Result<Vec<FitSubject>, FitCmdError> {
+        Ok(subjects_from_dataset_outputs(ds, &self.mapping(built), self.output, &self.outputs_by_cmt)?)
     }
 
     /// Reads the config's dataset.
@@ -576,20 +657,25 @@ impl FitConfig {
 
     /// One line describing the fit.
     pub fn describe(&self) -> String {
-        let neural = match &self.net {
-            Some((mlp, n, _, _)) => format!(
-                ", learned flux {} -> {} by a {:?} {} network ({} weights)",
-                n.from,
-                n.to.as_deref().unwrap_or("out"),
-                mlp.widths(),
-                mlp.activation().name(),
-                mlp.n_params()
-            ),
-            None => String::new(),
-        };
+        let m = self.model();
+        let nets: Vec<String> = m
+            .networks()
+            .iter()
+            .map(|n| {
+                format!(
+                    "network {} {:?} {} ({} weights)",
+                    n.name,
+                    n.mlp.widths(),
+                    n.mlp.activation().name(),
+                    n.mlp.n_params()
+                )
+            })
+            .collect();
+        let neural = if nets.is_empty() { String::new() } else { format!(", {}", nets.join(", ")) };
         format!(
-            "model {}{neural}; modes {}; error {:?}; engine {:?}",
-            self.pk,
+            "model {}{neural}; output {}; modes {}; error {:?}; engine {:?}",
+            m.name(),
+            m.output_names()[self.output],
             self.modes.join(", "),
             self.spec.error,
             self.spec.engine
@@ -601,37 +687,37 @@ impl FitConfig {
 /// observation to `shape_max` times it).
 const SHAPE_POINTS: usize = 48;
 
-/// The `[neural] shape` penalty of a hybrid, if asked for.
+/// The `[neural] shape` penalty, if asked for.
 fn shape_penalty<'a>(
     cfg: &FitConfig,
-    built: &'a Built,
+    built: &'a FitModel,
     subjects: &[FitSubject],
-) -> Option<FluxShape<'a, PkModel, Mlp>> {
-    let (Built::Hybrid(h), Some((_, n, _, _))) = (built, &cfg.net) else { return None };
-    let shape = Shape::parse(n.shape.as_deref()?)?;
+) -> Result<Option<StateFluxShape<'a>>, FitCmdError> {
+    let (Some(n), Some((from, to))) = (&cfg.raw.neural, cfg.flux) else { return Ok(None) };
+    let Some(shape) = n.shape.as_deref().and_then(Shape::parse) else { return Ok(None) };
     let dmax = subjects.iter().flat_map(|s| s.dv.iter().copied()).fold(0.0f64, f64::max);
-    let fs = n.feature_scale.unwrap_or(1.0);
-    let (lo, hi) = (1e-3 * dmax / fs, n.shape_max.unwrap_or(10.0) * dmax / fs);
-    FluxShape::new(
-        h.as_ref(),
-        0,
+    let (lo, hi) = (1e-3 * dmax, n.shape_max.unwrap_or(10.0) * dmax);
+    StateFluxShape::new(
+        &built.system,
+        cfg.spec.params.len(),
+        from,
+        to,
+        cfg.output,
         shape,
         lo,
         hi,
         SHAPE_POINTS,
-        fs / cfg.pk.output_scale,
-        Some(cfg.pk.v1_index()),
         n.shape_weight.unwrap_or(1000.0),
     )
-    .ok()
+    .map(Some)
+    .map_err(|reason| FitCmdError::Config { file: cfg.source.clone(), reason: format!("[neural] shape: {reason}") })
 }
 
 /// What the shape penalty is and how well the fit keeps it.
-fn shape_json(cfg: &FitConfig, shape: Option<&FluxShape<PkModel, Mlp>>, r: &FitResult) -> Value {
-    let (Some(sh), Some((_, n, _, _))) = (shape, &cfg.net) else { return Value::Null };
-    let fs = n.feature_scale.unwrap_or(1.0);
+fn shape_json(cfg: &FitConfig, shape: Option<&StateFluxShape>, r: &FitResult) -> Value {
+    let (Some(sh), Some(n)) = (shape, &cfg.raw.neural) else { return Value::Null };
     let grid = sh.grid();
-    let range = [grid[0] * fs, grid[grid.len() - 1] * fs];
+    let range = [grid[0], grid[grid.len() - 1]];
     let (mut a, mut b) = (vec![0.0; r.theta.len()], vec![0.0; r.weights.len()]);
     let penalty = sh.value_grad(&r.theta, &r.weights, &mut a, &mut b);
     json!({
@@ -654,19 +740,24 @@ pub enum FitEvent<'a> {
     Done,
 }
 
-fn model_of<'a>(built: &'a Built, spec: &FitSpec, cfg: &FitConfig) -> Model<'a> {
-    let (init, sd) = match (&built, &cfg.net) {
-        (Built::Hybrid(h), Some((_, n, _, _))) => {
-            (h.net().init(spec.seed, n.init_scale.unwrap_or(0.5)), n.weight_prior_sd)
-        }
-        _ => (Vec::new(), None),
-    };
+fn model_of<'a>(built: &'a FitModel, spec: &FitSpec, cfg: &FitConfig) -> Model<'a> {
+    let n = cfg.raw.neural.as_ref();
+    let scale = n.and_then(|n| n.init_scale).unwrap_or(0.5);
+    // Network k starts from the seeded initialisation of seed + k.
+    let init: Vec<f64> = cfg
+        .model()
+        .networks()
+        .iter()
+        .enumerate()
+        .flat_map(|(k, net)| net.mlp.init(spec.seed.wrapping_add(k as u64), scale))
+        .collect();
     Model {
-        system: built.system(),
-        fast: built.fast(),
-        n_weights: built.n_weights(),
+        system: &built.system,
+        fast: built.system.fast(),
+        n_weights: built.n_weights,
         weights_init: init,
-        weight_prior_sd: sd,
+        weight_prior_sd: n.and_then(|n| n.weight_prior_sd),
+        initial_state: built.init.as_deref(),
     }
 }
 
@@ -734,6 +825,7 @@ fn predict_fit(
         n_weights: model.n_weights,
         weights_init: r.weights.clone(),
         weight_prior_sd: None,
+        initial_state: model.initial_state,
     };
     let refs: Vec<&FitSubject> = subjects.iter().collect();
     if with_eta {
@@ -755,14 +847,21 @@ fn predict_fit(
     }
 }
 
-/// A fine time grid per subject (for curves).
-fn grid_subjects(subjects: &[FitSubject], points: usize) -> Vec<FitSubject> {
+/// A fine time grid per subject (for curves of output `output`).
+fn grid_subjects(subjects: &[FitSubject], points: usize, output: usize) -> Vec<FitSubject> {
     subjects
         .iter()
         .map(|s| {
             let tmax = s.times.iter().copied().fold(1.0f64, f64::max);
             let times: Vec<f64> = (0..=points).map(|k| s.t0 + (tmax - s.t0) * k as f64 / points as f64).collect();
-            FitSubject { id: s.id.clone(), schedule: s.schedule.clone(), t0: s.t0, dv: vec![0.0; times.len()], times }
+            FitSubject {
+                id: s.id.clone(),
+                schedule: s.schedule.clone(),
+                t0: s.t0,
+                dv: vec![0.0; times.len()],
+                outputs: vec![output; times.len()],
+                times,
+            }
         })
         .collect()
 }
@@ -776,10 +875,9 @@ pub fn run_fit(
     on: &(dyn Fn(FitEvent) + Sync),
 ) -> Result<String, FitCmdError> {
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;
-    let built = cfg.build()?;
-    let subjects: Vec<FitSubject> =
-        subjects_from_dataset(ds, &cfg.mapping())?.into_iter().filter(|s| !s.times.is_empty()).collect();
-    let shape = shape_penalty(cfg, &built, &subjects);
+    let built = cfg.build(ds)?;
+    let subjects: Vec<FitSubject> = cfg.subjects(&built, ds)?.into_iter().filter(|s| !s.times.is_empty()).collect();
+    let shape = shape_penalty(cfg, &built, &subjects)?;
     let pen: Option<&dyn Penalty> = shape.as_ref().map(|p| p as &dyn Penalty);
     let fail =
         |mode: &str, error: fit::FitError| FitCmdError::Fit { file: cfg.source.clone(), mode: mode.into(), error };
@@ -1013,7 +1111,7 @@ pub fn run_fit(
     if let Some((mode, spec, r, with_eta)) = &last {
         let model = model_of(&built, spec, cfg);
         write_model(cfg, out, mode, spec, r)?;
-        outputs(cfg, out, &built, &model, spec, r, &subjects, *with_eta, last_heldout.as_ref())?;
+        outputs(cfg, out, &built, shape.as_ref(), &model, spec, r, &subjects, *with_eta, last_heldout.as_ref())?;
     }
     Ok(summary)
 }
@@ -1052,12 +1150,20 @@ fn check_finite_predictions(path: &Path, dv: &[f64], pred: &[f64], ipred: &[f64]
 fn write_model(cfg: &FitConfig, out: &Path, mode: &str, spec: &FitSpec, r: &FitResult) -> Result<(), FitCmdError> {
     let names: Vec<String> = spec.params.iter().map(|p| p.name.clone()).collect();
     let eta_names: Vec<String> = r.eta_params.iter().map(|&k| spec.params[k].name.clone()).collect();
-    let net = cfg.net.as_ref().map(|(m, _, _, _)| json!({"widths": m.widths(), "activation": m.activation().name()}));
+    // The first network (as before several were possible); `networks` lists every one.
+    let nets: Vec<Value> = cfg
+        .model()
+        .networks()
+        .iter()
+        .map(|n| json!({"name": n.name, "widths": n.mlp.widths(), "activation": n.mlp.activation().name()}))
+        .collect();
+    let net = nets.first().cloned();
     let v = json!({
         "format": "insilico-fit-model/1",
         "config": cfg.source,
         "mode": mode,
-        "model": cfg.pk.name(),
+        "model": cfg.model().name(),
+        "networks": nets,
         "params": names,
         "theta": r.theta,
         "sigma": r.sigma,
@@ -1074,7 +1180,8 @@ fn write_model(cfg: &FitConfig, out: &Path, mode: &str, spec: &FitSpec, r: &FitR
 fn outputs(
     cfg: &FitConfig,
     out: &Path,
-    built: &Built,
+    built: &FitModel,
+    shape: Option<&StateFluxShape>,
     model: &Model,
     spec: &FitSpec,
     r: &FitResult,
@@ -1099,7 +1206,7 @@ fn outputs(
     }
     check_finite_predictions(&path, &dv, &pr, &ip)?;
     write_out(&path, text.as_bytes())?;
-    let title = cfg.raw.name.clone().unwrap_or_else(|| cfg.pk.name());
+    let title = cfg.raw.name.clone().unwrap_or_else(|| cfg.model().name().to_string());
     plots::lines(
         &out.join("loss.png"),
         &format!("{title}: objective"),
@@ -1122,7 +1229,7 @@ fn outputs(
     .map_err(io)?;
     plots::obs_vs_pred(&out.join("obs_vs_pred.png"), &format!("{title}: observed vs predicted"), &dv, &pr, &ip)
         .map_err(io)?;
-    let grid = grid_subjects(subjects, 120);
+    let grid = grid_subjects(subjects, 120, cfg.output);
     let gp = predict_fit(model, spec, r, &grid, with_eta).map_err(fail)?;
     let panels: Vec<plots::SubjectPanel> = subjects
         .iter()
@@ -1142,36 +1249,49 @@ fn outputs(
         &panels,
     )
     .map_err(io)?;
-    if let Built::Hybrid(h) = built {
-        let scale = h.features()[0].1;
+    // With a network and `[neural] from`/`to`: the flux into `to` against the
+    // concentration of `from` (mechanistic and learned parts together).
+    let flux = match (cfg.n_weights() > 0, cfg.flux) {
+        (true, Some((from, to))) => Some(match shape {
+            Some(sh) => sh.clone(),
+            None => StateFluxShape::new(
+                &built.system,
+                cfg.spec.params.len(),
+                from,
+                to,
+                cfg.output,
+                Shape::Monotone,
+                1.0,
+                2.0,
+                2,
+                0.0,
+            )
+            .map_err(io)?,
+        }),
+        _ => None,
+    };
+    if let Some(sh) = &flux {
         let dmax = subjects.iter().flat_map(|s| s.dv.iter().copied()).fold(0.0f64, f64::max);
         let cmax = 4.0 * dmax;
-        let v = r.theta[cfg.pk.v1_index()];
-        let cl = r.theta[cfg.pk.elimination_index()];
-        let os = cfg.pk.output_scale;
-        let ch = h.channels()[0];
-        // Total elimination flux (amount/time) at concentration c: the
-        // mechanistic linear clearance plus the learned channel.
-        let learned = |c: f64| -> f64 {
-            let amount = c * v / os;
-            cl * c / os + ch.gate(amount).0 * h.rates_at_features(&r.weights, &[c / scale])[0]
-        };
+        let learned = |c: f64| sh.flux_at(&r.theta, &r.weights, c);
         let grid: Vec<f64> = (0..=240).map(|k| cmax * k as f64 / 240.0).collect();
-        let mut flux_series = vec![("learned".to_string(), grid.iter().map(|&c| (c, learned(c))).collect::<Vec<_>>())];
+        // Amount per unit concentration (V for cp = central / V).
+        let per_c = learned(1.0).1;
+        let mut flux_series =
+            vec![("learned".to_string(), grid.iter().map(|&c| (c, learned(c).0)).collect::<Vec<_>>())];
         for (name, f) in reference_fluxes(heldout_json) {
-            flux_series.push((format!("{name} (surrogate)"), grid.iter().map(|&c| (c, f(c) / os)).collect()));
+            flux_series.push((format!("{name} (surrogate)"), grid.iter().map(|&c| (c, f(c))).collect()));
         }
         let rate_series: Vec<(String, Vec<(f64, f64)>)> = flux_series
             .iter()
             .map(|(n, pts)| {
-                let k = pts.iter().skip(1).map(|&(c, j)| (c, j * os / (c * v))).collect();
+                let k = pts.iter().skip(1).map(|&(c, j)| (c, j / (c * per_c))).collect();
                 (n.clone(), k)
             })
             .collect();
-        let form = match ch.form {
-            ChannelForm::Rate => "rate form",
-            ChannelForm::Saturating { .. } => "saturating form",
-        };
+        let (from, to) = cfg.flux.unwrap_or((0, 0));
+        let states = cfg.model().state_names();
+        let form = format!("flux {} -> {}", states[from], states[to]);
         plots::lines(
             &out.join("rate.png"),
             &format!("{title}: learned elimination rate ({form}; data up to C = {dmax:.3})"),
@@ -1191,11 +1311,13 @@ fn outputs(
         let mut csv = String::from("C,k,flux,in_data_range\n");
         for k in 0..=80 {
             let c = cmax * k as f64 / 80.0;
-            let j = learned(c);
+            let (j, _) = learned(c);
+            // At C = 0 the rate constant is the limit J/x as x -> 0.
             let kk = if c > 0.0 {
-                j * os / (c * v)
+                j / (c * per_c)
             } else {
-                cl / v + ch.gate(1e-12).1 * h.rates_at_features(&r.weights, &[0.0])[0]
+                let tiny = 1e-9 * dmax.max(f64::MIN_POSITIVE);
+                learned(tiny).0 / (tiny * per_c)
             };
             csv += &format!("{c},{kk},{j},{}\n", u8::from(c <= dmax));
         }
@@ -1228,38 +1350,33 @@ fn reference_fluxes(heldout: Option<&Value>) -> Vec<(String, Box<dyn Fn(f64) -> 
         .collect()
 }
 
-/// A surrogate truth of `[heldout]`: a PK model or [`OralMmLinear`].
-enum Reference {
-    Pk(PkModel),
-    MmLinear(OralMmLinear),
+/// A surrogate truth of `[heldout]`: a zoo model or a model file, compiled
+/// like the fitted model (no network; output 0 observed, doses into state 1).
+struct Reference {
+    name: String,
+    system: ModelSystem,
 }
 
 impl Reference {
-    fn parse(name: &str, scale: f64) -> Result<Reference, String> {
-        if name == OralMmLinear::NAME {
-            return Ok(Reference::MmLinear(OralMmLinear { output_scale: scale }));
+    fn parse(name: &str, base: Option<&Path>) -> Result<Reference, String> {
+        let model = crate::models_zoo::resolve(name, base).map_err(|e| format!("reference model `{name}`: {e}"))?;
+        if !model.networks().is_empty() {
+            return Err(format!("reference model `{name}` has a network: a reference must be mechanistic"));
         }
-        PkModel::from_name(name)
-            .map(|m| Reference::Pk(m.with_output_scale(scale)))
-            .map_err(|e| format!("reference model `{name}`: {e} (or {})", OralMmLinear::NAME))
+        let system = ModelSystem::new(&model, &[]).map_err(|e| format!("reference model `{name}`: {e}"))?;
+        Ok(Reference { name: model.name().to_string(), system })
     }
     fn system(&self) -> &dyn System {
-        match self {
-            Reference::Pk(m) => m,
-            Reference::MmLinear(m) => m,
-        }
+        &self.system
     }
     fn name(&self) -> String {
-        match self {
-            Reference::Pk(m) => m.name(),
-            Reference::MmLinear(m) => m.to_string(),
-        }
+        self.name.clone()
     }
 }
 
 /// The reference model names of `[heldout]` (`reference_models`, or the
-/// single `reference_model`), validated.
-fn reference_names(h: &RawHeldout) -> Result<Vec<String>, String> {
+/// single `reference_model`), validated (model files resolve against `base`).
+fn reference_names(h: &RawHeldout, base: Option<&Path>) -> Result<Vec<String>, String> {
     let mut names: Vec<String> = h.reference_model.iter().cloned().collect();
     names.extend(h.reference_models.iter().flatten().cloned());
     let names: Vec<String> = names.iter().map(|n| n.trim().to_string()).collect();
@@ -1267,7 +1384,7 @@ fn reference_names(h: &RawHeldout) -> Result<Vec<String>, String> {
         return Err("give `reference_models = [...]` (or `reference_model`)".into());
     }
     for n in &names {
-        Reference::parse(n, 1.0)?;
+        Reference::parse(n, base)?;
     }
     Ok(names)
 }
@@ -1317,7 +1434,14 @@ fn fit_reference(
             engine: Engine::Auto,
             ..no_eta(spec)
         };
-        let rmodel = Model { system: sys, fast: None, n_weights: 0, weights_init: Vec::new(), weight_prior_sd: None };
+        let rmodel = Model {
+            system: sys,
+            fast: None,
+            n_weights: 0,
+            weights_init: Vec::new(),
+            weight_prior_sd: None,
+            initial_state: None,
+        };
         // A start that fails to solve is skipped; the others decide.
         let Ok(rr) = fit::fit(&rmodel, &rspec, subjects, with_eta, &|_| {}) else { continue };
         if rr.loss.is_finite() && best.as_ref().is_none_or(|(_, b)| rr.loss < b.loss) {
@@ -1346,7 +1470,7 @@ fn heldout(
     subjects: &[FitSubject],
 ) -> Result<(Value, String), fit::FitError> {
     let bad = |s: String| fit::FitError::Spec(format!("[heldout] {s}"));
-    let names = reference_names(h).map_err(bad)?;
+    let names = reference_names(h, cfg.base.as_deref()).map_err(bad)?;
     let mut regs = Vec::new();
     for reg in &h.regimens {
         if !(reg.amount.is_finite() && reg.amount > 0.0) || reg.times.is_empty() {
@@ -1359,6 +1483,7 @@ fn heldout(
             }
         }
         regs.push(FitSubject {
+            outputs: Vec::new(),
             id: reg.name.clone(),
             schedule: Schedule::new().dose(dose),
             t0: 0.0,
@@ -1375,7 +1500,7 @@ fn heldout(
         variants.extend(names.iter().map(|n| (n.clone(), re.clone())));
     }
     for (name, re) in &variants {
-        let refm = Reference::parse(name, cfg.pk.output_scale).map_err(bad)?;
+        let refm = Reference::parse(name, cfg.base.as_deref()).map_err(bad)?;
         let (rspec, rr) = fit_reference(&refm, spec, subjects, re)?;
         let population = sys_has_any(refm.system(), re);
         let label = if population {
@@ -1383,8 +1508,14 @@ fn heldout(
         } else {
             format!("{} (pooled)", refm.name())
         };
-        let rmodel =
-            Model { system: refm.system(), fast: None, n_weights: 0, weights_init: Vec::new(), weight_prior_sd: None };
+        let rmodel = Model {
+            system: refm.system(),
+            fast: None,
+            n_weights: 0,
+            weights_init: Vec::new(),
+            weight_prior_sd: None,
+            initial_state: None,
+        };
         let mut out = Vec::new();
         let (mut all_rel, mut all_n) = (0.0, 0usize);
         let mut mean_of_regimens = 0.0;
@@ -1469,7 +1600,7 @@ pub fn simulate_fitted(cfg: &FitConfig, fitted: &Path, ds: &Dataset, out: &Path)
     let theta = nums("theta")?;
     let weights = nums("weights")?;
     let sigma = nums("sigma")?;
-    let built = cfg.build()?;
+    let built = cfg.build(ds)?;
     if theta.len() != cfg.spec.params.len() || weights.len() != built.n_weights() {
         return Err(bad("the saved model does not match the config (parameter or weight count)"));
     }
@@ -1497,13 +1628,14 @@ pub fn simulate_fitted(cfg: &FitConfig, fitted: &Path, ds: &Dataset, out: &Path)
     let spec = FitSpec { sigma_init: sigma.clone(), ..no_eta(&cfg.spec) };
     let model = Model {
         system: built.system(),
-        fast: built.fast(),
+        fast: built.system().fast(),
         n_weights: built.n_weights(),
         weights_init: weights.clone(),
         weight_prior_sd: None,
+        initial_state: built.init.as_deref(),
     };
     // All observation records (MDV or not) get a prediction.
-    let map = cfg.mapping();
+    let map = cfg.mapping(&built);
     let mut rows = Vec::new();
     for subj in &ds.subjects {
         let (schedule, obs) = subj.to_schedule(ds, &map)?;
@@ -1512,7 +1644,11 @@ pub fn simulate_fitted(cfg: &FitConfig, fitted: &Path, ds: &Dataset, out: &Path)
         }
         let t0 = subj.records.iter().map(|r| r.time).fold(0.0f64, f64::min);
         let times: Vec<f64> = obs.iter().map(|o| o.time).collect();
-        let s = FitSubject { id: subj.id.clone(), schedule, t0, dv: vec![0.0; times.len()], times };
+        let outputs = obs
+            .iter()
+            .map(|o| cfg.outputs_by_cmt.iter().find(|(c, _)| *c == o.cmt).map_or(cfg.output, |(_, k)| *k))
+            .collect();
+        let s = FitSubject { id: subj.id.clone(), schedule, t0, dv: vec![0.0; times.len()], times, outputs };
         let mk = |th: Vec<f64>| FitResult {
             theta: th,
             sigma: sigma.clone(),

@@ -52,13 +52,13 @@ pub mod bench_p2;
 pub mod bench_p3;
 pub mod error;
 pub mod fit_cmd;
+pub mod fit_shape;
 pub mod limits;
 pub mod p1;
 pub mod perturb;
 pub mod plots;
 pub mod simulate;
 pub mod status;
-pub mod surrogate;
 pub mod sweep;
 
 pub use error::Error;

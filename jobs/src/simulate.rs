@@ -596,13 +596,12 @@ impl Simulation {
     }
 
     /// The config's dose mapping plus the dose attributes the model itself
-    /// sets (`alag(s)`, `f(s)`, `rate(s)`, `dur(s)`) for this subject.
+    /// sets for this subject ([`crate::model::subject::subject_dose_mapping`]).
     fn subject_mapping(&self, sys: &ModelSystem) -> DoseMapping {
         crate::model::subject::subject_dose_mapping(sys, &self.mapping, &self.params)
     }
 
-    /// The model's covariates for one subject, from the dataset columns of
-    /// the same names (any case), else the model's defaults.
+    /// The model's covariates for one subject ([`crate::model::subject::subject_covariates`]).
     fn subject_covariates(&self, ds: &Dataset, subj: &crate::solvers::data::Subject) -> Result<Vec<f64>, Error> {
         crate::model::subject::subject_covariates(&self.model.model, ds, subj)
             .map_err(|e| Error::Config { file: self.source.clone(), reason: e.to_string() })

@@ -15,6 +15,7 @@
 //! | solve it with diffsol (every method, sensitivities, adjoint) | [`ModelSystem`] (a [`System`](insilico_solvers::System)) |
 //! | the expression graph and its derivatives | [`expr::Graph`], [`Derivatives`] |
 //! | evaluate any set of roots | [`tape::Program`] |
+//! | the fast DOPRI5 adjoint of `fit` (reverse sweep of the rhs program) | [`ModelSystem::fast`] |
 //! | run it on the batched CPU integrators (and their CUDA twins) | [`LaneModel`] (a [`BatchModel`](insilico_kernels::BatchModel)) |
 //!
 //! ## Example
@@ -42,6 +43,7 @@ pub mod ast;
 mod cuda;
 pub mod error;
 pub mod expr;
+mod fast;
 mod jit;
 pub mod lanes;
 mod lower;

@@ -19,7 +19,9 @@ use crate::tape::{network_weight_jvp, network_weight_vjp, with_scratch, Env, Pro
 pub struct Compiled {
     /// The model.
     pub model: Model,
-    rhs: Program,
+    pub(crate) rhs: Program,
+    /// Tape layout of the fast path's reverse sweep over `rhs` ([`crate::fast`]).
+    pub(crate) rhs_layout: crate::fast::RhsTapeLayout,
     jac: Program,
     dfdp: Program,
     /// `∂f/∂N` entries, then each network node's arguments.
@@ -55,7 +57,8 @@ impl Compiled {
         roots.extend(net_args(&d.out_net_nodes));
         let out_grad = Program::new(g, &roots);
         let init = Program::new(g, model.init_nodes());
-        Arc::new(Compiled { rhs, jac, dfdp, dfdnet, out, out_grad, init, model })
+        let rhs_layout = crate::fast::RhsTapeLayout::new(&rhs.code, model.networks());
+        Arc::new(Compiled { rhs, rhs_layout, jac, dfdp, dfdnet, out, out_grad, init, model })
     }
 }
 

@@ -230,6 +230,9 @@ pub struct FitSubject {
     pub times: Vec<f64>,
     /// Observed values (same length as `times`).
     pub dv: Vec<f64>,
+    /// The model output observed at each time (same length as `times`);
+    /// empty: output 0 everywhere.
+    pub outputs: Vec<usize>,
 }
 
 /// How subjects' gradients are computed.
@@ -257,7 +260,14 @@ pub struct Model<'a> {
     pub weights_init: Vec<f64>,
     /// Gaussian prior sd of the weights (`None`: no penalty).
     pub weight_prior_sd: Option<f64>,
+    /// The initial state as a function of a subject's parameters, with its
+    /// Jacobian `∂x₀/∂θ` as `(state, parameter, value)` entries (`None`:
+    /// [`FitSpec::x0`], fixed). Gradients are chained through it.
+    pub initial_state: Option<&'a InitialState>,
 }
+
+/// A parameter-dependent initial state: `θ ↦ (x₀, ∂x₀/∂θ entries)`.
+pub type InitialState = dyn Fn(&[f64]) -> (Vec<f64>, Vec<(usize, usize, f64)>) + Sync;
 
 /// An optimiser stage.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -507,6 +517,8 @@ impl<'a> Objective<'a> {
         // Lockstep groups when every subject is on the fast path and the model has a lockstep form.
         let groups = match (spec.engine, model.fast.and_then(|f| f.lockstep())) {
             (Engine::Generic, _) | (_, None) => None,
+            // The lockstep form starts every subject from the fixed x₀.
+            _ if model.initial_state.is_some() => None,
             _ => plans.iter().map(|p| p.as_ref()).collect::<Option<Vec<&Plan>>>().map(|p| crate::lockstep::groups(&p)),
         };
         Ok(Objective {
@@ -665,35 +677,45 @@ impl<'a> Objective<'a> {
             (l, d)
         };
         let sys = self.model.system;
-        let (l, dp, preds) = match &self.plans[i] {
+        let init = self.model.initial_state.map(|f| f(p));
+        let x0: &[f64] = init.as_ref().map_or(&self.x0, |(x, _)| x);
+        let (l, mut dp, preds, d_x0) = match &self.plans[i] {
             Some(plan) => {
                 let generic = Generic(sys);
                 let fast: &dyn FastRhs = self.model.fast.unwrap_or(&generic);
                 let fail = |e: crate::fast::FastError| FitError::Solve { subject: s.id.clone(), reason: e.to_string() };
                 if want_grad {
-                    let g = plan.gradient(fast, p, &self.x0, &self.spec.options, &loss, ws).map_err(fail)?;
-                    (g.loss, g.d_params, g.predictions)
+                    let g = plan.gradient(fast, p, x0, &self.spec.options, &loss, ws).map_err(fail)?;
+                    (g.loss, g.d_params, g.predictions, g.d_x0)
                 } else {
-                    let preds = plan.predict(fast, p, &self.x0, &self.spec.options, ws).map_err(fail)?;
+                    let preds = plan.predict(fast, p, x0, &self.spec.options, ws).map_err(fail)?;
                     let l = preds.iter().enumerate().map(|(j, &y)| loss(j, y).0).sum();
-                    (l, Vec::new(), preds)
+                    (l, Vec::new(), preds, Vec::new())
                 }
             }
             None => {
-                let prob = problem(sys, p.to_vec(), &self.x0, s);
+                let prob = problem(sys, p.to_vec(), x0, s);
                 let fail =
                     |e: insilico_solvers::Error| FitError::Solve { subject: s.id.clone(), reason: e.to_string() };
                 if want_grad {
                     let g = gradient(&prob, Method::Tsit45, &self.spec.options, &loss, GradientMethod::Auto)
                         .map_err(fail)?;
-                    (g.loss, g.d_params, g.predictions)
+                    (g.loss, g.d_params, g.predictions, g.d_x0)
                 } else {
                     let sol = insilico_solvers::solve(&prob, Method::Tsit45, &self.spec.options).map_err(fail)?;
                     let l = sol.outputs.iter().enumerate().map(|(j, &y)| loss(j, y).0).sum();
-                    (l, Vec::new(), sol.outputs)
+                    (l, Vec::new(), sol.outputs, Vec::new())
                 }
             }
         };
+        // x₀(θ): ∂L/∂θ_k += Σ_i ∂L/∂x₀_i · ∂x₀_i/∂θ_k.
+        if let (true, Some((_, jac))) = (want_grad, &init) {
+            for &(si, k, v) in jac {
+                if let (Some(d), Some(g)) = (dp.get_mut(k), d_x0.get(si)) {
+                    *d += g * v;
+                }
+            }
+        }
         self.finish(i, l, dp, preds, sigma, want_grad)
     }
 
@@ -1033,7 +1055,12 @@ impl<'a> Objective<'a> {
 pub fn problem<'s>(sys: &'s dyn System, p: Vec<f64>, x0: &[f64], s: &FitSubject) -> Problem<'s> {
     let mut prob = Problem::new(sys, p).with_schedule(s.schedule.clone()).with_x0(x0.to_vec());
     prob.t0 = s.t0;
-    prob.observations = s.times.iter().map(|&time| ObservationPoint { time, output: 0 }).collect();
+    prob.observations = s
+        .times
+        .iter()
+        .enumerate()
+        .map(|(j, &time)| ObservationPoint { time, output: s.outputs.get(j).copied().unwrap_or(0) })
+        .collect();
     prob
 }
 
@@ -1431,19 +1458,32 @@ pub fn subjects_from_dataset(
     ds: &insilico_solvers::Dataset,
     map: &insilico_solvers::DoseMapping,
 ) -> Result<Vec<FitSubject>, insilico_solvers::DataError> {
+    subjects_from_dataset_outputs(ds, map, 0, &[])
+}
+
+/// [`subjects_from_dataset`] with the observed output chosen by the
+/// observation's CMT: `(cmt, output)` pairs of `by_cmt`, else `default`.
+pub fn subjects_from_dataset_outputs(
+    ds: &insilico_solvers::Dataset,
+    map: &insilico_solvers::DoseMapping,
+    default: usize,
+    by_cmt: &[(usize, usize)],
+) -> Result<Vec<FitSubject>, insilico_solvers::DataError> {
     let mut out = Vec::with_capacity(ds.subjects.len());
     for subj in &ds.subjects {
         let (schedule, obs) = subj.to_schedule(ds, map)?;
         let t0 = subj.records.iter().map(|r| r.time).fold(0.0f64, f64::min);
         let mut times = Vec::new();
         let mut dv = Vec::new();
+        let mut outputs = Vec::new();
         for o in &obs {
             if let (false, Some(v)) = (o.mdv, o.dv) {
                 times.push(o.time);
                 dv.push(v);
+                outputs.push(by_cmt.iter().find(|(c, _)| *c == o.cmt).map_or(default, |(_, k)| *k));
             }
         }
-        out.push(FitSubject { id: subj.id.clone(), schedule, t0, times, dv });
+        out.push(FitSubject { id: subj.id.clone(), schedule, t0, times, dv, outputs });
     }
     Ok(out)
 }

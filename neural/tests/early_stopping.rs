@@ -41,6 +41,7 @@ fn population(pk: &PkModel, n: usize, seed: u64) -> (Vec<FitSubject>, Vec<[f64; 
             t0: 0.0,
             times: TIMES.to_vec(),
             dv: vec![0.0; TIMES.len()],
+            outputs: Vec::new(),
         };
         let sol = solve(&problem(pk, p, &[0.0; 3], &s), Method::Tsit45, &opts).unwrap();
         s.dv = sol.outputs.iter().map(|&c| c * (1.0 + 0.1 * normal(&mut rng))).collect();
@@ -75,7 +76,7 @@ fn spec(validation_fraction: f64, patience: usize) -> FitSpec {
 }
 
 fn model(pk: &PkModel) -> Model<'_> {
-    Model { system: pk, fast: None, n_weights: 0, weights_init: Vec::new(), weight_prior_sd: None }
+    Model { system: pk, fast: None, n_weights: 0, weights_init: Vec::new(), weight_prior_sd: None, initial_state: None }
 }
 
 /// The shared block at the truth: ln ka, ln CL, ln V, ln σ, ln ω_CL, ln ω_V.

@@ -112,6 +112,7 @@ fn whole_objective_gradient_matches_fd_with_random_effects() {
         n_weights: h.net().n_params(),
         weights_init: h.net().init(5, 0.5),
         weight_prior_sd: Some(3.0),
+        initial_state: None,
     };
     let sp = spec(Engine::Fast);
     let obj = Objective::new(&model, &sp, subs.clone(), true).unwrap();

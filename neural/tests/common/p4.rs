@@ -43,6 +43,7 @@ pub fn model<'a>(h: &'a FluxResidual<PkModel, Mlp>, fast: &'a dyn FastRhs) -> Mo
         n_weights: h.net().n_params(),
         weights_init: h.net().init(1, 0.5),
         weight_prior_sd: Some(1.0),
+        initial_state: None,
     }
 }
 
