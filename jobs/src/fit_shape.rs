@@ -21,7 +21,7 @@
 
 use crate::model::ModelSystem;
 use crate::neural::fit::Penalty;
-use crate::neural::shape::Shape;
+use crate::neural::shape::{log_flux_penalty, Shape};
 use crate::solvers::System;
 
 /// A shape penalty on the flux into state `to` as a function of the
@@ -155,23 +155,8 @@ impl Penalty for StateFluxShape<'_> {
     fn value_grad(&self, theta: &[f64], w: &[f64], g_theta: &mut [f64], g_w: &mut [f64]) -> f64 {
         let p = self.params(theta, w);
         let l = self.logs(&p, true);
-        let mut pen = 0.0;
-        let mut dl = vec![0.0; l.len()];
-        for i in 0..l.len() - 1 {
-            let delta = l[i + 1].0 - l[i].0;
-            let lim = (self.grid[i + 1] / self.grid[i]).ln();
-            let mut dd = 0.0;
-            if delta < 0.0 {
-                pen += delta * delta;
-                dd += 2.0 * delta;
-            }
-            if self.shape == Shape::Saturable && delta > lim {
-                pen += (delta - lim) * (delta - lim);
-                dd += 2.0 * (delta - lim);
-            }
-            dl[i + 1] += self.weight * dd;
-            dl[i] -= self.weight * dd;
-        }
+        let logs: Vec<f64> = l.iter().map(|(v, _)| *v).collect();
+        let (pen, dl) = log_flux_penalty(&logs, &self.grid, self.shape, self.weight);
         for ((_, g), d) in l.iter().zip(&dl) {
             if *d == 0.0 {
                 continue;
@@ -183,7 +168,7 @@ impl Penalty for StateFluxShape<'_> {
                 *a += d * b;
             }
         }
-        self.weight * pen
+        pen
     }
 }
 
