@@ -211,6 +211,40 @@ impl<S: System, R: Residual> Penalty for FluxShape<'_, S, R> {
     }
 }
 
+/// The shape penalty on log-fluxes `l` at the concentrations `grid`
+/// (increasing): `P = weight · Σ_i [max(0, −Δ_i)² + max(0, Δ_i − ℓ_i)²]` with
+/// `Δ_i = l_{i+1} − l_i`, `ℓ_i = ln(grid_{i+1}/grid_i)` (the second term for
+/// [`Shape::Saturable`] only), and `∂P/∂l_i`. Shared by [`FluxShape`] and the
+/// `fit` command's penalty on model files.
+///
+/// ```
+/// use insilico_neural::shape::{log_flux_penalty, Shape};
+/// // a flux that falls between the first two points
+/// let (p, d) = log_flux_penalty(&[0.0, -0.5, 1.0], &[1.0, 2.0, 4.0], Shape::Monotone, 2.0);
+/// assert!((p - 2.0 * 0.25).abs() < 1e-15);
+/// assert_eq!(d, vec![2.0, -2.0, 0.0]);
+/// ```
+pub fn log_flux_penalty(l: &[f64], grid: &[f64], shape: Shape, weight: f64) -> (f64, Vec<f64>) {
+    let mut d = vec![0.0; l.len()];
+    let mut p = 0.0;
+    for i in 0..l.len().saturating_sub(1) {
+        let delta = l[i + 1] - l[i];
+        let lim = (grid[i + 1] / grid[i]).ln();
+        let mut dd = 0.0;
+        if delta < 0.0 {
+            p += delta * delta;
+            dd += 2.0 * delta;
+        }
+        if shape == Shape::Saturable && delta > lim {
+            p += (delta - lim) * (delta - lim);
+            dd += 2.0 * (delta - lim);
+        }
+        d[i + 1] += weight * dd;
+        d[i] -= weight * dd;
+    }
+    (weight * p, d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,38 +327,4 @@ mod tests {
         // Strongly falling rate: the flux itself falls at large u.
         assert!(mono.max_violation(&theta, &[-3.0, 0.0]) > 0.1);
     }
-}
-
-/// The shape penalty on log-fluxes `l` at the concentrations `grid`
-/// (increasing): `P = weight · Σ_i [max(0, −Δ_i)² + max(0, Δ_i − ℓ_i)²]` with
-/// `Δ_i = l_{i+1} − l_i`, `ℓ_i = ln(grid_{i+1}/grid_i)` (the second term for
-/// [`Shape::Saturable`] only), and `∂P/∂l_i`. Shared by [`FluxShape`] and the
-/// `fit` command's penalty on model files.
-///
-/// ```
-/// use insilico_neural::shape::{log_flux_penalty, Shape};
-/// // a flux that falls between the first two points
-/// let (p, d) = log_flux_penalty(&[0.0, -0.5, 1.0], &[1.0, 2.0, 4.0], Shape::Monotone, 2.0);
-/// assert!((p - 2.0 * 0.25).abs() < 1e-15);
-/// assert_eq!(d, vec![2.0, -2.0, 0.0]);
-/// ```
-pub fn log_flux_penalty(l: &[f64], grid: &[f64], shape: Shape, weight: f64) -> (f64, Vec<f64>) {
-    let mut d = vec![0.0; l.len()];
-    let mut p = 0.0;
-    for i in 0..l.len().saturating_sub(1) {
-        let delta = l[i + 1] - l[i];
-        let lim = (grid[i + 1] / grid[i]).ln();
-        let mut dd = 0.0;
-        if delta < 0.0 {
-            p += delta * delta;
-            dd += 2.0 * delta;
-        }
-        if shape == Shape::Saturable && delta > lim {
-            p += (delta - lim) * (delta - lim);
-            dd += 2.0 * (delta - lim);
-        }
-        d[i + 1] += weight * dd;
-        d[i] -= weight * dd;
-    }
-    (weight * p, d)
 }
