@@ -277,7 +277,6 @@ pub fn run(out: &Path, opts: &P2Options) -> Result<serde_json::Value, Error> {
         "burden": res.burden,
         "mass_balance_defect": res.mass_balance_defect,
         "sweep_max_mass_balance_defect": worst_mb,
-        "scipy_bdf_sparse_wall_s": 0.96,
     });
     if opts.convergence {
         let t = Instant::now();
