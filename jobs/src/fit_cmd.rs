@@ -132,6 +132,10 @@ pub enum FitCmdError {
     /// Reading or mapping the dataset failed.
     #[error(transparent)]
     Data(#[from] crate::solvers::DataError),
+    /// The population estimation (`estimation = "focei"`) failed or its
+    /// spec does not fit the model or the data.
+    #[error("estimation: {0}")]
+    Estimation(#[from] insilico_estimation::EstimationError),
     /// The fit failed.
     #[error("{file}: fit ({mode}): {error}")]
     Fit {
