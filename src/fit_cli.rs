@@ -7,9 +7,16 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use insilico::fit_cmd::{self, FitConfig, FitEvent};
+use insilico::fit_focei::{self, FoceiConfig};
 use insilico::solvers::{Dataset, ReadOptions};
 
 pub fn fit(config: Option<&Path>, out: &Path) -> Result<()> {
+    if let Some(path) = config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if fit_focei::is_estimation_config(&text) {
+            return fit_population(path, out);
+        }
+    }
     let (cfg, ds) = match config {
         Some(path) => {
             let cfg = FitConfig::from_path(path)?;
@@ -65,6 +72,19 @@ pub fn fit(config: Option<&Path>, out: &Path) -> Result<()> {
         out.display(),
         if cfg.n_weights() > 0 { ", learned rate" } else { "" }
     );
+    Ok(())
+}
+
+/// `estimation = "focei"`: the population likelihood; prints the estimates table.
+fn fit_population(path: &Path, out: &Path) -> Result<()> {
+    let cfg = FoceiConfig::from_path(path)?;
+    let ds = cfg.load_dataset()?;
+    println!("config  {}", cfg.source);
+    println!("        {}", cfg.describe());
+    println!("data    {}: {} subjects, {} records", ds.file, ds.subjects.len(), ds.n_records());
+    let est = cfg.run(&ds, out)?;
+    print!("{}", est.table());
+    println!("wrote   {}/fit.json, sdtab.csv", out.display());
     Ok(())
 }
 

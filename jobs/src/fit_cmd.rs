@@ -10,6 +10,14 @@
 //! parameters (`s(0) = Circ0`) has its gradients chained through them. No
 //! code here depends on which model it is.
 //!
+//! The modes (`individual`, `pooled`, `population`) are **joint-MAP fits**:
+//! they maximise the joint posterior of the typical parameters and every
+//! subject's η (with a hyperprior on ω against its collapse), not the
+//! population likelihood, so their objective is not NONMEM's OFV. For the
+//! population likelihood by FOCE-I, NONMEM-comparable, write
+//! `estimation = "focei"` in the config: it is read by
+//! [`crate::fit_focei`] instead.
+//!
 //! # The config file
 //! ```toml
 //! name = "p4-hybrid"                      # optional label
@@ -132,6 +140,10 @@ pub enum FitCmdError {
     /// Reading or mapping the dataset failed.
     #[error(transparent)]
     Data(#[from] crate::solvers::DataError),
+    /// The population estimation (`estimation = "focei"`) failed or its
+    /// spec does not fit the model or the data.
+    #[error("estimation: {0}")]
+    Estimation(#[from] insilico_estimation::EstimationError),
     /// The fit failed.
     #[error("{file}: fit ({mode}): {error}")]
     Fit {

@@ -22,6 +22,7 @@
 //! | protein-ensemble perturbation studies to Parquet (what `insilico perturb` does) | [`perturb`] |
 //! | sweep regimens × parameters × virtual populations to Parquet (what `insilico sweep` does) | [`sweep`] |
 //! | fit a PK or hybrid PK/neural model to data (what `insilico fit` does) | [`fit_cmd`], [`neural::fit`] |
+//! | population likelihood by FOCE-I (`insilico fit` with `estimation = "focei"`) | [`fit_focei`], [`estimation::focei`] |
 //!
 //! ## Example: simulate the embedded quick-start config
 //! ```
@@ -39,6 +40,7 @@
 
 #![warn(missing_docs)]
 
+pub use insilico_estimation as estimation;
 pub use insilico_kernels as kernels;
 pub use insilico_mechanistic as mechanistic;
 pub use insilico_model as model;
@@ -52,6 +54,7 @@ pub mod bench_p2;
 pub mod bench_p3;
 pub mod error;
 pub mod fit_cmd;
+pub mod fit_focei;
 pub mod fit_shape;
 pub mod limits;
 pub mod p1;
