@@ -329,7 +329,7 @@ fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], maxiter: usize, xatol: f64
         sim.push(y);
     }
     let mut calls = 0usize;
-    let mut eval = |x: &[f64], calls: &mut usize| {
+    let eval = |x: &[f64], calls: &mut usize| {
         *calls += 1;
         let v = f(x);
         if v.is_nan() {
