@@ -203,3 +203,109 @@ fn study_sensitivities_match_differences_and_boltzmann() {
         assert!((d - want).abs() < 1e-12, "{state}: {d} vs {want}");
     }
 }
+
+/// A rate-matrix CSV of three wells {0..4}, {4..9}, {9..12} (free
+/// energies chosen so that the middle well is the most populated, then the
+/// first, then the last), fast inside a well, 1e-4 between wells.
+fn three_wells_csv(dir: &Path) -> PathBuf {
+    let n = 12;
+    let g: Vec<f64> = (0..n)
+        .map(|i| {
+            if i < 4 {
+                0.5
+            } else if i < 9 {
+                0.0
+            } else {
+                1.5
+            }
+        })
+        .collect();
+    let well = |i: usize| {
+        if i < 4 {
+            0
+        } else if i < 9 {
+            1
+        } else {
+            2
+        }
+    };
+    let mut q = vec![vec![0.0f64; n]; n];
+    for i in 0..n {
+        for j in 0..n {
+            if i == j {
+                continue;
+            }
+            let a = if well(i) == well(j) {
+                1.0
+            } else if (i, j) == (3, 4) || (i, j) == (4, 3) || (i, j) == (8, 9) || (i, j) == (9, 8) {
+                1e-4
+            } else {
+                0.0
+            };
+            q[i][j] = a * (-(g[j] - g[i]) / 2.0).exp();
+        }
+        q[i][i] = -q[i].iter().sum::<f64>();
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("wells.csv");
+    let text: String =
+        q.iter().map(|r| r.iter().map(|v| format!("{v:e}")).collect::<Vec<_>>().join(",") + "\n").collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `[macrostates] pcca = 3` finds the three wells, names them m1…m3 by
+/// decreasing population, runs the study on them and writes `pcca.csv`.
+#[test]
+fn pcca_macrostates_recover_the_wells() {
+    let dir = tmp("pcca");
+    three_wells_csv(&dir);
+    let text = r#"
+[model]
+matrix = "wells.csv"
+kind = "rate"
+[macrostates]
+pcca = 3
+[ligand]
+kd = { m3 = 0.1 }
+concentration = [0.0, 1.0]
+[analysis]
+timescales = 2
+pairs = [["m1", "m3"]]
+"#;
+    let s = Study::from_toml_str(text, "pcca.toml", &dir).unwrap();
+    let sets: Vec<(String, Vec<usize>)> = s.macrostates.clone();
+    assert_eq!(
+        sets,
+        vec![
+            ("m1".to_string(), (4..9).collect::<Vec<_>>()),
+            ("m2".to_string(), (0..4).collect()),
+            ("m3".to_string(), (9..12).collect())
+        ]
+    );
+    let chi = s.pcca.as_ref().unwrap();
+    let worst = chi.iter().flatten().map(|&c| c.min(1.0 - c)).fold(0.0, f64::max);
+    assert!(worst < 1e-2, "memberships not crisp: {worst}");
+    let out = dir.join("out");
+    for k in s.prepare(&out).unwrap() {
+        s.run_chunk(&out, k).unwrap();
+    }
+    let t = s.finish(&out).unwrap();
+    let (p1, p3) = (t.floats("pop_m1").unwrap(), t.floats("pop_m3").unwrap());
+    assert!(p1[0] > p3[0]);
+    // the ligand binds m3 (Kd 0.1, L = 1): its Boltzmann weight ×11
+    assert!(p3[1] > 5.0 * p3[0], "{p3:?}");
+    let csv = std::fs::read_to_string(out.join("pcca.csv")).unwrap();
+    assert!(csv.starts_with("state,macrostate,chi_m1,chi_m2,chi_m3\n"), "{csv}");
+    assert_eq!(csv.lines().count(), 13);
+    assert!(csv.lines().nth(5).unwrap().starts_with("S4,m1,"));
+    // errors name the key
+    let err = |t: &str| Study::from_toml_str(t, "pcca.toml", &dir).unwrap_err().to_string();
+    let base = "[model]\nmatrix = \"wells.csv\"\nkind = \"rate\"\n";
+    let e = err(&format!("{base}[macrostates]\npcca = 1\n"));
+    assert!(e.contains("pcca.toml") && e.contains("macrostates.pcca = 1") && e.contains("at least 2"), "{e}");
+    let e = err(&format!("{base}[macrostates]\npcca = 13\n"));
+    assert!(e.contains("at most 12"), "{e}");
+    let e = err(&format!("{base}[macrostates]\npcca = 2\n[[macrostate]]\nname = \"a\"\nstates = [0]\n"));
+    assert!(e.contains("exclude each other"), "{e}");
+}

@@ -19,6 +19,10 @@
 //! name = "inactive"
 //! states = ["I1", "I2"]
 //!
+//! # [macrostates]               # instead of [[macrostate]]: PCCA+ on the unperturbed model
+//! # pcca = 3                     #   m1 … m3 by decreasing stationary population (crisp sets);
+//! #                              #   memberships in pcca.csv; needs a reversible model
+//!
 //! [[observable]]                 # per-state values: a list, or a table of state/macrostate -> value
 //! name = "fret"
 //! values = { inactive = 0.2, active = 0.7, pocket = 0.5 }
@@ -65,6 +69,8 @@
 //!   whose free energy moves it most: `output,rank,state,dy_dG` (exact
 //!   sensitivities; needs a reversible model).
 //! * `populations.png`, `timescales.png`, `relaxation.png`.
+//! * `pcca.csv` (with `[macrostates] pcca`): `state,macrostate,chi_m1,…`,
+//!   the PCCA+ memberships of the unperturbed model and the crisp set.
 //!
 //! With `sensitivities = true`, every output except the relaxation gets
 //! `d_<output>__<parameter>` columns, the exact derivative with respect to
@@ -122,6 +128,7 @@ struct RawConfig {
     model: RawModel,
     #[serde(default)]
     macrostate: Vec<RawMacro>,
+    macrostates: Option<RawMacrostates>,
     #[serde(default)]
     observable: Vec<RawObservable>,
     ligand: Option<RawLigand>,
@@ -157,6 +164,12 @@ enum StateRef {
 struct RawMacro {
     name: String,
     states: Vec<StateRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMacrostates {
+    pcca: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +282,9 @@ pub struct Study {
     pub sensitivities: bool,
     /// Rows per output of `hotspots.csv` (0: none).
     pub hotspots: usize,
+    /// With `[macrostates] pcca = m`: the PCCA+ memberships of every state
+    /// (one row per state, columns in the order of `macrostates`).
+    pub pcca: Option<Vec<Vec<f64>>>,
     ligand: bool,
     force: bool,
     fingerprint_text: String,
@@ -366,6 +382,16 @@ impl Study {
             }
         };
         let mut macrostates: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut pcca_memberships = None;
+        if let Some(ms) = &raw.macrostates {
+            if !raw.macrostate.is_empty() {
+                return Err(cfg(file, "[macrostates] pcca and [[macrostate]] sets exclude each other: use one"));
+            }
+            let (sets, chi) = pcca_macrostates(&chain, ms.pcca)
+                .map_err(|e| cfg(file, format!("macrostates.pcca = {}: {e}", ms.pcca)))?;
+            macrostates = sets;
+            pcca_memberships = Some(chi);
+        }
         for mac in &raw.macrostate {
             let what = format!("macrostate `{}`", mac.name);
             if !column_safe(&mac.name) {
@@ -530,6 +556,7 @@ impl Study {
             relaxation,
             chunk,
             sensitivities: raw.analysis.sensitivities.unwrap_or(false),
+            pcca: pcca_memberships,
             hotspots: raw.analysis.hotspots.unwrap_or(10),
             ligand,
             force,
@@ -891,6 +918,22 @@ impl Study {
             }
             pio::atomic_write(&dir.join("hotspots.csv"), h.as_bytes())?;
         }
+        if let Some(chi) = &self.pcca {
+            let mut h = String::from("state,macrostate");
+            for (m, _) in &self.macrostates {
+                h += &format!(",chi_{m}");
+            }
+            h.push('\n');
+            for (i, row) in chi.iter().enumerate() {
+                let m = self.macrostates.iter().find(|(_, s)| s.contains(&i)).map_or("", |(m, _)| m.as_str());
+                h += &format!("{},{m}", self.names[i]);
+                for c in row {
+                    h += &format!(",{c:e}");
+                }
+                h.push('\n');
+            }
+            pio::atomic_write(&dir.join("pcca.csv"), h.as_bytes())?;
+        }
         self.plots(dir, &t);
         Ok(t)
     }
@@ -982,6 +1025,29 @@ impl Study {
             );
         }
     }
+}
+
+/// PCCA+ macrostates of the unperturbed chain: `m1 … mk` in decreasing
+/// stationary population of their crisp sets (ties: the set holding the
+/// lower state index first), and the memberships with columns in that order.
+#[allow(clippy::type_complexity)]
+fn pcca_macrostates(chain: &Chain, m: usize) -> Result<(Vec<(String, Vec<usize>)>, Vec<Vec<f64>>), ConformationError> {
+    let pi = chain.stationary()?;
+    let p = crate::mechanistic::conformation::pcca(chain, &pi, m)?;
+    let sets = p.sets();
+    if let Some(k) = sets.iter().position(Vec::is_empty) {
+        return Err(ConformationError::Invalid(format!(
+            "PCCA+ macrostate {} has no state under the crisp assignment (fewer metastable sets than {m}?); \
+             choose a smaller m",
+            k + 1
+        )));
+    }
+    let pop: Vec<f64> = sets.iter().map(|s| s.iter().map(|&i| pi[i]).sum()).collect();
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    order.sort_by(|&a, &b| pop[b].total_cmp(&pop[a]).then(sets[a][0].cmp(&sets[b][0])));
+    let named = order.iter().enumerate().map(|(k, &c)| (format!("m{}", k + 1), sets[c].clone())).collect();
+    let chi = p.memberships.iter().map(|r| order.iter().map(|&c| r[c]).collect()).collect();
+    Ok((named, chi))
 }
 
 fn lag_of(c: Clock) -> f64 {

@@ -75,8 +75,8 @@ pub mod interchange;
 pub mod landscape;
 pub mod markov;
 pub mod master;
-pub mod pcca;
 pub mod msm;
+pub mod pcca;
 pub mod propagate;
 pub mod sensitivity;
 
@@ -84,8 +84,8 @@ pub use interchange::{MatrixFile, MatrixKind};
 pub use landscape::{mueller_brown, Grid, Landscape};
 pub use markov::{Chain, Clock, Eigensolver, Tpt};
 pub use master::{Generator, MasterEquation, Perturbation};
-pub use pcca::{pcca, Pcca};
 pub use msm::{MsmMatrix, RateEstimate};
+pub use pcca::{pcca, Pcca};
 pub use propagate::PropagateStats;
 
 /// Errors of the conformation models.

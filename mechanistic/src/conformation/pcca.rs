@@ -346,10 +346,12 @@ fn nelder_mead(f: &dyn Fn(&[f64]) -> f64, x0: &[f64], maxiter: usize, xatol: f64
         *fsim = order.iter().map(|&i| fsim[i]).collect();
     };
     sort(&mut sim, &mut fsim);
-    let comb = |a: f64, x: &[f64], b: f64, y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(p, q)| a * p + b * q).collect() };
+    let comb =
+        |a: f64, x: &[f64], b: f64, y: &[f64]| -> Vec<f64> { x.iter().zip(y).map(|(p, q)| a * p + b * q).collect() };
     let mut iterations = 1;
     while calls < maxiter && iterations < maxiter {
-        let xspread = sim[1..].iter().flat_map(|s| s.iter().zip(&sim[0]).map(|(a, b)| (a - b).abs())).fold(0.0, f64::max);
+        let xspread =
+            sim[1..].iter().flat_map(|s| s.iter().zip(&sim[0]).map(|(a, b)| (a - b).abs())).fold(0.0, f64::max);
         let fspread = fsim[1..].iter().map(|v| (v - fsim[0]).abs()).fold(0.0, f64::max);
         if xspread <= xatol && fspread <= fatol {
             break;
