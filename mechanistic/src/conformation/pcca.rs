@@ -234,8 +234,7 @@ fn inner_simplex(c: &[Vec<f64>]) -> Result<(Vec<usize>, Vec<Vec<f64>>), Conforma
     for k in 1..m {
         max_dist = 0.0;
         let temp = ortho[ind[k - 1]].clone();
-        for i in 0..ortho.len() {
-            let row = &mut ortho[i];
+        for (i, row) in ortho.iter_mut().enumerate() {
             let dot: f64 = temp.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
             row.iter_mut().zip(&temp).for_each(|(r, t)| *r -= dot * t);
             let dist = norm(row);
@@ -296,7 +295,8 @@ fn invert(a: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
     let scale = a.iter().flatten().fold(0.0f64, |s, v| s.max(v.abs()));
     for col in 0..m {
         let p = (col..m).max_by(|&i, &j| w[i][col].abs().total_cmp(&w[j][col].abs()))?;
-        if !(w[p][col].abs() > 1e-14 * scale) {
+        let piv = w[p][col].abs();
+        if piv.is_nan() || piv <= 1e-14 * scale {
             return None;
         }
         w.swap(col, p);
