@@ -309,3 +309,83 @@ pairs = [["m1", "m3"]]
     let e = err(&format!("{base}[macrostates]\npcca = 2\n[[macrostate]]\nname = \"a\"\nstates = [0]\n"));
     assert!(e.contains("exclude each other"), "{e}");
 }
+
+/// `[design] method = "sobol" | "lhs"`: the range axes are sampled
+/// (deterministically per point id), crossed with the grid axes; a killed
+/// run resumes to the same table.
+#[test]
+fn sampled_designs_are_deterministic_and_resume() {
+    let dir = tmp("design");
+    three_wells_csv(&dir);
+    let cfg = |method: &str| {
+        format!(
+            r#"
+[model]
+matrix = "wells.csv"
+kind = "rate"
+[ligand]
+kd = {{ S10 = 0.1 }}
+concentration = {{ from = 0.001, to = 10, log = true }}
+[temperature]
+kT = {{ from = 0.8, to = 1.2 }}
+[force]
+displacement = {{ S0 = 0.5 }}
+values = [0.0, 1.0]
+[analysis]
+timescales = 2
+chunk = 8
+[design]
+method = "{method}"
+n = 16
+seed = 3
+"#
+        )
+    };
+    for method in ["sobol", "lhs"] {
+        let s = Study::from_toml_str(&cfg(method), "design.toml", &dir).unwrap();
+        assert!(s.is_sampled());
+        assert_eq!(s.len(), 32, "16 samples × 2 forces");
+        let again = Study::from_toml_str(&cfg(method), "design.toml", &dir).unwrap();
+        let (li, ti, fi) = (0, 1, 2);
+        let mut strata = (vec![false; 16], vec![false; 16]);
+        for id in 0..s.len() {
+            let x = s.point(id);
+            assert_eq!(x, again.point(id), "{method}: point {id} not deterministic");
+            assert!((0.001..=10.0).contains(&x[li]) && (0.8..=1.2).contains(&x[ti]), "{method}: {x:?}");
+            assert_eq!(x[fi], if id < 16 { 0.0 } else { 1.0 }, "grid axis outermost");
+            if id < 16 {
+                let u = (x[li].log10() + 3.0) / 4.0; // log range mapped back to [0, 1]
+                strata.0[((u * 16.0).floor() as usize).min(15)] = true;
+                strata.1[(((x[ti] - 0.8) / 0.4 * 16.0).floor() as usize).min(15)] = true;
+            }
+        }
+        // LHS puts one point in each of 16 strata per axis; the Sobol points
+        // (kernels' sequence, as `sweep`) fill every stratum of the first axis
+        assert!(strata.0.iter().all(|&b| b), "{method}: strata {strata:?}");
+        if method == "lhs" {
+            assert!(strata.1.iter().all(|&b| b), "{method}: strata {strata:?}");
+        }
+        let full = dir.join(format!("full-{method}"));
+        for k in s.prepare(&full).unwrap() {
+            s.run_chunk(&full, k).unwrap();
+        }
+        let a = s.finish(&full).unwrap();
+        let part = dir.join(format!("part-{method}"));
+        let todo = s.prepare(&part).unwrap();
+        s.run_chunk(&part, todo[0]).unwrap();
+        let todo = s.prepare(&part).unwrap();
+        assert_eq!(todo, (1..s.chunks()).collect::<Vec<_>>());
+        for k in todo {
+            s.run_chunk(&part, k).unwrap();
+        }
+        let b = s.finish(&part).unwrap();
+        assert_eq!(a.floats("ligand").unwrap(), b.floats("ligand").unwrap());
+        assert_eq!(a.floats("its_1").unwrap(), b.floats("its_1").unwrap());
+        assert!(std::fs::metadata(full.join("summary.csv")).unwrap().len() > 0);
+    }
+    let e = Study::from_toml_str(&cfg("grid"), "design.toml", &dir).unwrap_err().to_string();
+    assert!(e.contains("design.toml") && e.contains("design.method"), "{e}");
+    let no_design = cfg("sobol").replace("[design]\nmethod = \"sobol\"\nn = 16\nseed = 3\n", "");
+    let e = Study::from_toml_str(&no_design, "design.toml", &dir).unwrap_err().to_string();
+    assert!(e.contains("ligand.concentration") && e.contains("needs n"), "{e}");
+}

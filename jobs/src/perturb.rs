@@ -139,6 +139,32 @@ struct RawConfig {
     force: Option<RawForce>,
     #[serde(default)]
     analysis: RawAnalysis,
+    design: Option<RawDesign>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDesign {
+    method: String,
+    n: u64,
+    seed: Option<u64>,
+}
+
+/// Quasi-random or stratified sampler of a sampled design.
+#[derive(Debug)]
+enum Sampler {
+    Sobol(crate::kernels::generators::Sobol),
+    Lhs(crate::kernels::generators::LatinHypercube),
+}
+
+/// A sampled design: `n` points over the axes given as ranges, crossed
+/// with the other (grid) axes.
+#[derive(Debug)]
+struct Sampled {
+    sampler: Sampler,
+    n: u64,
+    /// `(axis index, from, to, log)`.
+    ranges: Vec<(usize, f64, f64, bool)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -191,7 +217,7 @@ struct RawObservable {
 enum Values {
     List(Vec<f64>),
     One(f64),
-    Range { from: f64, to: f64, n: usize, log: Option<bool> },
+    Range { from: f64, to: f64, n: Option<usize>, log: Option<bool> },
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,6 +314,7 @@ pub struct Study {
     ligand: bool,
     force: bool,
     fingerprint_text: String,
+    sampled: Option<Sampled>,
 }
 
 fn cfg(file: &str, reason: impl Into<String>) -> PerturbError {
@@ -305,6 +332,9 @@ fn values_of(v: &Values, file: &str, key: &str) -> Result<Vec<f64>, PerturbError
         Values::List(l) => l.clone(),
         Values::One(x) => vec![*x],
         Values::Range { from, to, n, log } => {
+            let Some(n) = n else {
+                return Err(cfg(file, format!("{key}: a range needs n (or [design] method = \"sobol\" | \"lhs\")")));
+            };
             if *n == 0 {
                 return Err(cfg(file, format!("{key}: n = 0 gives an empty axis")));
             }
@@ -450,6 +480,20 @@ impl Study {
             observables.push((o.name.clone(), v));
         }
         let mut axes = Vec::new();
+        // With [design], axes given as ranges are sampled: (axis index, from, to, log).
+        let mut ranges: Vec<(usize, f64, f64, bool)> = Vec::new();
+        let design = raw.design.as_ref();
+        let mut axis_values = |v: &Values, key: &str, axes_len: usize| -> Result<Vec<f64>, PerturbError> {
+            if let (Some(_), Values::Range { from, to, log, .. }) = (design, v) {
+                let log = log.unwrap_or(false);
+                if !(from.is_finite() && to.is_finite()) || (log && !(*from > 0.0 && *to > 0.0)) {
+                    return Err(cfg(file, format!("{key}: a sampled range needs finite (log: positive) ends")));
+                }
+                ranges.push((axes_len, *from, *to, log));
+                return Ok(vec![*from, *to]);
+            }
+            values_of(v, file, key)
+        };
         // Ligand.
         let ligand = raw.ligand.is_some();
         if let Some(l) = &raw.ligand {
@@ -457,7 +501,7 @@ impl Study {
             if let Some(i) = kd.iter().position(|k| k.is_nan() || *k <= 0.0) {
                 return Err(cfg(file, format!("ligand.kd: state `{}` has Kd = {} (> 0 needed)", names[i], kd[i])));
             }
-            let conc = values_of(&l.concentration, file, "ligand.concentration")?;
+            let conc = axis_values(&l.concentration, "ligand.concentration", axes.len())?;
             if let Some(c) = conc.iter().find(|c| **c < 0.0) {
                 return Err(cfg(file, format!("ligand.concentration: {c} is negative")));
             }
@@ -489,7 +533,7 @@ impl Study {
             axes.push(Axis { name: "mutation".into(), values: (0..=muts.len()).map(|i| i as f64).collect() });
         }
         if let Some(t) = &raw.temperature {
-            let v = values_of(&t.kt, file, "temperature.kT")?;
+            let v = axis_values(&t.kt, "temperature.kT", axes.len())?;
             if let Some(x) = v.iter().find(|x| **x <= 0.0) {
                 return Err(cfg(file, format!("temperature.kT: {x} must be positive")));
             }
@@ -502,8 +546,30 @@ impl Study {
                 name: "force".into(),
                 shape: x.iter().map(|v| -v).collect(),
             })?;
-            axes.push(Axis { name: "force".into(), values: values_of(&f.values, file, "force.values")? });
+            let v = axis_values(&f.values, "force.values", axes.len())?;
+            axes.push(Axis { name: "force".into(), values: v });
         }
+        let sampled = match design {
+            None => None,
+            Some(d) => {
+                if ranges.is_empty() {
+                    return Err(cfg(file, "[design]: no axis is a range {from, to, log}; nothing to sample"));
+                }
+                if d.n == 0 {
+                    return Err(cfg(file, "design.n must be positive"));
+                }
+                let gen = |e: crate::kernels::generators::GeneratorError| cfg(file, format!("[design]: {e}"));
+                let sampler = match d.method.to_ascii_lowercase().as_str() {
+                    "sobol" => Sampler::Sobol(crate::kernels::generators::Sobol::new(ranges.len()).map_err(gen)?),
+                    "lhs" => Sampler::Lhs(
+                        crate::kernels::generators::LatinHypercube::new(d.n, ranges.len(), d.seed.unwrap_or(0))
+                            .map_err(gen)?,
+                    ),
+                    m => return Err(cfg(file, format!("design.method = `{m}`: use sobol or lhs"))),
+                };
+                Some(Sampled { sampler, n: d.n, ranges })
+            }
+        };
         let mac_index = |s: &str| -> Result<usize, PerturbError> {
             macrostates
                 .iter()
@@ -561,12 +627,31 @@ impl Study {
             ligand,
             force,
             fingerprint_text,
+            sampled,
         })
     }
 
     /// Number of points.
     pub fn len(&self) -> u64 {
-        self.axes.iter().map(|a| a.values.len() as u64).product()
+        match &self.sampled {
+            None => self.axes.iter().map(|a| a.values.len() as u64).product(),
+            Some(s) => {
+                s.n * self
+                    .axes
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| !s.ranges.iter().any(|r| r.0 == *k))
+                    .map(|(_, a)| a.values.len() as u64)
+                    .product::<u64>()
+            }
+        }
+    }
+
+    /// Whether the design is sampled (`[design]`): the axes given as
+    /// ranges take `n` Sobol or Latin-hypercube points, crossed with the
+    /// grid axes (outermost); point `id` = grid index × n + sample index.
+    pub fn is_sampled(&self) -> bool {
+        self.sampled.is_some()
     }
 
     /// Whether the design is empty (never, for a loaded study).
@@ -581,9 +666,24 @@ impl Study {
 
     /// Axis values of point `id`.
     pub fn point(&self, id: u64) -> Vec<f64> {
-        let mut rem = id;
         let mut out = vec![0.0; self.axes.len()];
+        let mut rem = id;
+        if let Some(s) = &self.sampled {
+            let si = id % s.n;
+            rem = id / s.n;
+            let mut u = vec![0.0; s.ranges.len()];
+            match &s.sampler {
+                Sampler::Sobol(q) => q.point(si, &mut u),
+                Sampler::Lhs(q) => q.point(si, &mut u),
+            }
+            for (&(k, lo, hi, log), u) in s.ranges.iter().zip(&u) {
+                out[k] = if log { (lo.ln() + u * (hi.ln() - lo.ln())).exp() } else { lo + u * (hi - lo) };
+            }
+        }
         for (k, a) in self.axes.iter().enumerate().rev() {
+            if self.sampled.as_ref().is_some_and(|s| s.ranges.iter().any(|r| r.0 == k)) {
+                continue;
+            }
             let m = a.values.len() as u64;
             out[k] = a.values[(rem % m) as usize];
             rem /= m;
@@ -940,6 +1040,9 @@ impl Study {
 
     /// Plots (best effort: a plot that fails is skipped).
     fn plots(&self, dir: &Path, t: &crate::sweep::Table) {
+        if self.sampled.is_some() {
+            return; // line plots along a grid axis only
+        }
         let Some(first) = self.axes.first() else { return };
         // rows where every other axis is at its first value
         let n0 = first.values.len();
