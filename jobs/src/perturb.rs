@@ -59,6 +59,19 @@
 //! a pure function of the config and `id`, so results do not depend on the
 //! thread count or the chunking.
 //!
+//! ```toml
+//! [design]                       # optional: a sampled design
+//! method = "sobol"               # sobol | lhs (the generators of `insilico sweep`)
+//! n = 256                        # samples
+//! seed = 1                       # lhs only (default 0)
+//! ```
+//! With `[design]`, every axis given as a range `{ from, to, log }` (no
+//! `n`) is sampled: sample `u ∈ [0,1)^d` from `kernels::generators`,
+//! mapped linearly (or in log with `log = true`) onto the range. Axes given
+//! as lists, and `mutation`, stay a grid, crossed outermost: point
+//! `id = grid index × n + sample index`. Line plots are skipped for a
+//! sampled design.
+//!
 //! # Outputs (`--out DIR`)
 //! * `part-NNNNNN.parquet`: one row per point — `id`, the axis values
 //!   (`mutation` as its index, 0 = wild type), `status` (0 = ok, 1 = the
