@@ -389,3 +389,42 @@ seed = 3
     let e = Study::from_toml_str(&no_design, "design.toml", &dir).unwrap_err().to_string();
     assert!(e.contains("ligand.concentration") && e.contains("needs n"), "{e}");
 }
+
+/// `[report] heatmap`: `population_shift.png` over two grid axes is written
+/// and non-empty; unknown axes are config errors.
+#[test]
+fn population_shift_heatmap_is_written() {
+    let dir = tmp("heatmap");
+    three_wells_csv(&dir);
+    let text = r#"
+[model]
+matrix = "wells.csv"
+kind = "rate"
+[macrostates]
+pcca = 3
+[ligand]
+kd = { m3 = 0.1 }
+concentration = [0.0, 0.1, 1.0]
+[temperature]
+kT = [0.9, 1.0, 1.1]
+[analysis]
+timescales = 1
+[report]
+heatmap = ["ligand", "kT"]
+macrostate = "m3"
+"#;
+    let s = Study::from_toml_str(text, "hm.toml", &dir).unwrap();
+    let out = dir.join("out");
+    for k in s.prepare(&out).unwrap() {
+        s.run_chunk(&out, k).unwrap();
+    }
+    s.finish(&out).unwrap();
+    let png = std::fs::read(out.join("population_shift.png")).unwrap();
+    assert!(png.len() > 1000 && png.starts_with(b"\x89PNG"), "{} bytes", png.len());
+    let e = Study::from_toml_str(&text.replace("\"kT\"]", "\"force\"]"), "hm.toml", &dir).unwrap_err().to_string();
+    assert!(e.contains("hm.toml") && e.contains("report.heatmap") && e.contains("force"), "{e}");
+    let e = Study::from_toml_str(&text.replace("macrostate = \"m3\"", "macrostate = \"m9\""), "hm.toml", &dir)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("report.macrostate"), "{e}");
+}

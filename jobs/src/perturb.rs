@@ -153,6 +153,14 @@ struct RawConfig {
     #[serde(default)]
     analysis: RawAnalysis,
     design: Option<RawDesign>,
+    report: Option<RawReport>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    heatmap: Option<(String, String)>,
+    macrostate: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -328,6 +336,8 @@ pub struct Study {
     force: bool,
     fingerprint_text: String,
     sampled: Option<Sampled>,
+    /// Heat map `(x axis, y axis, macrostate)`, indices into `axes` and `macrostates`.
+    heatmap: Option<(usize, usize, usize)>,
 }
 
 fn cfg(file: &str, reason: impl Into<String>) -> PerturbError {
@@ -583,6 +593,41 @@ impl Study {
                 Some(Sampled { sampler, n: d.n, ranges })
             }
         };
+        let report = raw.report.as_ref();
+        let heatmap = {
+            let grid_axes: Vec<usize> = (0..axes.len())
+                .filter(|k| !sampled.as_ref().is_some_and(|s| s.ranges.iter().any(|r| r.0 == *k)))
+                .collect();
+            let pair = match report.and_then(|r| r.heatmap.as_ref()) {
+                Some((x, y)) => {
+                    let find = |a: &str| -> Result<usize, PerturbError> {
+                        let k = axes
+                            .iter()
+                            .position(|ax| ax.name == a)
+                            .ok_or_else(|| cfg(file, format!("report.heatmap: `{a}` is not an axis of the design")))?;
+                        if !grid_axes.contains(&k) {
+                            return Err(cfg(file, format!("report.heatmap: axis `{a}` is sampled, not a grid axis")));
+                        }
+                        Ok(k)
+                    };
+                    let (kx, ky) = (find(x)?, find(y)?);
+                    if kx == ky {
+                        return Err(cfg(file, "report.heatmap: two different axes are needed"));
+                    }
+                    Some((kx, ky))
+                }
+                None if grid_axes.len() >= 2 => Some((grid_axes[0], grid_axes[1])),
+                None => None,
+            };
+            let mac = match report.and_then(|r| r.macrostate.as_ref()) {
+                Some(m) => macrostates
+                    .iter()
+                    .position(|(n, _)| n == m)
+                    .ok_or_else(|| cfg(file, format!("report.macrostate: unknown macrostate `{m}`")))?,
+                None => 0,
+            };
+            pair.map(|(x, y)| (x, y, mac))
+        };
         let mac_index = |s: &str| -> Result<usize, PerturbError> {
             macrostates
                 .iter()
@@ -641,6 +686,7 @@ impl Study {
             force,
             fingerprint_text,
             sampled,
+            heatmap,
         })
     }
 
@@ -1053,6 +1099,7 @@ impl Study {
 
     /// Plots (best effort: a plot that fails is skipped).
     fn plots(&self, dir: &Path, t: &crate::sweep::Table) {
+        self.heatmap_plot(dir, t);
         if self.sampled.is_some() {
             return; // line plots along a grid axis only
         }
@@ -1164,6 +1211,47 @@ fn pcca_macrostates(chain: &Chain, m: usize) -> Result<(Vec<(String, Vec<usize>)
     let named = order.iter().enumerate().map(|(k, &c)| (format!("m{}", k + 1), sets[c].clone())).collect();
     let chi = p.memberships.iter().map(|r| order.iter().map(|&c| r[c]).collect()).collect();
     Ok((named, chi))
+}
+
+impl Study {
+    /// `population_shift.png`: shift of the chosen macrostate's population
+    /// from its unperturbed value over two grid axes, the other axes at
+    /// their first value (the first sample of a sampled design).
+    fn heatmap_plot(&self, dir: &Path, t: &crate::sweep::Table) {
+        let Some((kx, ky, mac)) = self.heatmap else { return };
+        let (name, set) = &self.macrostates[mac];
+        let Ok(p0) = self.reference_equilibrium() else { return };
+        let base: f64 = set.iter().map(|&i| p0[i]).sum();
+        let Some(pop) = t.floats(&format!("pop_{name}")) else { return };
+        let Some(ids) = t.ints("id") else { return };
+        // stride of each axis in the id (sampled axes: none)
+        let n_s = self.sampled.as_ref().map_or(1, |s| s.n);
+        let mut strides = vec![0u64; self.axes.len()];
+        let mut acc = n_s;
+        for k in (0..self.axes.len()).rev() {
+            if self.sampled.as_ref().is_some_and(|s| s.ranges.iter().any(|r| r.0 == k)) {
+                continue;
+            }
+            strides[k] = acc;
+            acc *= self.axes[k].values.len() as u64;
+        }
+        let row_of: BTreeMap<i64, usize> = ids.iter().enumerate().map(|(r, &id)| (id, r)).collect();
+        let (xs, ys) = (&self.axes[kx].values, &self.axes[ky].values);
+        let mut vals = Vec::with_capacity(xs.len() * ys.len());
+        for yi in 0..ys.len() {
+            for xi in 0..xs.len() {
+                let id = xi as u64 * strides[kx] + yi as u64 * strides[ky];
+                vals.push(row_of.get(&(id as i64)).map_or(f64::NAN, |&r| pop[r] - base));
+            }
+        }
+        let _ = crate::plots::heatmap(
+            &dir.join("population_shift.png"),
+            &format!("pop_{name} − unperturbed ({base:.4})"),
+            (self.axes[kx].name.as_str(), xs),
+            (self.axes[ky].name.as_str(), ys),
+            &vals,
+        );
+    }
 }
 
 fn lag_of(c: Clock) -> f64 {
