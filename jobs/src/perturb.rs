@@ -82,6 +82,10 @@
 //!   whose free energy moves it most: `output,rank,state,dy_dG` (exact
 //!   sensitivities; needs a reversible model).
 //! * `populations.png`, `timescales.png`, `relaxation.png`.
+//! * `population_shift.png`: heat map over two grid axes (`[report]
+//!   heatmap = ["ligand", "kT"]`, default the first two grid axes) of the
+//!   shift of one macrostate's population (`[report] macrostate`, default
+//!   the first) from its unperturbed value; other axes at their first value.
 //! * `pcca.csv` (with `[macrostates] pcca`): `state,macrostate,chi_m1,…`,
 //!   the PCCA+ memberships of the unperturbed model and the crisp set.
 //!
