@@ -203,3 +203,228 @@ fn study_sensitivities_match_differences_and_boltzmann() {
         assert!((d - want).abs() < 1e-12, "{state}: {d} vs {want}");
     }
 }
+
+/// A rate-matrix CSV of three wells {0..4}, {4..9}, {9..12} (free
+/// energies chosen so that the middle well is the most populated, then the
+/// first, then the last), fast inside a well, 1e-4 between wells.
+fn three_wells_csv(dir: &Path) -> PathBuf {
+    let n = 12;
+    let g: Vec<f64> = (0..n)
+        .map(|i| {
+            if i < 4 {
+                0.5
+            } else if i < 9 {
+                0.0
+            } else {
+                1.5
+            }
+        })
+        .collect();
+    let well = |i: usize| {
+        if i < 4 {
+            0
+        } else if i < 9 {
+            1
+        } else {
+            2
+        }
+    };
+    let mut q = vec![vec![0.0f64; n]; n];
+    for i in 0..n {
+        for j in 0..n {
+            if i == j {
+                continue;
+            }
+            let a = if well(i) == well(j) {
+                1.0
+            } else if (i, j) == (3, 4) || (i, j) == (4, 3) || (i, j) == (8, 9) || (i, j) == (9, 8) {
+                1e-4
+            } else {
+                0.0
+            };
+            q[i][j] = a * (-(g[j] - g[i]) / 2.0).exp();
+        }
+        q[i][i] = -q[i].iter().sum::<f64>();
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("wells.csv");
+    let text: String =
+        q.iter().map(|r| r.iter().map(|v| format!("{v:e}")).collect::<Vec<_>>().join(",") + "\n").collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `[macrostates] pcca = 3` finds the three wells, names them m1…m3 by
+/// decreasing population, runs the study on them and writes `pcca.csv`.
+#[test]
+fn pcca_macrostates_recover_the_wells() {
+    let dir = tmp("pcca");
+    three_wells_csv(&dir);
+    let text = r#"
+[model]
+matrix = "wells.csv"
+kind = "rate"
+[macrostates]
+pcca = 3
+[ligand]
+kd = { m3 = 0.1 }
+concentration = [0.0, 1.0]
+[analysis]
+timescales = 2
+pairs = [["m1", "m3"]]
+"#;
+    let s = Study::from_toml_str(text, "pcca.toml", &dir).unwrap();
+    let sets: Vec<(String, Vec<usize>)> = s.macrostates.clone();
+    assert_eq!(
+        sets,
+        vec![
+            ("m1".to_string(), (4..9).collect::<Vec<_>>()),
+            ("m2".to_string(), (0..4).collect()),
+            ("m3".to_string(), (9..12).collect())
+        ]
+    );
+    let chi = s.pcca.as_ref().unwrap();
+    let worst = chi.iter().flatten().map(|&c| c.min(1.0 - c)).fold(0.0, f64::max);
+    assert!(worst < 1e-2, "memberships not crisp: {worst}");
+    let out = dir.join("out");
+    for k in s.prepare(&out).unwrap() {
+        s.run_chunk(&out, k).unwrap();
+    }
+    let t = s.finish(&out).unwrap();
+    let (p1, p3) = (t.floats("pop_m1").unwrap(), t.floats("pop_m3").unwrap());
+    assert!(p1[0] > p3[0]);
+    // the ligand binds m3 (Kd 0.1, L = 1): its Boltzmann weight ×11
+    assert!(p3[1] > 5.0 * p3[0], "{p3:?}");
+    let csv = std::fs::read_to_string(out.join("pcca.csv")).unwrap();
+    assert!(csv.starts_with("state,macrostate,chi_m1,chi_m2,chi_m3\n"), "{csv}");
+    assert_eq!(csv.lines().count(), 13);
+    assert!(csv.lines().nth(5).unwrap().starts_with("S4,m1,"));
+    // errors name the key
+    let err = |t: &str| Study::from_toml_str(t, "pcca.toml", &dir).unwrap_err().to_string();
+    let base = "[model]\nmatrix = \"wells.csv\"\nkind = \"rate\"\n";
+    let e = err(&format!("{base}[macrostates]\npcca = 1\n"));
+    assert!(e.contains("pcca.toml") && e.contains("macrostates.pcca = 1") && e.contains("at least 2"), "{e}");
+    let e = err(&format!("{base}[macrostates]\npcca = 13\n"));
+    assert!(e.contains("at most 12"), "{e}");
+    let e = err(&format!("{base}[macrostates]\npcca = 2\n[[macrostate]]\nname = \"a\"\nstates = [0]\n"));
+    assert!(e.contains("exclude each other"), "{e}");
+}
+
+/// `[design] method = "sobol" | "lhs"`: the range axes are sampled
+/// (deterministically per point id), crossed with the grid axes; a killed
+/// run resumes to the same table.
+#[test]
+fn sampled_designs_are_deterministic_and_resume() {
+    let dir = tmp("design");
+    three_wells_csv(&dir);
+    let cfg = |method: &str| {
+        format!(
+            r#"
+[model]
+matrix = "wells.csv"
+kind = "rate"
+[ligand]
+kd = {{ S10 = 0.1 }}
+concentration = {{ from = 0.001, to = 10, log = true }}
+[temperature]
+kT = {{ from = 0.8, to = 1.2 }}
+[force]
+displacement = {{ S0 = 0.5 }}
+values = [0.0, 1.0]
+[analysis]
+timescales = 2
+chunk = 8
+[design]
+method = "{method}"
+n = 16
+seed = 3
+"#
+        )
+    };
+    for method in ["sobol", "lhs"] {
+        let s = Study::from_toml_str(&cfg(method), "design.toml", &dir).unwrap();
+        assert!(s.is_sampled());
+        assert_eq!(s.len(), 32, "16 samples × 2 forces");
+        let again = Study::from_toml_str(&cfg(method), "design.toml", &dir).unwrap();
+        let (li, ti, fi) = (0, 1, 2);
+        let mut strata = (vec![false; 16], vec![false; 16]);
+        for id in 0..s.len() {
+            let x = s.point(id);
+            assert_eq!(x, again.point(id), "{method}: point {id} not deterministic");
+            assert!((0.001..=10.0).contains(&x[li]) && (0.8..=1.2).contains(&x[ti]), "{method}: {x:?}");
+            assert_eq!(x[fi], if id < 16 { 0.0 } else { 1.0 }, "grid axis outermost");
+            if id < 16 {
+                let u = (x[li].log10() + 3.0) / 4.0; // log range mapped back to [0, 1]
+                strata.0[((u * 16.0).floor() as usize).min(15)] = true;
+                strata.1[(((x[ti] - 0.8) / 0.4 * 16.0).floor() as usize).min(15)] = true;
+            }
+        }
+        // LHS puts one point in each of 16 strata per axis; the Sobol points
+        // (kernels' sequence, as `sweep`) fill every stratum of the first axis
+        assert!(strata.0.iter().all(|&b| b), "{method}: strata {strata:?}");
+        if method == "lhs" {
+            assert!(strata.1.iter().all(|&b| b), "{method}: strata {strata:?}");
+        }
+        let full = dir.join(format!("full-{method}"));
+        for k in s.prepare(&full).unwrap() {
+            s.run_chunk(&full, k).unwrap();
+        }
+        let a = s.finish(&full).unwrap();
+        let part = dir.join(format!("part-{method}"));
+        let todo = s.prepare(&part).unwrap();
+        s.run_chunk(&part, todo[0]).unwrap();
+        let todo = s.prepare(&part).unwrap();
+        assert_eq!(todo, (1..s.chunks()).collect::<Vec<_>>());
+        for k in todo {
+            s.run_chunk(&part, k).unwrap();
+        }
+        let b = s.finish(&part).unwrap();
+        assert_eq!(a.floats("ligand").unwrap(), b.floats("ligand").unwrap());
+        assert_eq!(a.floats("its_1").unwrap(), b.floats("its_1").unwrap());
+        assert!(std::fs::metadata(full.join("summary.csv")).unwrap().len() > 0);
+    }
+    let e = Study::from_toml_str(&cfg("grid"), "design.toml", &dir).unwrap_err().to_string();
+    assert!(e.contains("design.toml") && e.contains("design.method"), "{e}");
+    let no_design = cfg("sobol").replace("[design]\nmethod = \"sobol\"\nn = 16\nseed = 3\n", "");
+    let e = Study::from_toml_str(&no_design, "design.toml", &dir).unwrap_err().to_string();
+    assert!(e.contains("ligand.concentration") && e.contains("needs n"), "{e}");
+}
+
+/// `[report] heatmap`: `population_shift.png` over two grid axes is written
+/// and non-empty; unknown axes are config errors.
+#[test]
+fn population_shift_heatmap_is_written() {
+    let dir = tmp("heatmap");
+    three_wells_csv(&dir);
+    let text = r#"
+[model]
+matrix = "wells.csv"
+kind = "rate"
+[macrostates]
+pcca = 3
+[ligand]
+kd = { m3 = 0.1 }
+concentration = [0.0, 0.1, 1.0]
+[temperature]
+kT = [0.9, 1.0, 1.1]
+[analysis]
+timescales = 1
+[report]
+heatmap = ["ligand", "kT"]
+macrostate = "m3"
+"#;
+    let s = Study::from_toml_str(text, "hm.toml", &dir).unwrap();
+    let out = dir.join("out");
+    for k in s.prepare(&out).unwrap() {
+        s.run_chunk(&out, k).unwrap();
+    }
+    s.finish(&out).unwrap();
+    let png = std::fs::read(out.join("population_shift.png")).unwrap();
+    assert!(png.len() > 1000 && png.starts_with(b"\x89PNG"), "{} bytes", png.len());
+    let e = Study::from_toml_str(&text.replace("\"kT\"]", "\"force\"]"), "hm.toml", &dir).unwrap_err().to_string();
+    assert!(e.contains("hm.toml") && e.contains("report.heatmap") && e.contains("force"), "{e}");
+    let e = Study::from_toml_str(&text.replace("macrostate = \"m3\"", "macrostate = \"m9\""), "hm.toml", &dir)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("report.macrostate"), "{e}");
+}

@@ -19,6 +19,10 @@
 //! name = "inactive"
 //! states = ["I1", "I2"]
 //!
+//! # [macrostates]               # instead of [[macrostate]]: PCCA+ on the unperturbed model
+//! # pcca = 3                     #   m1 … m3 by decreasing stationary population (crisp sets);
+//! #                              #   memberships in pcca.csv; needs a reversible model
+//!
 //! [[observable]]                 # per-state values: a list, or a table of state/macrostate -> value
 //! name = "fret"
 //! values = { inactive = 0.2, active = 0.7, pocket = 0.5 }
@@ -55,6 +59,19 @@
 //! a pure function of the config and `id`, so results do not depend on the
 //! thread count or the chunking.
 //!
+//! ```toml
+//! [design]                       # optional: a sampled design
+//! method = "sobol"               # sobol | lhs (the generators of `insilico sweep`)
+//! n = 256                        # samples
+//! seed = 1                       # lhs only (default 0)
+//! ```
+//! With `[design]`, every axis given as a range `{ from, to, log }` (no
+//! `n`) is sampled: sample `u ∈ [0,1)^d` from `kernels::generators`,
+//! mapped linearly (or in log with `log = true`) onto the range. Axes given
+//! as lists, and `mutation`, stay a grid, crossed outermost: point
+//! `id = grid index × n + sample index`. Line plots are skipped for a
+//! sampled design.
+//!
 //! # Outputs (`--out DIR`)
 //! * `part-NNNNNN.parquet`: one row per point — `id`, the axis values
 //!   (`mutation` as its index, 0 = wild type), `status` (0 = ok, 1 = the
@@ -65,6 +82,12 @@
 //!   whose free energy moves it most: `output,rank,state,dy_dG` (exact
 //!   sensitivities; needs a reversible model).
 //! * `populations.png`, `timescales.png`, `relaxation.png`.
+//! * `population_shift.png`: heat map over two grid axes (`[report]
+//!   heatmap = ["ligand", "kT"]`, default the first two grid axes) of the
+//!   shift of one macrostate's population (`[report] macrostate`, default
+//!   the first) from its unperturbed value; other axes at their first value.
+//! * `pcca.csv` (with `[macrostates] pcca`): `state,macrostate,chi_m1,…`,
+//!   the PCCA+ memberships of the unperturbed model and the crisp set.
 //!
 //! With `sensitivities = true`, every output except the relaxation gets
 //! `d_<output>__<parameter>` columns, the exact derivative with respect to
@@ -122,6 +145,7 @@ struct RawConfig {
     model: RawModel,
     #[serde(default)]
     macrostate: Vec<RawMacro>,
+    macrostates: Option<RawMacrostates>,
     #[serde(default)]
     observable: Vec<RawObservable>,
     ligand: Option<RawLigand>,
@@ -132,6 +156,40 @@ struct RawConfig {
     force: Option<RawForce>,
     #[serde(default)]
     analysis: RawAnalysis,
+    design: Option<RawDesign>,
+    report: Option<RawReport>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    heatmap: Option<(String, String)>,
+    macrostate: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDesign {
+    method: String,
+    n: u64,
+    seed: Option<u64>,
+}
+
+/// Quasi-random or stratified sampler of a sampled design.
+#[derive(Debug)]
+enum Sampler {
+    Sobol(crate::kernels::generators::Sobol),
+    Lhs(crate::kernels::generators::LatinHypercube),
+}
+
+/// A sampled design: `n` points over the axes given as ranges, crossed
+/// with the other (grid) axes.
+#[derive(Debug)]
+struct Sampled {
+    sampler: Sampler,
+    n: u64,
+    /// `(axis index, from, to, log)`.
+    ranges: Vec<(usize, f64, f64, bool)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +218,12 @@ struct RawMacro {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMacrostates {
+    pcca: usize,
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum PerState {
     List(Vec<f64>),
@@ -178,7 +242,7 @@ struct RawObservable {
 enum Values {
     List(Vec<f64>),
     One(f64),
-    Range { from: f64, to: f64, n: usize, log: Option<bool> },
+    Range { from: f64, to: f64, n: Option<usize>, log: Option<bool> },
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,9 +333,15 @@ pub struct Study {
     pub sensitivities: bool,
     /// Rows per output of `hotspots.csv` (0: none).
     pub hotspots: usize,
+    /// With `[macrostates] pcca = m`: the PCCA+ memberships of every state
+    /// (one row per state, columns in the order of `macrostates`).
+    pub pcca: Option<Vec<Vec<f64>>>,
     ligand: bool,
     force: bool,
     fingerprint_text: String,
+    sampled: Option<Sampled>,
+    /// Heat map `(x axis, y axis, macrostate)`, indices into `axes` and `macrostates`.
+    heatmap: Option<(usize, usize, usize)>,
 }
 
 fn cfg(file: &str, reason: impl Into<String>) -> PerturbError {
@@ -289,6 +359,9 @@ fn values_of(v: &Values, file: &str, key: &str) -> Result<Vec<f64>, PerturbError
         Values::List(l) => l.clone(),
         Values::One(x) => vec![*x],
         Values::Range { from, to, n, log } => {
+            let Some(n) = n else {
+                return Err(cfg(file, format!("{key}: a range needs n (or [design] method = \"sobol\" | \"lhs\")")));
+            };
             if *n == 0 {
                 return Err(cfg(file, format!("{key}: n = 0 gives an empty axis")));
             }
@@ -366,6 +439,16 @@ impl Study {
             }
         };
         let mut macrostates: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut pcca_memberships = None;
+        if let Some(ms) = &raw.macrostates {
+            if !raw.macrostate.is_empty() {
+                return Err(cfg(file, "[macrostates] pcca and [[macrostate]] sets exclude each other: use one"));
+            }
+            let (sets, chi) = pcca_macrostates(&chain, ms.pcca)
+                .map_err(|e| cfg(file, format!("macrostates.pcca = {}: {e}", ms.pcca)))?;
+            macrostates = sets;
+            pcca_memberships = Some(chi);
+        }
         for mac in &raw.macrostate {
             let what = format!("macrostate `{}`", mac.name);
             if !column_safe(&mac.name) {
@@ -424,6 +507,20 @@ impl Study {
             observables.push((o.name.clone(), v));
         }
         let mut axes = Vec::new();
+        // With [design], axes given as ranges are sampled: (axis index, from, to, log).
+        let mut ranges: Vec<(usize, f64, f64, bool)> = Vec::new();
+        let design = raw.design.as_ref();
+        let mut axis_values = |v: &Values, key: &str, axes_len: usize| -> Result<Vec<f64>, PerturbError> {
+            if let (Some(_), Values::Range { from, to, log, .. }) = (design, v) {
+                let log = log.unwrap_or(false);
+                if !(from.is_finite() && to.is_finite()) || (log && !(*from > 0.0 && *to > 0.0)) {
+                    return Err(cfg(file, format!("{key}: a sampled range needs finite (log: positive) ends")));
+                }
+                ranges.push((axes_len, *from, *to, log));
+                return Ok(vec![*from, *to]);
+            }
+            values_of(v, file, key)
+        };
         // Ligand.
         let ligand = raw.ligand.is_some();
         if let Some(l) = &raw.ligand {
@@ -431,7 +528,7 @@ impl Study {
             if let Some(i) = kd.iter().position(|k| k.is_nan() || *k <= 0.0) {
                 return Err(cfg(file, format!("ligand.kd: state `{}` has Kd = {} (> 0 needed)", names[i], kd[i])));
             }
-            let conc = values_of(&l.concentration, file, "ligand.concentration")?;
+            let conc = axis_values(&l.concentration, "ligand.concentration", axes.len())?;
             if let Some(c) = conc.iter().find(|c| **c < 0.0) {
                 return Err(cfg(file, format!("ligand.concentration: {c} is negative")));
             }
@@ -463,7 +560,7 @@ impl Study {
             axes.push(Axis { name: "mutation".into(), values: (0..=muts.len()).map(|i| i as f64).collect() });
         }
         if let Some(t) = &raw.temperature {
-            let v = values_of(&t.kt, file, "temperature.kT")?;
+            let v = axis_values(&t.kt, "temperature.kT", axes.len())?;
             if let Some(x) = v.iter().find(|x| **x <= 0.0) {
                 return Err(cfg(file, format!("temperature.kT: {x} must be positive")));
             }
@@ -476,8 +573,65 @@ impl Study {
                 name: "force".into(),
                 shape: x.iter().map(|v| -v).collect(),
             })?;
-            axes.push(Axis { name: "force".into(), values: values_of(&f.values, file, "force.values")? });
+            let v = axis_values(&f.values, "force.values", axes.len())?;
+            axes.push(Axis { name: "force".into(), values: v });
         }
+        let sampled = match design {
+            None => None,
+            Some(d) => {
+                if ranges.is_empty() {
+                    return Err(cfg(file, "[design]: no axis is a range {from, to, log}; nothing to sample"));
+                }
+                if d.n == 0 {
+                    return Err(cfg(file, "design.n must be positive"));
+                }
+                let gen = |e: crate::kernels::generators::GeneratorError| cfg(file, format!("[design]: {e}"));
+                let sampler = match d.method.to_ascii_lowercase().as_str() {
+                    "sobol" => Sampler::Sobol(crate::kernels::generators::Sobol::new(ranges.len()).map_err(gen)?),
+                    "lhs" => Sampler::Lhs(
+                        crate::kernels::generators::LatinHypercube::new(d.n, ranges.len(), d.seed.unwrap_or(0))
+                            .map_err(gen)?,
+                    ),
+                    m => return Err(cfg(file, format!("design.method = `{m}`: use sobol or lhs"))),
+                };
+                Some(Sampled { sampler, n: d.n, ranges })
+            }
+        };
+        let report = raw.report.as_ref();
+        let heatmap = {
+            let grid_axes: Vec<usize> = (0..axes.len())
+                .filter(|k| !sampled.as_ref().is_some_and(|s| s.ranges.iter().any(|r| r.0 == *k)))
+                .collect();
+            let pair = match report.and_then(|r| r.heatmap.as_ref()) {
+                Some((x, y)) => {
+                    let find = |a: &str| -> Result<usize, PerturbError> {
+                        let k = axes
+                            .iter()
+                            .position(|ax| ax.name == a)
+                            .ok_or_else(|| cfg(file, format!("report.heatmap: `{a}` is not an axis of the design")))?;
+                        if !grid_axes.contains(&k) {
+                            return Err(cfg(file, format!("report.heatmap: axis `{a}` is sampled, not a grid axis")));
+                        }
+                        Ok(k)
+                    };
+                    let (kx, ky) = (find(x)?, find(y)?);
+                    if kx == ky {
+                        return Err(cfg(file, "report.heatmap: two different axes are needed"));
+                    }
+                    Some((kx, ky))
+                }
+                None if grid_axes.len() >= 2 => Some((grid_axes[0], grid_axes[1])),
+                None => None,
+            };
+            let mac = match report.and_then(|r| r.macrostate.as_ref()) {
+                Some(m) => macrostates
+                    .iter()
+                    .position(|(n, _)| n == m)
+                    .ok_or_else(|| cfg(file, format!("report.macrostate: unknown macrostate `{m}`")))?,
+                None => 0,
+            };
+            pair.map(|(x, y)| (x, y, mac))
+        };
         let mac_index = |s: &str| -> Result<usize, PerturbError> {
             macrostates
                 .iter()
@@ -530,16 +684,37 @@ impl Study {
             relaxation,
             chunk,
             sensitivities: raw.analysis.sensitivities.unwrap_or(false),
+            pcca: pcca_memberships,
             hotspots: raw.analysis.hotspots.unwrap_or(10),
             ligand,
             force,
             fingerprint_text,
+            sampled,
+            heatmap,
         })
     }
 
     /// Number of points.
     pub fn len(&self) -> u64 {
-        self.axes.iter().map(|a| a.values.len() as u64).product()
+        match &self.sampled {
+            None => self.axes.iter().map(|a| a.values.len() as u64).product(),
+            Some(s) => {
+                s.n * self
+                    .axes
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| !s.ranges.iter().any(|r| r.0 == *k))
+                    .map(|(_, a)| a.values.len() as u64)
+                    .product::<u64>()
+            }
+        }
+    }
+
+    /// Whether the design is sampled (`[design]`): the axes given as
+    /// ranges take `n` Sobol or Latin-hypercube points, crossed with the
+    /// grid axes (outermost); point `id` = grid index × n + sample index.
+    pub fn is_sampled(&self) -> bool {
+        self.sampled.is_some()
     }
 
     /// Whether the design is empty (never, for a loaded study).
@@ -554,9 +729,24 @@ impl Study {
 
     /// Axis values of point `id`.
     pub fn point(&self, id: u64) -> Vec<f64> {
-        let mut rem = id;
         let mut out = vec![0.0; self.axes.len()];
+        let mut rem = id;
+        if let Some(s) = &self.sampled {
+            let si = id % s.n;
+            rem = id / s.n;
+            let mut u = vec![0.0; s.ranges.len()];
+            match &s.sampler {
+                Sampler::Sobol(q) => q.point(si, &mut u),
+                Sampler::Lhs(q) => q.point(si, &mut u),
+            }
+            for (&(k, lo, hi, log), u) in s.ranges.iter().zip(&u) {
+                out[k] = if log { (lo.ln() + u * (hi.ln() - lo.ln())).exp() } else { lo + u * (hi - lo) };
+            }
+        }
         for (k, a) in self.axes.iter().enumerate().rev() {
+            if self.sampled.as_ref().is_some_and(|s| s.ranges.iter().any(|r| r.0 == k)) {
+                continue;
+            }
             let m = a.values.len() as u64;
             out[k] = a.values[(rem % m) as usize];
             rem /= m;
@@ -891,12 +1081,32 @@ impl Study {
             }
             pio::atomic_write(&dir.join("hotspots.csv"), h.as_bytes())?;
         }
+        if let Some(chi) = &self.pcca {
+            let mut h = String::from("state,macrostate");
+            for (m, _) in &self.macrostates {
+                h += &format!(",chi_{m}");
+            }
+            h.push('\n');
+            for (i, row) in chi.iter().enumerate() {
+                let m = self.macrostates.iter().find(|(_, s)| s.contains(&i)).map_or("", |(m, _)| m.as_str());
+                h += &format!("{},{m}", self.names[i]);
+                for c in row {
+                    h += &format!(",{c:e}");
+                }
+                h.push('\n');
+            }
+            pio::atomic_write(&dir.join("pcca.csv"), h.as_bytes())?;
+        }
         self.plots(dir, &t);
         Ok(t)
     }
 
     /// Plots (best effort: a plot that fails is skipped).
     fn plots(&self, dir: &Path, t: &crate::sweep::Table) {
+        self.heatmap_plot(dir, t);
+        if self.sampled.is_some() {
+            return; // line plots along a grid axis only
+        }
         let Some(first) = self.axes.first() else { return };
         // rows where every other axis is at its first value
         let n0 = first.values.len();
@@ -981,6 +1191,70 @@ impl Study {
                 &curves,
             );
         }
+    }
+}
+
+/// PCCA+ macrostates of the unperturbed chain: `m1 … mk` in decreasing
+/// stationary population of their crisp sets (ties: the set holding the
+/// lower state index first), and the memberships with columns in that order.
+#[allow(clippy::type_complexity)]
+fn pcca_macrostates(chain: &Chain, m: usize) -> Result<(Vec<(String, Vec<usize>)>, Vec<Vec<f64>>), ConformationError> {
+    let pi = chain.stationary()?;
+    let p = crate::mechanistic::conformation::pcca(chain, &pi, m)?;
+    let sets = p.sets();
+    if let Some(k) = sets.iter().position(Vec::is_empty) {
+        return Err(ConformationError::Invalid(format!(
+            "PCCA+ macrostate {} has no state under the crisp assignment (fewer metastable sets than {m}?); \
+             choose a smaller m",
+            k + 1
+        )));
+    }
+    let pop: Vec<f64> = sets.iter().map(|s| s.iter().map(|&i| pi[i]).sum()).collect();
+    let mut order: Vec<usize> = (0..sets.len()).collect();
+    order.sort_by(|&a, &b| pop[b].total_cmp(&pop[a]).then(sets[a][0].cmp(&sets[b][0])));
+    let named = order.iter().enumerate().map(|(k, &c)| (format!("m{}", k + 1), sets[c].clone())).collect();
+    let chi = p.memberships.iter().map(|r| order.iter().map(|&c| r[c]).collect()).collect();
+    Ok((named, chi))
+}
+
+impl Study {
+    /// `population_shift.png`: shift of the chosen macrostate's population
+    /// from its unperturbed value over two grid axes, the other axes at
+    /// their first value (the first sample of a sampled design).
+    fn heatmap_plot(&self, dir: &Path, t: &crate::sweep::Table) {
+        let Some((kx, ky, mac)) = self.heatmap else { return };
+        let (name, set) = &self.macrostates[mac];
+        let Ok(p0) = self.reference_equilibrium() else { return };
+        let base: f64 = set.iter().map(|&i| p0[i]).sum();
+        let Some(pop) = t.floats(&format!("pop_{name}")) else { return };
+        let Some(ids) = t.ints("id") else { return };
+        // stride of each axis in the id (sampled axes: none)
+        let n_s = self.sampled.as_ref().map_or(1, |s| s.n);
+        let mut strides = vec![0u64; self.axes.len()];
+        let mut acc = n_s;
+        for k in (0..self.axes.len()).rev() {
+            if self.sampled.as_ref().is_some_and(|s| s.ranges.iter().any(|r| r.0 == k)) {
+                continue;
+            }
+            strides[k] = acc;
+            acc *= self.axes[k].values.len() as u64;
+        }
+        let row_of: BTreeMap<i64, usize> = ids.iter().enumerate().map(|(r, &id)| (id, r)).collect();
+        let (xs, ys) = (&self.axes[kx].values, &self.axes[ky].values);
+        let mut vals = Vec::with_capacity(xs.len() * ys.len());
+        for yi in 0..ys.len() {
+            for xi in 0..xs.len() {
+                let id = xi as u64 * strides[kx] + yi as u64 * strides[ky];
+                vals.push(row_of.get(&(id as i64)).map_or(f64::NAN, |&r| pop[r] - base));
+            }
+        }
+        let _ = crate::plots::heatmap(
+            &dir.join("population_shift.png"),
+            &format!("pop_{name} − unperturbed ({base:.4})"),
+            (self.axes[kx].name.as_str(), xs),
+            (self.axes[ky].name.as_str(), ys),
+            &vals,
+        );
     }
 }
 

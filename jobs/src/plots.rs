@@ -190,3 +190,88 @@ fn draw_subjects(path: &Path, title: &str, panels: &[SubjectPanel]) -> PlotResul
     root.present().map_err(err(path))?;
     Ok(())
 }
+
+/// An approximation of matplotlib's viridis colour map at `t` in [0, 1].
+pub(crate) fn viridis(t: f64) -> RGBColor {
+    const STOPS: [(f64, f64, f64); 5] =
+        [(68.0, 1.0, 84.0), (59.0, 82.0, 139.0), (33.0, 145.0, 140.0), (94.0, 201.0, 98.0), (253.0, 231.0, 37.0)];
+    let x = t.clamp(0.0, 1.0) * 4.0;
+    let i = (x.floor() as usize).min(3);
+    let f = x - i as f64;
+    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    let mix = |p: f64, q: f64| (p + (q - p) * f).round() as u8;
+    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+/// A heat map of `values[yi * xs.len() + xi]` (NaN cells left blank) over
+/// two grid axes, viridis colours with the value printed in each cell.
+pub fn heatmap(
+    path: &Path,
+    title: &str,
+    (x_name, xs): (&str, &[f64]),
+    (y_name, ys): (&str, &[f64]),
+    values: &[f64],
+) -> PlotResult {
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    ensure_font();
+    let (nx, ny) = (xs.len(), ys.len());
+    let width = (140 + 90 * nx as u32).clamp(400, 1400);
+    let height = (160 + 60 * ny as u32).clamp(300, 1000);
+    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
+    let e = |e: DrawingAreaErrorKind<_>| format!("cannot draw the heat map: {e}");
+    root.fill(&WHITE).map_err(e)?;
+    let root = root.titled(title, ("sans-serif", 20)).map_err(e)?;
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let fmt = |v: f64| format!("{v:.3e}");
+    let mut chart = ChartBuilder::on(&root)
+        .margin(12)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d((0..(nx as i32 - 1).max(1)).into_segmented(), (0..(ny as i32 - 1).max(1)).into_segmented())
+        .map_err(e)?;
+    let label = |vals: &[f64], v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(i) if *i >= 0 && (*i as usize) < vals.len() => format!("{:.3}", vals[*i as usize]),
+        _ => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(nx)
+        .y_labels(ny)
+        .x_label_formatter(&|v| label(xs, v))
+        .y_label_formatter(&|v| label(ys, v))
+        .x_desc(x_name)
+        .y_desc(y_name)
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(e)?;
+    for yi in 0..ny {
+        for xi in 0..nx {
+            let v = values.get(yi * nx + xi).copied().unwrap_or(f64::NAN);
+            if !v.is_finite() {
+                continue;
+            }
+            let t = ((v - lo) / span).clamp(0.0, 1.0);
+            let (x0, y0) = (xi as i32, yi as i32);
+            let cell = [
+                (SegmentValue::Exact(x0), SegmentValue::Exact(y0)),
+                (SegmentValue::Exact(x0 + 1), SegmentValue::Exact(y0 + 1)),
+            ];
+            chart.draw_series(std::iter::once(Rectangle::new(cell, viridis(t).filled()))).map_err(e)?;
+            let text_color = if t > 0.6 { BLACK } else { WHITE };
+            let style = ("sans-serif", 11).into_font().color(&text_color).pos(Pos::new(HPos::Center, VPos::Center));
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    fmt(v),
+                    (SegmentValue::CenterOf(x0), SegmentValue::CenterOf(y0)),
+                    style,
+                )))
+                .map_err(e)?;
+        }
+    }
+    root.present().map_err(e)?;
+    Ok(())
+}

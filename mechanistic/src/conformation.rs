@@ -76,6 +76,7 @@ pub mod landscape;
 pub mod markov;
 pub mod master;
 pub mod msm;
+pub mod pcca;
 pub mod propagate;
 pub mod sensitivity;
 
@@ -84,6 +85,7 @@ pub use landscape::{mueller_brown, Grid, Landscape};
 pub use markov::{Chain, Clock, Eigensolver, Tpt};
 pub use master::{Generator, MasterEquation, Perturbation};
 pub use msm::{MsmMatrix, RateEstimate};
+pub use pcca::{pcca, Pcca};
 pub use propagate::PropagateStats;
 
 /// Errors of the conformation models.

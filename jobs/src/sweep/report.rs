@@ -9,6 +9,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::io::{complete_parts, read_part};
 use super::{Sweep, SweepError};
+use crate::plots::viridis;
 
 /// Summary statistics of one column over a group's successful trajectories.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -435,16 +436,4 @@ impl HeatAcc {
         root.present().map_err(e)?;
         Ok(())
     }
-}
-
-/// An approximation of matplotlib's viridis colour map at `t` in [0, 1].
-fn viridis(t: f64) -> RGBColor {
-    const STOPS: [(f64, f64, f64); 5] =
-        [(68.0, 1.0, 84.0), (59.0, 82.0, 139.0), (33.0, 145.0, 140.0), (94.0, 201.0, 98.0), (253.0, 231.0, 37.0)];
-    let x = t.clamp(0.0, 1.0) * 4.0;
-    let i = (x.floor() as usize).min(3);
-    let f = x - i as f64;
-    let (a, b) = (STOPS[i], STOPS[i + 1]);
-    let mix = |p: f64, q: f64| (p + (q - p) * f).round() as u8;
-    RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
