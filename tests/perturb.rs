@@ -354,9 +354,10 @@ seed = 3
             assert!((0.001..=10.0).contains(&x[li]) && (0.8..=1.2).contains(&x[ti]), "{method}: {x:?}");
             assert_eq!(x[fi], if id < 16 { 0.0 } else { 1.0 }, "grid axis outermost");
             if id < 16 {
-                let u = (x[li].log10() + 3.0) / 4.0; // log range mapped back to [0, 1]
-                // Sobol points sit on dyadic stratum edges: a 1e-9 nudge keeps the
-                // round-off of the affine/log maps from dropping them a stratum.
+                // The log range mapped back to [0, 1]. Sobol points sit on dyadic
+                // stratum edges: a 1e-9 nudge keeps the round-off of the affine/log
+                // maps from dropping them a stratum.
+                let u = (x[li].log10() + 3.0) / 4.0;
                 strata.0[((u * 16.0 + 1e-9).floor() as usize).min(15)] = true;
                 strata.1[(((x[ti] - 0.8) / 0.4 * 16.0 + 1e-9).floor() as usize).min(15)] = true;
             }
