@@ -74,6 +74,23 @@ pub enum Clock {
     },
 }
 
+/// The symmetric tridiagonal matrix of a Lanczos iteration: `alpha` on the
+/// diagonal, `beta` (one shorter, or as long) beside it.
+pub(super) fn tridiagonal(alpha: &[f64], beta: &[f64]) -> Mat<f64> {
+    let m = alpha.len();
+    Mat::from_fn(m, m, |a, b| {
+        if a == b {
+            alpha[a]
+        } else if a + 1 == b {
+            beta[a]
+        } else if b + 1 == a {
+            beta[b]
+        } else {
+            0.0
+        }
+    })
+}
+
 fn invalid(s: impl Into<String>) -> ConformationError {
     ConformationError::Invalid(s.into())
 }
@@ -721,17 +738,7 @@ impl Chain {
             let check = m >= k + 2 && (m.is_multiple_of(2) || bn < 1e-14 || m == mmax);
             if check || m == n - 1 {
                 // Ritz values and residuals
-                let t = Mat::from_fn(m, m, |a, b| {
-                    if a == b {
-                        alpha[a]
-                    } else if a + 1 == b {
-                        beta[a]
-                    } else if b + 1 == a {
-                        beta[b]
-                    } else {
-                        0.0
-                    }
-                });
+                let t = tridiagonal(&alpha, &beta);
                 let evd = t
                     .self_adjoint_eigen(Side::Lower)
                     .map_err(|e| invalid(format!("Lanczos eigendecomposition failed: {e:?}")))?;

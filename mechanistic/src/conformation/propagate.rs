@@ -32,9 +32,9 @@
 //! `√π` is an eigenvector of `A` and so is represented exactly.
 
 use faer::sparse::Triplet;
-use faer::{Mat, Side};
+use faer::Side;
 
-use super::markov::{Chain, Clock, Factor};
+use super::markov::{tridiagonal, Chain, Clock, Factor};
 use super::ConformationError;
 
 /// Largest Krylov dimension per window before giving up.
@@ -246,17 +246,7 @@ impl Chain {
 /// tridiagonal of `alpha` (diagonal) and `beta` (off-diagonal).
 fn coefficients(alpha: &[f64], beta: &[f64], gamma: f64, ts: &[f64]) -> Result<Vec<Vec<f64>>, ConformationError> {
     let m = alpha.len();
-    let t = Mat::from_fn(m, m, |a, b| {
-        if a == b {
-            alpha[a]
-        } else if a + 1 == b {
-            beta[a]
-        } else if b + 1 == a {
-            beta[b]
-        } else {
-            0.0
-        }
-    });
+    let t = tridiagonal(alpha, beta);
     let evd =
         t.self_adjoint_eigen(Side::Lower).map_err(|e| invalid(format!("Krylov eigendecomposition failed: {e:?}")))?;
     let (w, theta) = (evd.U(), evd.S());
@@ -283,6 +273,7 @@ fn coefficients(alpha: &[f64], beta: &[f64], gamma: f64, ts: &[f64]) -> Result<V
 mod tests {
     use super::*;
     use crate::conformation::p3;
+    use faer::Mat;
 
     /// A random reversible chain on a ring with chords: π random, symmetric
     /// conductances random, k_ij = c_ij / π_i.
