@@ -21,7 +21,7 @@
 
 use crate::model::ModelSystem;
 use crate::neural::fit::Penalty;
-use crate::neural::shape::{log_flux_penalty, Shape};
+use crate::neural::shape::{log_flux_max_violation, log_flux_penalty, Shape};
 use crate::solvers::System;
 
 /// A shape penalty on the flux into state `to` as a function of the
@@ -139,15 +139,7 @@ impl<'a> StateFluxShape<'a> {
     /// [`insilico_neural::shape::FluxShape::max_violation`]).
     pub fn max_violation(&self, theta: &[f64], w: &[f64]) -> f64 {
         let l: Vec<f64> = self.logs(&self.params(theta, w), false).into_iter().map(|t| t.0).collect();
-        let mut worst = 0.0f64;
-        for i in 0..l.len() - 1 {
-            let delta = l[i + 1] - l[i];
-            worst = worst.max(-delta);
-            if self.shape == Shape::Saturable {
-                worst = worst.max(delta - (self.grid[i + 1] / self.grid[i]).ln());
-            }
-        }
-        worst
+        log_flux_max_violation(&l, &self.grid, self.shape)
     }
 }
 

@@ -169,15 +169,7 @@ impl<'a, S: System, R: Residual> FluxShape<'a, S, R> {
     /// [`Shape::Saturable`]) the flux breaks the shape between neighbours.
     pub fn max_violation(&self, theta: &[f64], w: &[f64]) -> f64 {
         let l: Vec<f64> = self.logs(theta, w).into_iter().map(|t| t.0).collect();
-        let mut worst = 0.0f64;
-        for i in 0..l.len() - 1 {
-            let delta = l[i + 1] - l[i];
-            worst = worst.max(-delta);
-            if self.shape == Shape::Saturable {
-                worst = worst.max(delta - (self.grid[i + 1] / self.grid[i]).ln());
-            }
-        }
-        worst
+        log_flux_max_violation(&l, &self.grid, self.shape)
     }
 }
 
@@ -209,6 +201,22 @@ impl<S: System, R: Residual> Penalty for FluxShape<'_, S, R> {
         }
         p
     }
+}
+
+/// The largest violation of the shape by log-fluxes `l` at the
+/// concentrations `grid`, in log units: `max_i max(−Δ_i, Δ_i − ℓ_i)` (the
+/// second term for [`Shape::Saturable`] only), 0 when the shape holds.
+/// Shared by [`FluxShape`] and the `fit` command's penalty on model files.
+pub fn log_flux_max_violation(l: &[f64], grid: &[f64], shape: Shape) -> f64 {
+    let mut worst = 0.0f64;
+    for i in 0..l.len().saturating_sub(1) {
+        let delta = l[i + 1] - l[i];
+        worst = worst.max(-delta);
+        if shape == Shape::Saturable {
+            worst = worst.max(delta - (grid[i + 1] / grid[i]).ln());
+        }
+    }
+    worst
 }
 
 /// The shape penalty on log-fluxes `l` at the concentrations `grid`
