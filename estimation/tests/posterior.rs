@@ -2,7 +2,7 @@
 //! sampling, sequential updating, bad input).
 
 use insilico_estimation::posterior::{LaplaceHessian, Posterior, PosteriorOptions};
-use insilico_estimation::{ErrorModel, PopulationSpec};
+use insilico_estimation::{ErrorModel, ObservedOutput, PopulationSpec};
 use insilico_model::Model;
 use insilico_solvers::data::{Dataset, ReadOptions};
 use insilico_solvers::Options;
@@ -112,4 +112,153 @@ fn laplace_hessians_observed_and_expected() {
         let rel = (full.sd[k] - gn.sd[k]).abs() / full.sd[k];
         assert!(rel > 1e-6 && rel < 0.5, "SD {k}: observed {} expected {}", full.sd[k], gn.sd[k]);
     }
+}
+
+/// One-compartment IV bolus: `cp = 10·exp(−k t)` for dose 100, V = 10.
+const IV: &str = "parameters: k = 0.2 in (0, inf), V = 10 in (0, inf)\nstates: c\nd/dt(c) = -k * c\noutput: cp = c / V";
+
+/// Beal's M3 term against its closed form. At η = 0, f(1) = 10·e^−0.2 and
+/// f(20) = 10·e^−4; the second record is censored (CENS = 1, DV = LLOQ
+/// 0.5) and additive σ = 0.5, so
+/// `O = (8 − f(1))²/0.25 + ln 0.25 − 2 ln Φ((0.5 − f(20))/0.5)` =
+/// −0.635236449737183 (mpmath, 30 digits). The ODE at rtol 1e-12 leaves
+/// ~1e-11; 1e-9 is the bound. The same limit given as the output's `lloq`
+/// (no CENS column, DV below it) gives the same value.
+#[test]
+fn m3_term_matches_closed_form() {
+    let model = Model::parse(IV, "iv").unwrap();
+    let opts = PosteriorOptions { ode: Options { rtol: 1e-12, atol: 1e-14, max_steps: 1_000_000 }, ..tight() };
+    let mut spec =
+        PopulationSpec::log_normal(&[("k", 0.2), ("V", 10.0)], &[("k", 0.1)], ErrorModel::Additive, &[0.5]).unwrap();
+    let cens = data("cens.csv", "ID,TIME,AMT,DV,CENS\n1,0,100,.,0\n1,1,0,8.0,0\n1,20,0,0.5,1\n");
+    let post = Posterior::new(&model, &cens, &spec, &opts).unwrap();
+    let expected = -0.635_236_449_737_182_8;
+    assert!((post.objective(0, &[0.0]) - expected).abs() < 1e-9, "{}", post.objective(0, &[0.0]));
+    let map = post.map_subject(0);
+    assert!(map.predictions[1].censored && !map.predictions[0].censored && map.predictions[1].dv == 0.5);
+    spec.outputs = vec![ObservedOutput::new("cp", ErrorModel::Additive, &[0.5]).with_lloq(0.5)];
+    let lloq = data("lloq.csv", "ID,TIME,AMT,DV\n1,0,100,.\n1,1,0,8.0\n1,20,0,0.3\n");
+    let post = Posterior::new(&model, &lloq, &spec, &opts).unwrap();
+    assert!((post.objective(0, &[0.0]) - expected).abs() < 1e-9);
+    let m2 = post.map_subject(0);
+    assert!(m2.predictions[1].censored && m2.predictions[1].dv == 0.5);
+    assert!((m2.eta[0] - map.eta[0]).abs() < 1e-9);
+}
+
+/// Parent and metabolite, each with its own error model, observed by CMT.
+const PARENT_METABOLITE: &str = "parameters: ka = 1.2 in (0, inf), CL = 3 in (0, inf), V = 20 in (0, inf), fm = 0.4, CLm = 1.5 in (0, inf), Vm = 15 in (0, inf)\n\
+    states: depot, central, metab\n\
+    flux depot -> central = ka * depot\n\
+    flux central -> out = (1 - fm) * CL / V * central\n\
+    flux central -> metab = fm * CL / V * central\n\
+    flux metab -> out = CLm / Vm * metab\n\
+    output: cp = central / V, cm = metab / Vm";
+
+const PM_DATA: &str = "ID,TIME,AMT,DV,CMT,EVID,CENS\n\
+    1,0,100,.,1,1,0\n1,1,0,3.1,2,0,0\n1,1,0,0.35,3,0,0\n1,4,0,2.2,2,0,0\n1,4,0,0.9,3,0,0\n\
+    1,12,0,0.7,2,0,0\n1,12,0,0.6,3,0,0\n1,36,0,0.05,2,0,1\n1,36,0,0.09,3,0,0\n";
+
+fn pm_spec() -> PopulationSpec {
+    let mut spec = PopulationSpec::log_normal(
+        &[("ka", 1.2), ("CL", 3.0), ("V", 20.0), ("fm", 0.4), ("CLm", 1.5), ("Vm", 15.0)],
+        &[("ka", 0.2), ("CL", 0.1), ("CLm", 0.15)],
+        ErrorModel::Additive,
+        &[1.0],
+    )
+    .unwrap();
+    spec.outputs = vec![
+        ObservedOutput::new("cp", ErrorModel::Proportional, &[0.12]).with_cmt(2),
+        ObservedOutput::new("cm", ErrorModel::Combined2, &[0.02, 0.1]).with_cmt(3).with_lloq(0.1),
+    ];
+    spec
+}
+
+/// Several outputs: each observation takes its own output's error model
+/// and σ; the objective is the sum of the single-output objectives (prior
+/// counted once). M3 enters for the censored parent record (CENS = 1) and
+/// the metabolite record below its lloq (0.09 < 0.1). The same data with a
+/// DVID column selects the same records. Exact gradient vs central
+/// differences (1e-6 relative: steps 1e-6 on O ~ 10–100).
+#[test]
+fn several_outputs_with_m3() {
+    let model = Model::parse(PARENT_METABOLITE, "pm").unwrap();
+    let spec = pm_spec();
+    let post = Posterior::new(&model, &data("pm.csv", PM_DATA), &spec, &tight()).unwrap();
+    let eta = [0.15, -0.2, 0.1];
+    let both = post.objective(0, &eta);
+    // Single-output views of the same records.
+    let mut parent_spec = spec.clone();
+    parent_spec.outputs.truncate(1);
+    let keep = |cmt: &str| -> String {
+        PM_DATA
+            .lines()
+            .filter(|l| l.starts_with("ID") || l.contains(",1,1,") || l.split(',').nth(4) == Some(cmt))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let parent = Posterior::new(&model, &data("p.csv", &keep("2")), &parent_spec, &tight()).unwrap();
+    let mut metab_spec = spec.clone();
+    metab_spec.outputs.remove(0);
+    let metab = Posterior::new(&model, &data("m.csv", &keep("3")), &metab_spec, &tight()).unwrap();
+    let prior = {
+        let om = [0.2, 0.1, 0.15];
+        eta.iter().zip(om).map(|(e, w)| e * e / w).sum::<f64>()
+    };
+    let sum = parent.objective(0, &eta) + metab.objective(0, &eta) - prior;
+    assert!((both - sum).abs() < 1e-9 * both.abs(), "{both} vs {sum}");
+    // Censoring flags and outputs per row.
+    let map = post.map_subject(0);
+    assert!(map.converged, "{:?}", map.warnings);
+    let flags: Vec<(String, bool)> = map.predictions.iter().map(|r| (r.output.clone(), r.censored)).collect();
+    assert_eq!(flags[6], ("cp".to_string(), true));
+    assert_eq!(flags[7], ("cm".to_string(), true));
+    assert_eq!(flags.iter().filter(|f| f.1).count(), 2);
+    assert_eq!(map.predictions[7].dv, 0.1);
+    // Exact gradient with M3 terms and two error models.
+    for e in [eta, map.eta.clone().try_into().unwrap(), [-0.3, 0.25, -0.2]] {
+        let (_, g) = post.objective_gradient(0, &e).unwrap();
+        for k in 0..3 {
+            let h = 1e-6;
+            let (mut a, mut b) = (e, e);
+            a[k] += h;
+            b[k] -= h;
+            let fd = (post.objective(0, &a) - post.objective(0, &b)) / (2.0 * h);
+            assert!((g[k] - fd).abs() < 1e-6 * fd.abs().max(1.0), "k {k} at {e:?}: exact {} fd {fd}", g[k]);
+        }
+    }
+    // DVID instead of CMT.
+    let dvid_data: String = PM_DATA
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("{l},DVID\n")
+            } else {
+                let dvid = if l.split(',').nth(4) == Some("3") { 2 } else { 1 };
+                format!("{l},{dvid}\n")
+            }
+        })
+        .collect();
+    let mut dspec = spec.clone();
+    dspec.outputs[0].cmt = None;
+    dspec.outputs[0].dvid = Some(1.0);
+    dspec.outputs[1].cmt = None;
+    dspec.outputs[1].dvid = Some(2.0);
+    let post_d = Posterior::new(&model, &data("pm_dvid.csv", &dvid_data), &dspec, &tight()).unwrap();
+    assert!((post_d.objective(0, &eta) - both).abs() < 1e-12 * both.abs());
+}
+
+/// FOCE-I takes one output without censoring and says so.
+#[test]
+fn focei_refuses_several_outputs_and_m3() {
+    use insilico_estimation::focei::{fit, FitOptions};
+    let model = Model::parse(PARENT_METABOLITE, "pm").unwrap();
+    let e = fit(&model, &data("pm.csv", PM_DATA), &pm_spec(), &FitOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("one observed output"), "{e}");
+    let mut spec = pm_spec();
+    spec.outputs.truncate(1);
+    let parent_only: String =
+        PM_DATA.lines().filter(|l| l.split(',').nth(4) != Some("3")).map(|l| format!("{l}\n")).collect();
+    let e = fit(&model, &data("p.csv", &parent_only), &spec, &FitOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("M3") && e.to_string().contains("line 6"), "{e}");
 }
