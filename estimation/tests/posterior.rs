@@ -2,7 +2,7 @@
 //! sampling, sequential updating, bad input).
 
 use insilico_estimation::posterior::{LaplaceHessian, Posterior, PosteriorOptions, Proposal, SamplingMethod};
-use insilico_estimation::{ErrorModel, ObservedOutput, Omega, PopulationSpec, RandomEffect};
+use insilico_estimation::{ErrorModel, EstimationError, ObservedOutput, Omega, PopulationSpec, RandomEffect};
 use insilico_model::Model;
 use insilico_solvers::data::{Dataset, ReadOptions};
 use insilico_solvers::Options;
@@ -452,4 +452,151 @@ fn sir_and_mcmc_agree_on_a_nonlinear_posterior() {
     for (m, c) in [(ms, cs), (mm, cm)] {
         assert!(m[0] < map.eta[0] && m[1] < map.eta[1] && c[1][1] > map.covariance[3]);
     }
+}
+
+/// Sequential updating on mapbayr's example: the first observation is
+/// forecast by the population prediction, the second by the posterior of
+/// the first; after both, η equals the full MAP (both searches converge to
+/// |Δη| < 1e-11; 1e-8 allows for the different starts). The step-1 η is the
+/// MAP of a dataset holding only the first observation. Down-weighting:
+/// a huge half-life changes nothing, a half-life of 0.5 h leaves the first
+/// observation (9 h older) a weight of 0.5^18 ≈ 4e-6, so step 2 nearly
+/// equals the MAP of the second observation alone (within 1e-4).
+#[test]
+fn sequential_updating_mapbayr() {
+    let post = mapbayr(&tight());
+    let full = post.map_subject(0);
+    let steps = post.sequential(0);
+    assert_eq!(steps.len(), 2);
+    assert_eq!((steps[0].n_used, steps[1].n_used), (1, 2));
+    assert_eq!((steps[0].time, steps[1].time, steps[0].dv, steps[1].dv), (6.0, 15.0, 3.9, 1.1));
+    assert_eq!(steps[0].output, "cp");
+    assert!((steps[0].predicted - full.predictions[0].pred).abs() < 1e-12);
+    assert!((steps[0].error - (3.9 - steps[0].predicted)).abs() < 1e-15);
+    for k in 0..2 {
+        assert!((steps[1].eta[k] - full.eta[k]).abs() < 1e-8, "{:?} vs {:?}", steps[1].eta, full.eta);
+        assert!((steps[1].sd[k] - full.sd[k]).abs() < 1e-6);
+    }
+    let only = |keep: usize| {
+        let text: String = MAPBAYR_DATA
+            .lines()
+            .enumerate()
+            .filter(|(i, _)| *i < 2 || *i == keep)
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
+        let model = Model::parse(MAPBAYR_MODEL, "mapbayr").unwrap();
+        let spec = PopulationSpec::log_normal(
+            &[("CL", 0.9), ("V1", 10.0), ("Q", 1.0), ("V2", 10.0)],
+            &[("CL", 0.3), ("V1", 0.3)],
+            ErrorModel::Combined2,
+            &[0.1f64.sqrt(), 0.05f64.sqrt()],
+        )
+        .unwrap();
+        Posterior::new(&model, &data("one.csv", &text), &spec, &tight()).unwrap()
+    };
+    let first = only(2);
+    let m1 = first.map_subject(0);
+    for k in 0..2 {
+        assert!((steps[0].eta[k] - m1.eta[k]).abs() < 1e-8);
+    }
+    // The forecast of the second observation is the step-1 posterior's IPRED at 15 h.
+    let f = post.predictions_at(0, &m1.eta).unwrap();
+    assert!((steps[1].predicted - f[1]).abs() < 1e-9 && (steps[1].error - (1.1 - f[1])).abs() < 1e-9);
+    let long = mapbayr(&PosteriorOptions { half_life: Some(1e12), ..tight() }).sequential(0);
+    assert!((long[1].eta[0] - full.eta[0]).abs() < 1e-8);
+    let short = mapbayr(&PosteriorOptions { half_life: Some(0.5), ..tight() }).sequential(0);
+    let m2 = only(3).map_subject(0);
+    println!("half-life 0.5 h: {:?} vs second observation alone {:?}", short[1].eta, m2.eta);
+    for k in 0..2 {
+        assert!((short[1].eta[k] - m2.eta[k]).abs() < 1e-4);
+        assert!((short[1].eta[k] - full.eta[k]).abs() > 1e-2);
+    }
+}
+
+/// Bad input (issue 12): a subject without observations gets the prior,
+/// said so; an observation before any dose is a warning naming subject and
+/// line; a non-positive-definite Ω is an error; an observation on a CMT
+/// that maps to no observed output is an error naming subject and line.
+/// Never a panic.
+#[test]
+fn bad_input() {
+    let model = Model::parse(MAPBAYR_MODEL, "mapbayr").unwrap();
+    let spec = PopulationSpec::log_normal(
+        &[("CL", 0.9), ("V1", 10.0), ("Q", 1.0), ("V2", 10.0)],
+        &[("CL", 0.3), ("V1", 0.3)],
+        ErrorModel::Combined2,
+        &[0.1f64.sqrt(), 0.05f64.sqrt()],
+    )
+    .unwrap();
+    let text = "ID,TIME,EVID,CMT,AMT,RATE,DV,BW\n\
+                1,0,1,1,100,20,.,90\n1,6,0,1,0,0,3.9,90\n\
+                2,0,1,1,100,20,.,70\n2,6,0,1,0,0,.,70\n\
+                3,0,0,1,0,0,0.2,70\n3,1,1,1,100,20,.,70\n3,6,0,1,0,0,4.0,70\n";
+    let post = Posterior::new(&model, &data("bad.csv", text), &spec, &tight()).unwrap();
+    assert_eq!(post.subject_ids(), ["1", "2", "3"]);
+    let all = post.map_all();
+    assert!(all[0].warnings.is_empty());
+    // No observations: the prior.
+    let p2 = &all[1];
+    assert_eq!((p2.eta.clone(), p2.n_obs, p2.converged), (vec![0.0, 0.0], 0, true));
+    for (c, e) in p2.covariance.iter().zip([0.3, 0.0, 0.0, 0.3]) {
+        assert!((c - e).abs() < 1e-15, "{:?}", p2.covariance);
+    }
+    assert!(p2.predictions.is_empty());
+    assert!(
+        p2.warnings.iter().any(|w| w.contains("`2`") && w.contains("no observations") && w.contains("prior")),
+        "{:?}",
+        p2.warnings
+    );
+    let d = post.sample(1, p2);
+    let (m, c) = moments(&d.eta);
+    println!("prior draws: {:?} {m:?} {c:?}", d.method);
+    assert!(m[0].abs() < 0.1 && (c[0][0] - 0.3).abs() < 0.1);
+    assert!(post.sequential(1).is_empty());
+    // Observation before the first dose: a warning naming subject and line; the fit goes on.
+    let p3 = &all[2];
+    assert!(
+        p3.warnings.iter().any(|w| w.contains("`3`") && w.contains("line 6") && w.contains("before any dose")),
+        "{:?}",
+        p3.warnings
+    );
+    assert_eq!(p3.n_obs, 2);
+    // Same results on one thread.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    assert_eq!(pool.install(|| post.map_all()), all);
+    // Non-positive-definite Ω.
+    let e = Omega::block(&[vec![0.3, 0.4], vec![0.4, 0.3]]).unwrap_err();
+    assert!(matches!(e, EstimationError::OmegaNotPositiveDefinite { .. }), "{e}");
+    // DV on a compartment that maps to no observed output.
+    let pm = Model::parse(PARENT_METABOLITE, "pm").unwrap();
+    let text = "ID,TIME,AMT,DV,CMT,EVID\n1,0,100,.,1,1\n1,1,0,3.1,2,0\n7,0,100,.,1,1\n7,1,0,0.35,3,0\n7,2,0,0.5,1,0\n";
+    let e = Posterior::new(&pm, &data("pm_bad.csv", text), &pm_spec(), &tight()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("`7`") && msg.contains("line 6") && msg.contains("CMT 1") && msg.contains("no observed output"),
+        "{msg}"
+    );
+    // A DVID output without a DVID column; an unknown output; bad options.
+    let mut s = pm_spec();
+    s.outputs[1].dvid = Some(2.0);
+    let e = Posterior::new(&pm, &data("pm.csv", PM_DATA), &s, &tight()).unwrap_err();
+    assert!(e.to_string().contains("DVID"), "{e}");
+    let mut s = pm_spec();
+    s.outputs[1].name = "cx".into();
+    let e = Posterior::new(&pm, &data("pm.csv", PM_DATA), &s, &tight()).unwrap_err();
+    assert!(e.to_string().contains("`cx`") && e.to_string().contains("cp, cm"), "{e}");
+    let e = Posterior::new(
+        &pm,
+        &data("pm.csv", PM_DATA),
+        &pm_spec(),
+        &PosteriorOptions { half_life: Some(-1.0), ..tight() },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("half_life"), "{e}");
+    // A CENS value other than 0/1.
+    let text = "ID,TIME,AMT,DV,CMT,EVID,CENS\n1,0,100,.,1,1,0\n1,1,0,3.1,2,0,2\n";
+    let mut s = pm_spec();
+    s.outputs.truncate(1);
+    let e = Posterior::new(&pm, &data("c.csv", text), &s, &tight()).unwrap_err();
+    assert!(e.to_string().contains("CENS = 2") && e.to_string().contains("line 3"), "{e}");
 }
