@@ -408,6 +408,7 @@ impl Posterior {
             solves: &self.solves,
             max_iterations: self.opts.max_iterations,
             tolerance: self.opts.tolerance,
+            secant: true,
         }
     }
 
