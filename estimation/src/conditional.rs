@@ -189,7 +189,18 @@ impl Conditional<'_> {
         start: &[f64],
         weights: Option<&[f64]>,
     ) -> Option<(Point, bool)> {
-        let mut cur = self.point(s, pop, &DVector::from_column_slice(start), weights)?;
+        let cur = self.point(s, pop, &DVector::from_column_slice(start), weights)?;
+        self.minimise_from(s, pop, cur, weights)
+    }
+
+    /// Levenberg–Marquardt from an evaluated point.
+    pub fn minimise_from(
+        &self,
+        s: &SubjectData,
+        pop: &PopValues,
+        mut cur: Point,
+        weights: Option<&[f64]>,
+    ) -> Option<(Point, bool)> {
         let q = cur.eta.len();
         let mut lambda = 1e-4;
         let tol = self.tolerance;
@@ -276,9 +287,27 @@ impl Conditional<'_> {
         weights: Option<&[f64]>,
         all: bool,
     ) -> Option<(Point, bool)> {
+        self.multistart_from(s, pop, warm, None, weights, all)
+    }
+
+    /// As [`Conditional::multistart`], with the objective at `warm` already
+    /// evaluated (`first`, when given).
+    pub fn multistart_from(
+        &self,
+        s: &SubjectData,
+        pop: &PopValues,
+        warm: &[f64],
+        mut first: Option<Point>,
+        weights: Option<&[f64]>,
+        all: bool,
+    ) -> Option<(Point, bool)> {
         let mut best: Option<(Point, bool)> = None;
         for st in &self.starts(pop, warm) {
-            if let Some((p, conv)) = self.minimise(s, pop, st, weights) {
+            let res = match first.take() {
+                Some(p) => self.minimise_from(s, pop, p, weights),
+                None => self.minimise(s, pop, st, weights),
+            };
+            if let Some((p, conv)) = res {
                 let better = best.as_ref().is_none_or(|(b, bc)| (conv && !bc) || (conv == *bc && p.o < b.o));
                 if better {
                     best = Some((p, conv));

@@ -471,7 +471,9 @@ fn sequential_updating_mapbayr() {
     assert_eq!((steps[0].n_used, steps[1].n_used), (1, 2));
     assert_eq!((steps[0].time, steps[1].time, steps[0].dv, steps[1].dv), (6.0, 15.0, 3.9, 1.1));
     assert_eq!(steps[0].output, "cp");
-    assert!((steps[0].predicted - full.predictions[0].pred).abs() < 1e-12);
+    // PRED comes from the solve with sensitivities (its error control sees
+    // them too), the step-1 forecast from one without: equal to the ODE tolerance.
+    assert!((steps[0].predicted - full.predictions[0].pred).abs() < 1e-8);
     assert!((steps[0].error - (3.9 - steps[0].predicted)).abs() < 1e-15);
     for k in 0..2 {
         assert!((steps[1].eta[k] - full.eta[k]).abs() < 1e-8, "{:?} vs {:?}", steps[1].eta, full.eta);
