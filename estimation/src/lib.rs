@@ -8,6 +8,7 @@
 //! |---|---|
 //! | describe the population model: typical values, random effects, Ω, residual error | [`PopulationSpec`], [`RandomEffect`], [`Omega`], [`ErrorModel`] |
 //! | fit it by FOCE-I (Laplace, first-order Hessian, interaction) | [`focei::fit`] → [`focei::Estimate`] |
+//! | filter latent states of models with process noise (EKF, particle filter, noise-level likelihood) | [`filter::Filter`], [`filter::filter_dataset`] |
 //! | errors | [`EstimationError`] |
 //!
 //! Every subject is a [`ModelSystem`](insilico_model::ModelSystem) bound to
@@ -45,6 +46,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod filter;
 pub mod focei;
 mod population;
 pub mod spec;

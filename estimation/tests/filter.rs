@@ -1,0 +1,521 @@
+//! Issue 12, item 4: the state filters against references.
+//!
+//! - On a linear-Gaussian model the EKF equals the exact discrete Kalman
+//!   filter (transition by the matrix exponential, process covariance by
+//!   Van Loan's method) to 1e-8.
+//! - The particle filter equals the exact Kalman filter of its own
+//!   Euler–Maruyama discretisation within its Monte-Carlo error.
+//! - On a nonlinear model with multiplicative process noise the EKF's
+//!   filtered moments are compared with the particle filter's.
+//! - Without declared noise the EKF is plain prediction.
+//! - The likelihood recovers a known noise level.
+
+use insilico_estimation::filter::{
+    filter_dataset, DatasetFilterOptions, DatasetOutput, Filter, FilterMethod, FilterOptions, FilterResult,
+    Measurement, ObservedOutput,
+};
+use insilico_estimation::ErrorModel;
+use insilico_model::{Model, ModelSystem};
+use insilico_solvers::data::{Dataset, ReadOptions};
+use insilico_solvers::{solve, Dose, Method, Options, Problem, Schedule};
+use nalgebra::{DMatrix, DVector};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+// ---------------------------------------------------------------- linear model
+
+const LINEAR: &str = "
+parameters: k10 = 0.2, k12 = 0.3, k21 = 0.1, q = 0.4
+states: a, b
+d/dt(a) = -(k10 + k12) * a + k21 * b
+d/dt(b) = k12 * a - k21 * b
+noise: a ~ q
+noise: b ~ 0.5 * q
+output: y = a + 0.5 * b, a
+";
+const LIN_P: [f64; 4] = [0.2, 0.3, 0.1, 0.4];
+const SIGMA_Y: f64 = 0.3;
+const SIGMA_A: f64 = 0.2;
+
+fn lin_a(p: &[f64]) -> DMatrix<f64> {
+    DMatrix::from_row_slice(2, 2, &[-(p[0] + p[1]), p[2], p[1], -p[2]])
+}
+fn lin_q(p: &[f64], scale: f64) -> DMatrix<f64> {
+    let q = p[3] * scale;
+    DMatrix::from_diagonal(&DVector::from_vec(vec![q * q, 0.25 * q * q]))
+}
+fn lin_h(output: usize) -> DVector<f64> {
+    if output == 0 {
+        DVector::from_vec(vec![1.0, 0.5])
+    } else {
+        DVector::from_vec(vec![1.0, 0.0])
+    }
+}
+
+/// `(Φ, Q_d)` over `dt` by Van Loan: `exp([[-A, Q], [0, Aᵀ]] dt) = [[·, Φ⁻¹Q_d], [0, Φᵀ]]`.
+fn van_loan(a: &DMatrix<f64>, q: &DMatrix<f64>, dt: f64) -> (DMatrix<f64>, DMatrix<f64>) {
+    let n = a.nrows();
+    let mut m = DMatrix::zeros(2 * n, 2 * n);
+    m.view_mut((0, 0), (n, n)).copy_from(&(-a * dt));
+    m.view_mut((0, n), (n, n)).copy_from(&(q * dt));
+    m.view_mut((n, n), (n, n)).copy_from(&(a.transpose() * dt));
+    let e = m.exp();
+    let phi = e.view((n, n), (n, n)).transpose();
+    let qd = &phi * e.view((0, n), (n, n));
+    (phi.clone_owned(), (&qd + qd.transpose()) * 0.5)
+}
+
+/// The linear test case: bolus doses (one between observations, one at an
+/// observation time), two outputs with their own additive errors, a
+/// prediction-only point.
+fn linear_case() -> (Schedule, Vec<Measurement>, Vec<f64>, Vec<f64>) {
+    let schedule = Schedule::new().dose(Dose::bolus(0.0, 0, 10.0)).dose(Dose::bolus(3.5, 0, 5.0)).dose(Dose::bolus(6.0, 1, 2.0));
+    let obs = vec![
+        Measurement::new(1.0, 0, 7.9),
+        Measurement::new(2.0, 1, 5.2),
+        Measurement::new(3.0, 0, 5.6),
+        Measurement::new(4.0, 0, 8.8),
+        Measurement::predict(5.0, 1),
+        Measurement::new(6.0, 1, 4.4),
+        Measurement::new(6.0, 0, 6.9),
+        Measurement::new(8.0, 0, 4.0),
+    ];
+    (schedule, obs, vec![1.0, 0.5], vec![0.5, 0.1, 0.1, 0.2])
+}
+
+/// The exact Kalman filter of the linear case (means, covariances and
+/// log-likelihood per measurement), with an arbitrary transition.
+fn exact_kalman(
+    obs: &[Measurement],
+    doses: &[(f64, usize, f64)],
+    m0: &[f64],
+    p0: &[f64],
+    transition: &dyn Fn(f64) -> (DMatrix<f64>, DMatrix<f64>),
+) -> (Vec<(DVector<f64>, DMatrix<f64>)>, f64) {
+    let mut m = DVector::from_column_slice(m0);
+    let mut p = DMatrix::from_row_slice(2, 2, p0);
+    let mut t = 0.0;
+    let mut di = 0;
+    let mut out = Vec::new();
+    let mut ll = 0.0;
+    let step = |m: &mut DVector<f64>, p: &mut DMatrix<f64>, dt: f64| {
+        if dt > 0.0 {
+            let (phi, qd) = transition(dt);
+            *m = &phi * &*m;
+            *p = &phi * &*p * phi.transpose() + qd;
+        }
+    };
+    for o in obs {
+        while di < doses.len() && doses[di].0 <= o.time {
+            step(&mut m, &mut p, doses[di].0 - t);
+            t = doses[di].0;
+            m[doses[di].1] += doses[di].2;
+            di += 1;
+        }
+        step(&mut m, &mut p, o.time - t);
+        t = o.time;
+        if let Some(y) = o.value {
+            let h = lin_h(o.output);
+            let r = if o.output == 0 { SIGMA_Y * SIGMA_Y } else { SIGMA_A * SIGMA_A };
+            let s = (h.transpose() * &p * &h)[0] + r;
+            let k = &p * &h / s;
+            let e = y - h.dot(&m);
+            m += &k * e;
+            p = &p - &k * k.transpose() * s;
+            ll += -0.5 * ((2.0 * std::f64::consts::PI * s).ln() + e * e / s);
+        }
+        out.push((m.clone(), p.clone()));
+    }
+    (out, ll)
+}
+
+fn linear_filter(opts: FilterOptions) -> Filter {
+    let model = Model::parse(LINEAR, "linear").unwrap();
+    let outs = [
+        ObservedOutput::new(&model, "y", ErrorModel::Additive, &[SIGMA_Y]).unwrap(),
+        ObservedOutput::new(&model, "a", ErrorModel::Additive, &[SIGMA_A]).unwrap(),
+    ];
+    let (_, _, m0, p0) = linear_case();
+    Filter::new(&model, &LIN_P, &[], &outs).unwrap().with_initial(&m0, &p0).unwrap().with_options(opts)
+}
+
+const LIN_DOSES: [(f64, usize, f64); 3] = [(0.0, 0, 10.0), (3.5, 0, 5.0), (6.0, 1, 2.0)];
+
+/// Item 4, linear-Gaussian: the EKF (moment ODEs solved by Tsit45 at
+/// rtol 1e-12, atol 1e-13) equals the exact discrete Kalman filter to 1e-8
+/// in means, variances (every covariance entry) and log-likelihood. With
+/// these tolerances the moment ODEs' global error is ~1e-11 relative, and
+/// Padé's matrix exponential is accurate to ~1e-15.
+#[test]
+fn ekf_matches_exact_kalman_filter_on_linear_gaussian_model() {
+    let opts = FilterOptions { rtol: 1e-12, atol: 1e-13, ..FilterOptions::default() };
+    let f = linear_filter(opts);
+    let (schedule, obs, m0, p0) = linear_case();
+    let res = f.run(&schedule, &obs, FilterMethod::Ekf).unwrap();
+    let (a, q) = (lin_a(&LIN_P), lin_q(&LIN_P, 1.0));
+    let (exact, ll) = exact_kalman(&obs, &LIN_DOSES, &m0, &p0, &|dt| van_loan(&a, &q, dt));
+    assert_eq!(res.steps.len(), exact.len());
+    let mut worst: f64 = 0.0;
+    for (s, (m, p)) in res.steps.iter().zip(&exact) {
+        for i in 0..2 {
+            worst = worst.max((s.mean[i] - m[i]).abs());
+            for j in 0..2 {
+                worst = worst.max((s.cov[i * 2 + j] - p[(i, j)]).abs());
+            }
+        }
+    }
+    println!("EKF vs exact Kalman: max |Δ| in means and covariances {worst:.2e}, log-likelihood {} vs {ll} (Δ {:.2e})", res.log_likelihood, (res.log_likelihood - ll).abs());
+    assert!(worst < 1e-8, "largest difference {worst}");
+    assert!((res.log_likelihood - ll).abs() < 1e-8);
+    assert_eq!(res.n_obs, 7);
+    // The prediction-only step carries no likelihood and leaves the state as predicted.
+    let s = &res.steps[4];
+    assert_eq!((s.observed, s.log_likelihood), (None, 0.0));
+    assert_eq!((&s.mean, &s.cov), (&s.prior_mean, &s.prior_cov));
+    // The predicted output and its variance: H m⁻ and H P⁻ Hᵀ + R.
+    let s = &res.steps[3];
+    let h = [1.0, 0.5];
+    let pv: f64 = (0..2).map(|i| (0..2).map(|j| h[i] * s.prior_cov[i * 2 + j] * h[j]).sum::<f64>()).sum();
+    assert!((s.predicted - (s.prior_mean[0] + 0.5 * s.prior_mean[1])).abs() < 1e-12);
+    assert!((s.predicted_variance - (pv + SIGMA_Y * SIGMA_Y)).abs() < 1e-12);
+}
+
+/// The same with BDF (implicit; its Newton matrix leaves out ∂Ṗ/∂m, which
+/// is zero here anyway): 1e-8 at rtol 1e-12.
+#[test]
+fn ekf_with_bdf_matches_exact_kalman_filter() {
+    let opts = FilterOptions { method: Method::Bdf, rtol: 1e-12, atol: 1e-13, ..FilterOptions::default() };
+    let f = linear_filter(opts);
+    let (schedule, obs, m0, p0) = linear_case();
+    let res = f.run(&schedule, &obs, FilterMethod::Ekf).unwrap();
+    let (a, q) = (lin_a(&LIN_P), lin_q(&LIN_P, 1.0));
+    let (exact, ll) = exact_kalman(&obs, &LIN_DOSES, &m0, &p0, &|dt| van_loan(&a, &q, dt));
+    for (s, (m, p)) in res.steps.iter().zip(&exact) {
+        for i in 0..2 {
+            assert!((s.mean[i] - m[i]).abs() < 1e-8);
+            assert!((s.cov[i * 3] - p[(i, i)]).abs() < 1e-8);
+        }
+    }
+    assert!((res.log_likelihood - ll).abs() < 1e-8);
+}
+
+/// The particle filter on the linear model against the exact Kalman filter
+/// of its own Euler–Maruyama chain (`Φ_h = I + A h`, `Q_h = h G Gᵀ`, every
+/// interval here a whole number of substeps h = 0.01), so that the only
+/// difference is Monte-Carlo error. With effective sample size `E` at a
+/// step, the weighted mean's SE is ≈ √(P_ii/E), the weighted variance's
+/// ≈ P_ii √(2/E), and the log-likelihood's SD ≈ √(Σ_t 1/E_t); the test
+/// allows 5 of each (a false alarm has probability < 1e-5 per comparison).
+#[test]
+fn particle_filter_matches_kalman_filter_of_its_discretisation() {
+    let opts = FilterOptions { particles: 20_000, substep: 0.01, resample_below: 1.0, ..FilterOptions::default() };
+    let f = linear_filter(opts);
+    let (schedule, obs, m0, p0) = linear_case();
+    // Data from the model itself (one sample path, another seed than the filter's).
+    let sim = linear_filter(FilterOptions { seed: 99, ..opts });
+    let (obs, _) = sim.simulate(&schedule, &obs).unwrap();
+    let res = f.run(&schedule, &obs, FilterMethod::Particle).unwrap();
+    let a = lin_a(&LIN_P);
+    let q = lin_q(&LIN_P, 1.0);
+    let h = 0.01;
+    let em = |dt: f64| {
+        let steps = (dt / h).round() as usize;
+        assert!((steps as f64 * h - dt).abs() < 1e-12);
+        let phi_h = DMatrix::identity(2, 2) + &a * h;
+        let mut phi = DMatrix::identity(2, 2);
+        let mut qd = DMatrix::zeros(2, 2);
+        for _ in 0..steps {
+            phi = &phi_h * phi;
+            qd = &phi_h * qd * phi_h.transpose() + &q * h;
+        }
+        (phi, qd)
+    };
+    let (exact, ll) = exact_kalman(&obs, &LIN_DOSES, &m0, &p0, &em);
+    let mut inv_ess = 0.0;
+    for (s, (m, p)) in res.steps.iter().zip(&exact) {
+        let e = s.ess.unwrap_or(f64::INFINITY).min(opts.particles as f64);
+        if s.observed.is_some() {
+            inv_ess += 1.0 / e;
+        }
+        for i in 0..2 {
+            let v = p[(i, i)];
+            let (dm, dv) = (s.mean[i] - m[i], s.cov[i * 3] - v);
+            println!("t = {:4} state {i}: mean {:.4} vs {:.4} ({:+.1} SE), var {:.5} vs {:.5} ({:+.1} SE)", s.time, s.mean[i], m[i], dm / (v / e).sqrt(), s.cov[i * 3], v, dv / (v * (2.0 / e).sqrt()));
+            assert!(dm.abs() < 5.0 * (v / e).sqrt(), "mean of state {i} at t = {}", s.time);
+            assert!(dv.abs() < 5.0 * v * (2.0 / e).sqrt(), "variance of state {i} at t = {}", s.time);
+        }
+    }
+    println!("log-likelihood {} vs {ll} (SD ≈ {:.4})", res.log_likelihood, inv_ess.sqrt());
+    assert!((res.log_likelihood - ll).abs() < 5.0 * inv_ess.sqrt());
+}
+
+/// Identical particle-filter results for 1 and 3 threads (per-particle
+/// streams, sequential sums).
+#[test]
+fn particle_filter_is_deterministic_for_any_thread_count() {
+    let opts = FilterOptions { particles: 3000, substep: 0.05, ..FilterOptions::default() };
+    let f = linear_filter(opts);
+    let (schedule, obs, _, _) = linear_case();
+    let run = |threads: usize| -> FilterResult {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| f.run(&schedule, &obs, FilterMethod::Particle).unwrap())
+    };
+    let (r1, r3) = (run(1), run(3));
+    assert_eq!(r1, r3);
+    // A different seed gives a different (but close) answer.
+    let g = linear_filter(FilterOptions { seed: 1, ..opts });
+    let r = g.run(&schedule, &obs, FilterMethod::Particle).unwrap();
+    assert_ne!(r.log_likelihood, r1.log_likelihood);
+}
+
+// ------------------------------------------------------------ noise recovery
+
+/// The noise level is recovered by maximum likelihood: 400 observations
+/// simulated with the declared noise doubled (λ = 2); the estimate must lie
+/// within 4 standard errors of the truth, the SE from the curvature of the
+/// log-likelihood in ln λ at the maximum (observed Fisher information). The
+/// same maximum is found over the model parameter `q` itself (the noise SDs
+/// are proportional to it), to the search's precision.
+#[test]
+fn likelihood_recovers_noise_level() {
+    let lambda_true = 2.0;
+    let (schedule, obs) = simulate_linear_dose_first(lambda_true, 400, 12);
+    let f = linear_filter(FilterOptions { rtol: 1e-9, atol: 1e-11, ..FilterOptions::default() });
+    let est = f.estimate_noise_scale(&schedule, &obs, 0.1, 10.0).unwrap();
+    let ll = |lam: f64| {
+        let mut o = *f.options();
+        o.noise_scale = lam;
+        f.clone().with_options(o).log_likelihood(&schedule, &obs).unwrap()
+    };
+    let d = 0.01;
+    let (u, l0) = (est.value.ln(), est.log_likelihood);
+    let curv = (ll((u + d).exp()) - 2.0 * l0 + ll((u - d).exp())) / (d * d);
+    assert!(curv < 0.0, "not a maximum: curvature {curv}");
+    let se = (-1.0 / curv).sqrt();
+    println!(
+        "noise scale: true {lambda_true}, estimate {:.4} (SE of ln λ {:.4}, {} evaluations), log-likelihood {:.3}",
+        est.value, se, est.evaluations, est.log_likelihood
+    );
+    assert!(!est.at_bound);
+    assert!((est.value.ln() - lambda_true.ln()).abs() < 4.0 * se);
+    assert!(se < 0.2, "the data should pin λ down (SE of ln λ {se})");
+    let by_q = f.estimate_parameter("q", &schedule, &obs, 0.04, 4.0).unwrap();
+    println!("q: estimate {:.5} (= {:.5} × 0.4)", by_q.value, by_q.value / 0.4);
+    assert!((by_q.value / (0.4 * est.value) - 1.0).abs() < 1e-4);
+    assert!((by_q.log_likelihood - est.log_likelihood).abs() < 1e-6);
+}
+
+/// Simulates the linear model exactly (discrete transition from Van Loan)
+/// with noise scale `lambda`, observing `y` every 0.5 time units; a dose of
+/// 10 into `a` every 12 time units (acting before the observation at its time).
+fn simulate_linear_dose_first(lambda: f64, n_obs: usize, seed: u64) -> (Schedule, Vec<Measurement>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut normal = || {
+        let u1: f64 = 1.0 - rng.random::<f64>();
+        let u2: f64 = rng.random::<f64>();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    };
+    let (a, q) = (lin_a(&LIN_P), lin_q(&LIN_P, lambda));
+    let (phi, qd) = van_loan(&a, &q, 0.5);
+    let l = qd.cholesky().unwrap().l();
+    let mut schedule = Schedule::new();
+    // The filter's initial mean [1, 0.5] and covariance [[0.5, 0.1], [0.1, 0.2]]: draw x₀ from them.
+    let p0 = DMatrix::from_row_slice(2, 2, &[0.5, 0.1, 0.1, 0.2]).cholesky().unwrap().l();
+    let mut x = DVector::from_vec(vec![1.0, 0.5]) + p0 * DVector::from_vec(vec![normal(), normal()]);
+    let mut obs = Vec::new();
+    for k in 1..=n_obs {
+        let t = 0.5 * k as f64;
+        x = &phi * &x + &l * DVector::from_vec(vec![normal(), normal()]);
+        if k % 24 == 0 {
+            schedule = schedule.dose(Dose::bolus(t, 0, 10.0));
+            x[0] += 10.0;
+        }
+        obs.push(Measurement::new(t, 0, x[0] + 0.5 * x[1] + SIGMA_Y * normal()));
+    }
+    (schedule, obs)
+}
+
+// ------------------------------------------------------------ nonlinear model
+
+/// Tumour burden with logistic growth and multiplicative process noise,
+/// killed by a drug given as boluses and eliminated first-order; imaging
+/// observes the tumour with 10% proportional error.
+pub const TUMOUR: &str = "
+parameters: r = 0.25, K = 100, kkill = 0.04, ke = 0.3, s = 0.08
+states: drug, tumour
+tumour(0) = 20
+d/dt(drug) = -ke * drug
+d/dt(tumour) = r * tumour * (1 - tumour / K) - kkill * drug * tumour
+noise: tumour ~ s * tumour
+output: tumour
+";
+const TUMOUR_P: [f64; 5] = [0.25, 100.0, 0.04, 0.3, 0.08];
+
+fn tumour_case(opts: FilterOptions) -> (Filter, Schedule, Vec<Measurement>) {
+    let model = Model::parse(TUMOUR, "tumour").unwrap();
+    let out = ObservedOutput::new(&model, "tumour", ErrorModel::Proportional, &[0.1]).unwrap();
+    let f = Filter::new(&model, &TUMOUR_P, &[], &[out])
+        .unwrap()
+        .with_initial(&[0.0, 20.0], &[0.0, 0.0, 0.0, 9.0])
+        .unwrap()
+        .with_options(opts);
+    let schedule = Schedule::new().dose(Dose::bolus(4.0, 0, 10.0).repeated(4.0, 3));
+    // Ten images every 2 days, simulated from the model (its own seed).
+    let times: Vec<Measurement> = (1..=10).map(|k| Measurement::predict(2.0 * k as f64, 0)).collect();
+    let sim = f.clone().with_options(FilterOptions { seed: 2024, ..opts });
+    let (obs, _) = sim.simulate(&schedule, &times).unwrap();
+    (f, schedule, obs)
+}
+
+/// The EKF's linearisation gap on the tumour case, measured against 10⁵
+/// particles (docs/notes/issue-12-filter.md: max |Δmean| 0.081 SD, max
+/// |Δvar| 16.7% of the variance, |Δ log-likelihood| 0.056), rounded up.
+const GAP_MEAN_SD: f64 = 0.1;
+const GAP_VAR_REL: f64 = 0.2;
+const GAP_LOGLIK: f64 = 0.1;
+
+/// Runs EKF and particle filter on the tumour case and checks, at each
+/// image, `|Δmean| ≤ (GAP_MEAN_SD + 5/√ESS)·SD`, `|Δvar| ≤ (GAP_VAR_REL +
+/// 5·√(2/ESS))·var` (the Monte-Carlo SE of a weighted mean is ≈ SD/√ESS and
+/// of a weighted variance ≈ var·√(2/ESS)), and the log-likelihoods within
+/// `GAP_LOGLIK + 5·√(Σ 1/ESS_t)`. Returns the largest gaps.
+fn compare_tumour(particles: usize) -> (f64, f64, f64, f64) {
+    let (f, schedule, obs) = tumour_case(FilterOptions { particles, substep: 0.01, ..FilterOptions::default() });
+    let ekf = f.run(&schedule, &obs, FilterMethod::Ekf).unwrap();
+    let pf = f.run(&schedule, &obs, FilterMethod::Particle).unwrap();
+    let (mut dm, mut dv, mut min_ess, mut inv_ess) = (0.0f64, 0.0f64, f64::INFINITY, 0.0);
+    println!("   t  image   mean EKF   mean PF   SD EKF   SD PF    ESS");
+    for (e, p) in ekf.steps.iter().zip(&pf.steps) {
+        let (me, mp, ve, vp) = (e.mean[1], p.mean[1], e.cov[3], p.cov[3]);
+        let ess = p.ess.unwrap_or(f64::NAN);
+        println!(
+            "{:4} {:6.2} {:10.4} {:9.4} {:8.4} {:7.4} {:7.0}",
+            e.time,
+            e.observed.unwrap_or(f64::NAN),
+            me,
+            mp,
+            ve.sqrt(),
+            vp.sqrt(),
+            ess
+        );
+        let (gm, gv) = ((me - mp).abs() / vp.sqrt(), (ve - vp).abs() / vp);
+        assert!(gm <= GAP_MEAN_SD + 5.0 / ess.sqrt(), "t = {}: mean gap {gm} SD at ESS {ess}", e.time);
+        assert!(gv <= GAP_VAR_REL + 5.0 * (2.0 / ess).sqrt(), "t = {}: variance gap {gv} at ESS {ess}", e.time);
+        dm = dm.max(gm);
+        dv = dv.max(gv);
+        min_ess = min_ess.min(ess);
+        inv_ess += 1.0 / ess;
+    }
+    let dll = ekf.log_likelihood - pf.log_likelihood;
+    println!("log-likelihood: EKF {:.4}, PF {:.4}", ekf.log_likelihood, pf.log_likelihood);
+    println!("max |Δmean|/SD {dm:.4}, max |Δvar|/var {dv:.4}, Δ log-likelihood {dll:.4}, min ESS {min_ess:.0}");
+    assert!(dll.abs() <= GAP_LOGLIK + 5.0 * inv_ess.sqrt(), "log-likelihood gap {dll}");
+    (dm, dv, dll, min_ess)
+}
+
+/// Item 4, nonlinear: 10⁵ particles (run with `--ignored`; ~40 s; figures
+/// in docs/notes/issue-12-filter.md). The gaps that remain are the EKF's
+/// linearisation error.
+#[test]
+#[ignore]
+fn ekf_vs_particle_filter_nonlinear_1e5() {
+    let (_, _, _, ess) = compare_tumour(100_000);
+    assert!(ess > 1000.0);
+}
+
+/// The fast version: 5000 particles, the same per-step tolerances (which
+/// widen with the Monte-Carlo error at the smaller ESS).
+#[test]
+fn ekf_vs_particle_filter_nonlinear_fast() {
+    let (_, _, _, ess) = compare_tumour(5000);
+    assert!(ess > 100.0);
+}
+
+// ----------------------------------------------------------- no noise declared
+
+/// Without declared noise the EKF is plain prediction: the mean is the ODE
+/// solution and `P(t) = Φ P₀ Φᵀ` with `Φ = ∂x(t)/∂x₀` (here by central
+/// differences of `solve`, step 1e-4: truncation ~1e-8 relative, solver
+/// error ~1e-10 / 1e-4 = 1e-6 on Φ at rtol 1e-12, hence 1e-5).
+#[test]
+fn without_noise_the_ekf_is_plain_prediction() {
+    let text = "parameters: Vmax = 8, Km = 2, V = 10\nstates: central\n\
+                d/dt(central) = -Vmax * (central / V) / (Km + central / V)\noutput: cp = central / V";
+    let model = Model::parse(text, "mm").unwrap();
+    let out = ObservedOutput::new(&model, "cp", ErrorModel::Proportional, &[0.1]).unwrap();
+    let p = [8.0, 2.0, 10.0];
+    let f = Filter::new(&model, &p, &[], &[out])
+        .unwrap()
+        .with_initial(&[30.0], &[16.0])
+        .unwrap()
+        .with_options(FilterOptions { rtol: 1e-12, atol: 1e-12, ..FilterOptions::default() });
+    assert!(!f.has_noise());
+    let schedule = Schedule::new().dose(Dose::bolus(2.0, 0, 50.0));
+    let times = [1.0, 3.0, 6.0];
+    let obs: Vec<Measurement> = times.iter().map(|&t| Measurement::predict(t, 0)).collect();
+    let res = f.run(&schedule, &obs, FilterMethod::Ekf).unwrap();
+    let sys = ModelSystem::new(&model, &[]).unwrap();
+    let o = Options { rtol: 1e-12, atol: 1e-12, ..Options::default() };
+    let states = |x0: f64| {
+        let prob = Problem::new(&sys, p.to_vec()).with_x0(vec![x0]).with_schedule(schedule.clone()).observe(0, &times);
+        solve(&prob, Method::Tsit45, &o).unwrap().states
+    };
+    let base = states(30.0);
+    let (hp, hm) = (states(30.0 + 1e-4), states(30.0 - 1e-4));
+    for (k, s) in res.steps.iter().enumerate() {
+        assert!((s.mean[0] - base[k][0]).abs() < 1e-8 * base[k][0]);
+        let phi = (hp[k][0] - hm[k][0]) / 2e-4;
+        let pv = phi * 16.0 * phi;
+        assert!((s.cov[0] - pv).abs() < 1e-5 * pv, "t = {}: P = {} vs Φ²P₀ = {pv}", s.time, s.cov[0]);
+        assert_eq!(s.cov, s.prior_cov);
+    }
+    // With zero initial covariance it stays zero, and the innovation variance is R alone.
+    let g = Filter::new(&model, &p, &[], f.outputs()).unwrap();
+    let r = g.run(&schedule, &[Measurement::new(3.0, 0, 4.0)], FilterMethod::Ekf).unwrap();
+    let s = &r.steps[0];
+    assert_eq!(s.cov, vec![0.0]);
+    assert!((s.predicted_variance - (0.1 * s.predicted).powi(2)).abs() < 1e-12);
+}
+
+// ------------------------------------------------------------------- datasets
+
+/// `filter_dataset` filters each subject with its own covariates and doses
+/// and agrees with the filter run by hand; bad records are errors naming
+/// subject and line.
+#[test]
+fn dataset_subjects_are_filtered_like_single_runs() {
+    let model = Model::parse(
+        "parameters: ke = 0.3, s = 0.05\ncovariates: WT = 70\nstates: central\n\
+         d/dt(central) = -ke * (WT / 70) * central\nnoise: central ~ s * central\noutput: cp = central / 10",
+        "pk",
+    )
+    .unwrap();
+    let csv = "ID,TIME,AMT,DV,EVID,CMT,WT\n1,0,100,.,1,1,70\n1,1,0,7.1,0,1,70\n1,4,0,3.0,0,1,70\n\
+               2,0,100,.,1,1,90\n2,2,0,4.1,0,1,90\n2,3,0,.,0,1,90\n3,0,50,.,1,1,70\n";
+    let data = Dataset::from_str("pk.csv", csv, &ReadOptions::default()).unwrap();
+    let out = ObservedOutput::new(&model, "cp", ErrorModel::Proportional, &[0.1]).unwrap();
+    let dout = [DatasetOutput { output: out.clone(), cmt: 1 }];
+    let res = filter_dataset(&model, &data, &[vec![0.3, 0.05]], &dout, &DatasetFilterOptions::default()).unwrap();
+    assert_eq!(res.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["1", "2", "3"]);
+    assert_eq!(res[1].result.steps.len(), 2);
+    assert_eq!(res[1].result.n_obs, 1);
+    assert!(res[2].warnings[0].contains("subject `3`"));
+    let f = Filter::new(&model, &[0.3, 0.05], &[90.0], &[out]).unwrap();
+    let by_hand = f
+        .run(
+            &Schedule::new().dose(Dose::bolus(0.0, 0, 100.0)),
+            &[Measurement::new(2.0, 0, 4.1), Measurement::predict(3.0, 0)],
+            FilterMethod::Ekf,
+        )
+        .unwrap();
+    assert_eq!(by_hand.steps.iter().map(|s| &s.mean).collect::<Vec<_>>(), res[1].result.steps.iter().map(|s| &s.mean).collect::<Vec<_>>());
+    assert_eq!(by_hand.log_likelihood, res[1].result.log_likelihood);
+    // An observation in a compartment that maps to no output.
+    let bad = Dataset::from_str("bad.csv", "ID,TIME,AMT,DV,EVID,CMT\n7,0,100,.,1,1\n7,1,0,3,0,2\n", &ReadOptions::default());
+    let model2 = Model::parse("parameters: ke = 0.3\nstates: a, b\nd/dt(a) = -ke*a\nd/dt(b) = ke*a\noutput: a", "m2").unwrap();
+    let out2 = ObservedOutput::new(&model2, "a", ErrorModel::Additive, &[0.1]).unwrap();
+    let err = filter_dataset(&model2, &bad.unwrap(), &[vec![0.3]], &[DatasetOutput { output: out2, cmt: 1 }], &DatasetFilterOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("subject `7`") && err.contains("line 3"), "{err}");
+}
