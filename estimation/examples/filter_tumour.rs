@@ -34,9 +34,8 @@ fn main() -> Result<(), EstimationError> {
     let truth = [0.25, 100.0, 0.04, 0.3, 0.08];
     let out = ObservedOutput::new(&model, "tumour", ErrorModel::Proportional, &[0.1])?;
     let opts = FilterOptions { particles, substep: 0.01, seed: 7, ..FilterOptions::default() };
-    let filter = Filter::new(&model, &truth, &[], &[out])?
-        .with_initial(&[0.0, 20.0], &[0.0, 0.0, 0.0, 9.0])?
-        .with_options(opts);
+    let filter =
+        Filter::new(&model, &truth, &[], &[out])?.with_initial(&[0.0, 20.0], &[0.0, 0.0, 0.0, 9.0])?.with_options(opts);
     let schedule = Schedule::new().dose(Dose::bolus(4.0, 0, 10.0).repeated(4.0, 5));
     let times: Vec<Measurement> = (1..=20).map(|k| Measurement::predict(2.0 * k as f64, 0)).collect();
     let (images, states) = filter.simulate(&schedule, &times)?;
@@ -63,7 +62,8 @@ fn main() -> Result<(), EstimationError> {
             p.ess.unwrap_or(f64::NAN)
         );
     }
-    let gap_m = ekf.steps.iter().zip(&pf.steps).map(|(e, p)| (e.mean[1] - p.mean[1]).abs() / p.sd()[1]).fold(0.0, f64::max);
+    let gap_m =
+        ekf.steps.iter().zip(&pf.steps).map(|(e, p)| (e.mean[1] - p.mean[1]).abs() / p.sd()[1]).fold(0.0, f64::max);
     let gap_v = ekf.steps.iter().zip(&pf.steps).map(|(e, p)| (e.cov[3] / p.cov[3] - 1.0).abs()).fold(0.0, f64::max);
     println!(
         "largest gap: mean {gap_m:.3} SD, variance {:.1}%; log-likelihood EKF {:.3}, PF {:.3}",

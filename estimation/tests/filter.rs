@@ -69,7 +69,8 @@ fn van_loan(a: &DMatrix<f64>, q: &DMatrix<f64>, dt: f64) -> (DMatrix<f64>, DMatr
 /// observation time), two outputs with their own additive errors, a
 /// prediction-only point.
 fn linear_case() -> (Schedule, Vec<Measurement>, Vec<f64>, Vec<f64>) {
-    let schedule = Schedule::new().dose(Dose::bolus(0.0, 0, 10.0)).dose(Dose::bolus(3.5, 0, 5.0)).dose(Dose::bolus(6.0, 1, 2.0));
+    let schedule =
+        Schedule::new().dose(Dose::bolus(0.0, 0, 10.0)).dose(Dose::bolus(3.5, 0, 5.0)).dose(Dose::bolus(6.0, 1, 2.0));
     let obs = vec![
         Measurement::new(1.0, 0, 7.9),
         Measurement::new(2.0, 1, 5.2),
@@ -83,6 +84,9 @@ fn linear_case() -> (Schedule, Vec<Measurement>, Vec<f64>, Vec<f64>) {
     (schedule, obs, vec![1.0, 0.5], vec![0.5, 0.1, 0.1, 0.2])
 }
 
+/// A filtered mean and covariance.
+type Moments = (DVector<f64>, DMatrix<f64>);
+
 /// The exact Kalman filter of the linear case (means, covariances and
 /// log-likelihood per measurement), with an arbitrary transition.
 fn exact_kalman(
@@ -91,7 +95,7 @@ fn exact_kalman(
     m0: &[f64],
     p0: &[f64],
     transition: &dyn Fn(f64) -> (DMatrix<f64>, DMatrix<f64>),
-) -> (Vec<(DVector<f64>, DMatrix<f64>)>, f64) {
+) -> (Vec<Moments>, f64) {
     let mut m = DVector::from_column_slice(m0);
     let mut p = DMatrix::from_row_slice(2, 2, p0);
     let mut t = 0.0;
@@ -164,7 +168,11 @@ fn ekf_matches_exact_kalman_filter_on_linear_gaussian_model() {
             }
         }
     }
-    println!("EKF vs exact Kalman: max |Δ| in means and covariances {worst:.2e}, log-likelihood {} vs {ll} (Δ {:.2e})", res.log_likelihood, (res.log_likelihood - ll).abs());
+    println!(
+        "EKF vs exact Kalman: max |Δ| in means and covariances {worst:.2e}, log-likelihood {} vs {ll} (Δ {:.2e})",
+        res.log_likelihood,
+        (res.log_likelihood - ll).abs()
+    );
     assert!(worst < 1e-8, "largest difference {worst}");
     assert!((res.log_likelihood - ll).abs() < 1e-8);
     assert_eq!(res.n_obs, 7);
@@ -240,7 +248,16 @@ fn particle_filter_matches_kalman_filter_of_its_discretisation() {
         for i in 0..2 {
             let v = p[(i, i)];
             let (dm, dv) = (s.mean[i] - m[i], s.cov[i * 3] - v);
-            println!("t = {:4} state {i}: mean {:.4} vs {:.4} ({:+.1} SE), var {:.5} vs {:.5} ({:+.1} SE)", s.time, s.mean[i], m[i], dm / (v / e).sqrt(), s.cov[i * 3], v, dv / (v * (2.0 / e).sqrt()));
+            println!(
+                "t = {:4} state {i}: mean {:.4} vs {:.4} ({:+.1} SE), var {:.5} vs {:.5} ({:+.1} SE)",
+                s.time,
+                s.mean[i],
+                m[i],
+                dm / (v / e).sqrt(),
+                s.cov[i * 3],
+                v,
+                dv / (v * (2.0 / e).sqrt())
+            );
             assert!(dm.abs() < 5.0 * (v / e).sqrt(), "mean of state {i} at t = {}", s.time);
             assert!(dv.abs() < 5.0 * v * (2.0 / e).sqrt(), "variance of state {i} at t = {}", s.time);
         }
@@ -508,14 +525,25 @@ fn dataset_subjects_are_filtered_like_single_runs() {
             FilterMethod::Ekf,
         )
         .unwrap();
-    assert_eq!(by_hand.steps.iter().map(|s| &s.mean).collect::<Vec<_>>(), res[1].result.steps.iter().map(|s| &s.mean).collect::<Vec<_>>());
+    assert_eq!(
+        by_hand.steps.iter().map(|s| &s.mean).collect::<Vec<_>>(),
+        res[1].result.steps.iter().map(|s| &s.mean).collect::<Vec<_>>()
+    );
     assert_eq!(by_hand.log_likelihood, res[1].result.log_likelihood);
     // An observation in a compartment that maps to no output.
-    let bad = Dataset::from_str("bad.csv", "ID,TIME,AMT,DV,EVID,CMT\n7,0,100,.,1,1\n7,1,0,3,0,2\n", &ReadOptions::default());
-    let model2 = Model::parse("parameters: ke = 0.3\nstates: a, b\nd/dt(a) = -ke*a\nd/dt(b) = ke*a\noutput: a", "m2").unwrap();
+    let bad =
+        Dataset::from_str("bad.csv", "ID,TIME,AMT,DV,EVID,CMT\n7,0,100,.,1,1\n7,1,0,3,0,2\n", &ReadOptions::default());
+    let model2 =
+        Model::parse("parameters: ke = 0.3\nstates: a, b\nd/dt(a) = -ke*a\nd/dt(b) = ke*a\noutput: a", "m2").unwrap();
     let out2 = ObservedOutput::new(&model2, "a", ErrorModel::Additive, &[0.1]).unwrap();
-    let err = filter_dataset(&model2, &bad.unwrap(), &[vec![0.3]], &[DatasetOutput { output: out2, cmt: 1 }], &DatasetFilterOptions::default())
-        .unwrap_err()
-        .to_string();
+    let err = filter_dataset(
+        &model2,
+        &bad.unwrap(),
+        &[vec![0.3]],
+        &[DatasetOutput { output: out2, cmt: 1 }],
+        &DatasetFilterOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("subject `7`") && err.contains("line 3"), "{err}");
 }

@@ -38,7 +38,12 @@ pub struct DatasetFilterOptions {
 
 impl Default for DatasetFilterOptions {
     fn default() -> Self {
-        DatasetFilterOptions { method: FilterMethod::Ekf, filter: FilterOptions::default(), dose_cmt: 1, initial_cov: None }
+        DatasetFilterOptions {
+            method: FilterMethod::Ekf,
+            filter: FilterOptions::default(),
+            dose_cmt: 1,
+            initial_cov: None,
+        }
     }
 }
 

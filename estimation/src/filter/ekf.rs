@@ -166,7 +166,7 @@ impl Engine for Ekf<'_> {
         let f = self.f;
         let n = self.m.len();
         let scale = f.opts.noise_scale;
-        let sys = Moments { sys: &f.sys, noise: &f.noise, rates: &forcing.rates, scale2: scale * scale, n, };
+        let sys = Moments { sys: &f.sys, noise: &f.noise, rates: &forcing.rates, scale2: scale * scale, n };
         let mut z = self.m.clone();
         // Row-major P (symmetric, so the column-major storage reads the same).
         z.extend(self.p.transpose().iter());
@@ -175,8 +175,8 @@ impl Engine for Ekf<'_> {
         prob.t_end = Some(t1);
         prob.u0 = forcing.u.clone();
         let opts = insilico_solvers::Options { rtol: f.opts.rtol, atol: f.opts.atol, ..Default::default() };
-        let sol = solve(&prob, f.opts.method, &opts)
-            .map_err(|error| EstimationError::Solve { subject: f.label(), error })?;
+        let sol =
+            solve(&prob, f.opts.method, &opts).map_err(|error| EstimationError::Solve { subject: f.label(), error })?;
         let z = sol.final_state;
         self.m.copy_from_slice(&z[..n]);
         let p = DMatrix::from_row_slice(n, n, &z[n..]);
@@ -293,10 +293,11 @@ mod tests {
     /// `K = P Hᵀ/Σ`, `P⁺ = P − K Σ Kᵀ` (to round-off, 1e-12 here).
     #[test]
     fn square_root_update_matches_textbook_form() {
-        let m = Model::parse("parameters: k = 1\nstates: a, b\nd/dt(a) = -k*a\nd/dt(b) = a - b\noutput: y = a + 2*b", "u")
-            .unwrap();
+        let m =
+            Model::parse("parameters: k = 1\nstates: a, b\nd/dt(a) = -k*a\nd/dt(b) = a - b\noutput: y = a + 2*b", "u")
+                .unwrap();
         let out = super::super::ObservedOutput::new(&m, "y", crate::ErrorModel::Additive, &[0.3]).unwrap();
-        let f = Filter::new(&m, &[1.0], &[], &[out.clone()])
+        let f = Filter::new(&m, &[1.0], &[], std::slice::from_ref(&out))
             .unwrap()
             .with_initial(&[1.0, 2.0], &[0.5, 0.1, 0.1, 0.2])
             .unwrap();

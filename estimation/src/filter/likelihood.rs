@@ -163,15 +163,14 @@ impl Filter {
         hi: f64,
     ) -> Result<NoiseEstimate, EstimationError> {
         let m = self.model();
-        let k = m
-            .params()
-            .iter()
-            .position(|p| p.name == name && !matches!(p.kind, ParamKind::Weight { .. }))
-            .ok_or_else(|| EstimationError::Parameter {
-                param: name.to_string(),
-                model: m.name().to_string(),
-                reason: format!("no such parameter (the model has: {})", m.scalar_param_names().join(", ")),
-            })?;
+        let k =
+            m.params().iter().position(|p| p.name == name && !matches!(p.kind, ParamKind::Weight { .. })).ok_or_else(
+                || EstimationError::Parameter {
+                    param: name.to_string(),
+                    model: m.name().to_string(),
+                    reason: format!("no such parameter (the model has: {})", m.scalar_param_names().join(", ")),
+                },
+            )?;
         let (value, ll, evaluations) = maximize_log_scale(
             |v| {
                 let mut f = self.clone();
@@ -186,7 +185,13 @@ impl Filter {
             hi,
             1e-6,
         )?;
-        Ok(NoiseEstimate { name: name.to_string(), value, log_likelihood: ll, evaluations, at_bound: at_bound(value, lo, hi) })
+        Ok(NoiseEstimate {
+            name: name.to_string(),
+            value,
+            log_likelihood: ll,
+            evaluations,
+            at_bound: at_bound(value, lo, hi),
+        })
     }
 }
 

@@ -147,7 +147,11 @@ impl ObservedOutput {
     pub fn new(model: &Model, name: &str, error: ErrorModel, sigma: &[f64]) -> Result<ObservedOutput, EstimationError> {
         let names = model.output_names();
         let output = names.iter().position(|n| *n == name).ok_or_else(|| {
-            EstimationError::Spec(format!("model {} has no output `{name}` (outputs: {})", model.name(), names.join(", ")))
+            EstimationError::Spec(format!(
+                "model {} has no output `{name}` (outputs: {})",
+                model.name(),
+                names.join(", ")
+            ))
         })?;
         let k = error.sigma_names().len();
         if sigma.len() != k || sigma.iter().any(|s| !(s.is_finite() && *s >= 0.0)) {

@@ -59,13 +59,7 @@ impl NoiseModel {
     /// `sd[i] = g_i` for the noisy states (0 elsewhere; `sd` has one entry
     /// per state) and, when `grad` is given, `grad[i·n + j] = ∂g_i/∂x_j`.
     #[allow(clippy::too_many_arguments)]
-    pub fn eval(
-        &self,
-        model: &Model,
-        env: &Env<'_>,
-        sd: &mut [f64],
-        grad: Option<&mut [f64]>,
-    ) {
+    pub fn eval(&self, model: &Model, env: &Env<'_>, sd: &mut [f64], grad: Option<&mut [f64]>) {
         sd.iter_mut().for_each(|v| *v = 0.0);
         if self.states.is_empty() {
             if let Some(gr) = grad {

@@ -325,7 +325,11 @@ impl<'f> Path<'f> {
         pf.x.truncate(pf.n);
         pf.np = 1;
         pf.logw = vec![0.0];
-        Ok(Path { pf, eps: Normals::new(ChaCha8Rng::seed_from_u64(mix(f.opts.seed, u64::MAX - 1))), values: Vec::new() })
+        Ok(Path {
+            pf,
+            eps: Normals::new(ChaCha8Rng::seed_from_u64(mix(f.opts.seed, u64::MAX - 1))),
+            values: Vec::new(),
+        })
     }
 }
 
