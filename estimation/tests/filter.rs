@@ -188,6 +188,29 @@ fn ekf_matches_exact_kalman_filter_on_linear_gaussian_model() {
     assert!((s.predicted_variance - (pv + SIGMA_Y * SIGMA_Y)).abs() < 1e-12);
 }
 
+/// The unscented filter is exact on linear models too (its cubature rule
+/// integrates the quadratic moments exactly): 1e-8 as above.
+#[test]
+fn ukf_matches_exact_kalman_filter_on_linear_gaussian_model() {
+    let opts = FilterOptions { rtol: 1e-12, atol: 1e-13, ..FilterOptions::default() };
+    let f = linear_filter(opts);
+    let (schedule, obs, m0, p0) = linear_case();
+    let res = f.run(&schedule, &obs, FilterMethod::Ukf).unwrap();
+    let (a, q) = (lin_a(&LIN_P), lin_q(&LIN_P, 1.0));
+    let (exact, ll) = exact_kalman(&obs, &LIN_DOSES, &m0, &p0, &|dt| van_loan(&a, &q, dt));
+    let mut worst: f64 = 0.0;
+    for (s, (m, p)) in res.steps.iter().zip(&exact) {
+        for i in 0..2 {
+            worst = worst.max((s.mean[i] - m[i]).abs());
+            for j in 0..2 {
+                worst = worst.max((s.cov[i * 2 + j] - p[(i, j)]).abs());
+            }
+        }
+    }
+    println!("UKF vs exact Kalman: max |Δ| {worst:.2e}, Δ log-likelihood {:.2e}", (res.log_likelihood - ll).abs());
+    assert!(worst < 1e-8 && (res.log_likelihood - ll).abs() < 1e-8);
+}
+
 /// The same with BDF (implicit; its Newton matrix leaves out ∂Ṗ/∂m, which
 /// is zero here anyway): 1e-8 at rtol 1e-12.
 #[test]
@@ -399,22 +422,28 @@ const GAP_LOGLIK: f64 = 0.1;
 fn compare_tumour(particles: usize) -> (f64, f64, f64, f64) {
     let (f, schedule, obs) = tumour_case(FilterOptions { particles, substep: 0.01, ..FilterOptions::default() });
     let ekf = f.run(&schedule, &obs, FilterMethod::Ekf).unwrap();
+    let ukf = f.run(&schedule, &obs, FilterMethod::Ukf).unwrap();
     let pf = f.run(&schedule, &obs, FilterMethod::Particle).unwrap();
     let (mut dm, mut dv, mut min_ess, mut inv_ess) = (0.0f64, 0.0f64, f64::INFINITY, 0.0);
-    println!("   t  image   mean EKF   mean PF   SD EKF   SD PF    ESS");
-    for (e, p) in ekf.steps.iter().zip(&pf.steps) {
+    let (mut um, mut uv) = (0.0f64, 0.0f64);
+    println!("   t  image   mean EKF   mean UKF   mean PF   SD EKF  SD UKF   SD PF    ESS");
+    for ((e, p), u) in ekf.steps.iter().zip(&pf.steps).zip(&ukf.steps) {
         let (me, mp, ve, vp) = (e.mean[1], p.mean[1], e.cov[3], p.cov[3]);
         let ess = p.ess.unwrap_or(f64::NAN);
         println!(
-            "{:4} {:6.2} {:10.4} {:9.4} {:8.4} {:7.4} {:7.0}",
+            "{:4} {:6.2} {:10.4} {:10.4} {:9.4} {:8.4} {:7.4} {:7.4} {:7.0}",
             e.time,
             e.observed.unwrap_or(f64::NAN),
             me,
+            u.mean[1],
             mp,
             ve.sqrt(),
+            u.cov[3].sqrt(),
             vp.sqrt(),
             ess
         );
+        um = um.max((u.mean[1] - mp).abs() / vp.sqrt());
+        uv = uv.max((u.cov[3] - vp).abs() / vp);
         let (gm, gv) = ((me - mp).abs() / vp.sqrt(), (ve - vp).abs() / vp);
         assert!(gm <= GAP_MEAN_SD + 5.0 / ess.sqrt(), "t = {}: mean gap {gm} SD at ESS {ess}", e.time);
         assert!(gv <= GAP_VAR_REL + 5.0 * (2.0 / ess).sqrt(), "t = {}: variance gap {gv} at ESS {ess}", e.time);
@@ -424,7 +453,11 @@ fn compare_tumour(particles: usize) -> (f64, f64, f64, f64) {
         inv_ess += 1.0 / ess;
     }
     let dll = ekf.log_likelihood - pf.log_likelihood;
-    println!("log-likelihood: EKF {:.4}, PF {:.4}", ekf.log_likelihood, pf.log_likelihood);
+    println!(
+        "log-likelihood: EKF {:.4}, UKF {:.4}, PF {:.4}",
+        ekf.log_likelihood, ukf.log_likelihood, pf.log_likelihood
+    );
+    println!("UKF: max |Δmean|/SD {um:.4}, max |Δvar|/var {uv:.4}");
     println!("max |Δmean|/SD {dm:.4}, max |Δvar|/var {dv:.4}, Δ log-likelihood {dll:.4}, min ESS {min_ess:.0}");
     assert!(dll.abs() <= GAP_LOGLIK + 5.0 * inv_ess.sqrt(), "log-likelihood gap {dll}");
     (dm, dv, dll, min_ess)

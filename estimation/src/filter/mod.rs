@@ -9,6 +9,7 @@
 //! | filter | what it does |
 //! |---|---|
 //! | [`FilterMethod::Ekf`] | continuous-discrete extended Kalman filter: the mean and covariance follow the moment ODEs `dm/dt = f(m) + R`, `dP/dt = J P + P Jᵀ + Q(m, P)` with the model's exact `J = ∂f/∂x`, integrated by the solve layer's ODE methods at the stated tolerance; the measurement update is a square-root (array/QR) update with the exact `H = ∂h/∂x` |
+//! | [`FilterMethod::Ukf`] | continuous-discrete unscented Kalman filter: the same moment ODEs with `f`, `g` averaged over spherical cubature points instead of linearised, and an unscented measurement update |
 //! | [`FilterMethod::Particle`] | bootstrap particle filter: Euler–Maruyama substeps, systematic resampling, seeded per particle so that results are identical for any thread count; the reference for nonlinear cases |
 //!
 //! `Q = diag(E[g_i(x)²])` with `E[g_i²] ≈ g_i(m)² + ∇g_iᵀ P ∇g_i` (the noise SD
@@ -44,6 +45,7 @@ mod events;
 mod likelihood;
 mod noise;
 mod particle;
+mod ukf;
 
 use insilico_model::{Model, ModelSystem};
 use insilico_solvers::{Method, Schedule};
@@ -62,15 +64,19 @@ use noise::NoiseModel;
 pub enum FilterMethod {
     /// Continuous-discrete extended Kalman filter (moment ODEs, square-root measurement update).
     Ekf,
+    /// Continuous-discrete unscented Kalman filter (cubature sigma points in
+    /// the moment ODEs and in the measurement update).
+    Ukf,
     /// Bootstrap particle filter (Euler–Maruyama, systematic resampling).
     Particle,
 }
 
 impl FilterMethod {
-    /// `ekf` or `particle` (also `pf`), any case.
+    /// `ekf`, `ukf` or `particle` (also `pf`), any case.
     pub fn parse(s: &str) -> Option<FilterMethod> {
         match s.to_ascii_lowercase().as_str() {
             "ekf" => Some(FilterMethod::Ekf),
+            "ukf" => Some(FilterMethod::Ukf),
             "particle" | "pf" => Some(FilterMethod::Particle),
             _ => None,
         }
@@ -79,6 +85,7 @@ impl FilterMethod {
     pub fn name(&self) -> &'static str {
         match self {
             FilterMethod::Ekf => "ekf",
+            FilterMethod::Ukf => "ukf",
             FilterMethod::Particle => "particle",
         }
     }
@@ -402,6 +409,10 @@ impl Filter {
         match method {
             FilterMethod::Ekf => {
                 let mut e = ekf::Ekf::new(self);
+                self.drive(&mut e, schedule, measurements, method)
+            }
+            FilterMethod::Ukf => {
+                let mut e = ukf::Ukf::new(self);
                 self.drive(&mut e, schedule, measurements, method)
             }
             FilterMethod::Particle => {
