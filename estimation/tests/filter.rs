@@ -407,14 +407,18 @@ fn tumour_case(opts: FilterOptions) -> (Filter, Schedule, Vec<Measurement>) {
     (f, schedule, obs)
 }
 
-/// The EKF's linearisation gap on the tumour case, measured against 10⁵
-/// particles (docs/notes/issue-12-filter.md: max |Δmean| 0.081 SD, max
-/// |Δvar| 16.7% of the variance, |Δ log-likelihood| 0.056), rounded up.
+/// The Kalman filters' approximation gap on the tumour case, measured
+/// against 10⁵ particles (docs/notes/issue-12-filter.md; EKF: max |Δmean|
+/// 0.081 SD, max |Δvar| 16.7% of the variance, |Δ log-likelihood| 0.056;
+/// UKF: 0.076 SD, 18.3%, 0.008), rounded up. Both come from the one
+/// surprising image at day 8 (ESS 6% of the particles), where the true
+/// posterior is skewed and the proportional error's variance varies across
+/// it while the Kalman update takes one Gaussian step.
 const GAP_MEAN_SD: f64 = 0.1;
 const GAP_VAR_REL: f64 = 0.2;
 const GAP_LOGLIK: f64 = 0.1;
 
-/// Runs EKF and particle filter on the tumour case and checks, at each
+/// Runs EKF, UKF and particle filter on the tumour case and checks, for both Kalman filters, at each
 /// image, `|Δmean| ≤ (GAP_MEAN_SD + 5/√ESS)·SD`, `|Δvar| ≤ (GAP_VAR_REL +
 /// 5·√(2/ESS))·var` (the Monte-Carlo SE of a weighted mean is ≈ SD/√ESS and
 /// of a weighted variance ≈ var·√(2/ESS)), and the log-likelihoods within
@@ -442,8 +446,11 @@ fn compare_tumour(particles: usize) -> (f64, f64, f64, f64) {
             vp.sqrt(),
             ess
         );
-        um = um.max((u.mean[1] - mp).abs() / vp.sqrt());
-        uv = uv.max((u.cov[3] - vp).abs() / vp);
+        let (gum, guv) = ((u.mean[1] - mp).abs() / vp.sqrt(), (u.cov[3] - vp).abs() / vp);
+        assert!(gum <= GAP_MEAN_SD + 5.0 / ess.sqrt(), "t = {}: UKF mean gap {gum} SD at ESS {ess}", e.time);
+        assert!(guv <= GAP_VAR_REL + 5.0 * (2.0 / ess).sqrt(), "t = {}: UKF variance gap {guv} at ESS {ess}", e.time);
+        um = um.max(gum);
+        uv = uv.max(guv);
         let (gm, gv) = ((me - mp).abs() / vp.sqrt(), (ve - vp).abs() / vp);
         assert!(gm <= GAP_MEAN_SD + 5.0 / ess.sqrt(), "t = {}: mean gap {gm} SD at ESS {ess}", e.time);
         assert!(gv <= GAP_VAR_REL + 5.0 * (2.0 / ess).sqrt(), "t = {}: variance gap {gv} at ESS {ess}", e.time);
@@ -460,6 +467,8 @@ fn compare_tumour(particles: usize) -> (f64, f64, f64, f64) {
     println!("UKF: max |Δmean|/SD {um:.4}, max |Δvar|/var {uv:.4}");
     println!("max |Δmean|/SD {dm:.4}, max |Δvar|/var {dv:.4}, Δ log-likelihood {dll:.4}, min ESS {min_ess:.0}");
     assert!(dll.abs() <= GAP_LOGLIK + 5.0 * inv_ess.sqrt(), "log-likelihood gap {dll}");
+    let ull = ukf.log_likelihood - pf.log_likelihood;
+    assert!(ull.abs() <= GAP_LOGLIK + 5.0 * inv_ess.sqrt(), "UKF log-likelihood gap {ull}");
     (dm, dv, dll, min_ess)
 }
 
