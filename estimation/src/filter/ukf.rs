@@ -225,8 +225,8 @@ impl Engine for Ukf<'_> {
             )));
         }
         let e = comparison(out, y, 1.0).0 - yhat;
-        for k in 0..n {
-            self.m[k] += cross[k] / variance * e;
+        for (m, c) in self.m.iter_mut().zip(&cross) {
+            *m += c / variance * e;
         }
         for a in 0..n {
             for b in 0..n {
