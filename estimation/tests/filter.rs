@@ -589,3 +589,102 @@ fn dataset_subjects_are_filtered_like_single_runs() {
     .to_string();
     assert!(err.contains("subject `7`") && err.contains("line 3"), "{err}");
 }
+
+// ------------------------------------------------- schedules and bad input
+
+/// The filters' own event resolution against the solve layer's: with no
+/// noise and a known initial state the EKF mean is the ODE solution, here
+/// through infusions (by rate and by duration, one still running at an
+/// observation), lag, bioavailability, ADDL/II, a reset (EVID 3) and an
+/// exposure window of an input. Both solved at rtol 1e-10; 1e-7 relative.
+#[test]
+fn ekf_mean_follows_the_solve_layer_through_every_event_kind() {
+    use insilico_solvers::{Attr, DoseKind, Exposure};
+    let text = "parameters: ka = 1.1, CL = 2, V = 12, kin = 0.5\ninputs: C\nstates: depot, central, effect\n\
+                flux depot -> central = ka * depot\nflux central -> out = CL / V * central\n\
+                d/dt(effect) = kin * C - 0.3 * effect\noutput: cp = central / V";
+    let model = Model::parse(text, "ev").unwrap();
+    let p = [1.1, 2.0, 12.0, 0.5];
+    let mut oral = Dose::bolus(0.0, 0, 100.0).repeated(6.0, 3);
+    oral.lag = Attr::Value(0.4);
+    oral.bioavailability = Attr::Value(0.7);
+    let mut by_rate = Dose::bolus(2.0, 1, 50.0);
+    by_rate.kind = DoseKind::Rate(Attr::Value(20.0));
+    let schedule = Schedule::new()
+        .dose(oral)
+        .dose(by_rate)
+        .dose(Dose::infusion(9.0, 1, 30.0, 4.0))
+        .reset(20.0)
+        .dose(Dose::bolus(21.0, 1, 40.0))
+        .exposure(Exposure { input: 0, level: 2.0, start: 1.0, duration: 3.0, period: 10.0, repeats: 2 });
+    let times = [1.0, 2.0, 3.0, 6.4, 10.0, 12.5, 19.0, 20.0, 22.0, 24.0];
+    let out = ObservedOutput::new(&model, "cp", ErrorModel::Additive, &[0.1]).unwrap();
+    let f = Filter::new(&model, &p, &[], &[out]).unwrap().with_options(FilterOptions {
+        rtol: 1e-10,
+        atol: 1e-12,
+        ..FilterOptions::default()
+    });
+    let obs: Vec<Measurement> = times.iter().map(|&t| Measurement::predict(t, 0)).collect();
+    let sys = ModelSystem::new(&model, &[]).unwrap();
+    let prob = Problem::new(&sys, p.to_vec()).with_schedule(schedule.clone()).observe(0, &times);
+    let o = Options { rtol: 1e-10, atol: 1e-12, ..Options::default() };
+    let reference = solve(&prob, Method::Tsit45, &o).unwrap().states;
+    for method in [FilterMethod::Ekf, FilterMethod::Ukf] {
+        let res = f.run(&schedule, &obs, method).unwrap();
+        for (s, x) in res.steps.iter().zip(&reference) {
+            for i in 0..3 {
+                assert!(
+                    (s.mean[i] - x[i]).abs() < 1e-7 * (1.0 + x[i].abs()),
+                    "{method:?} t = {}: state {i} {} vs {}",
+                    s.time,
+                    s.mean[i],
+                    x[i]
+                );
+            }
+            assert!(s.cov.iter().all(|v| *v == 0.0));
+        }
+    }
+}
+
+/// Bad input is an error that says what is wrong, never a panic.
+#[test]
+fn bad_input_is_an_error() {
+    let f = linear_filter(FilterOptions::default());
+    let (schedule, obs, _, _) = linear_case();
+    let msg = |r: Result<FilterResult, insilico_estimation::EstimationError>| r.unwrap_err().to_string();
+    // An observed-output index the filter does not have.
+    let e = msg(f.run(&schedule, &[Measurement::new(1.0, 5, 1.0)], FilterMethod::Ekf));
+    assert!(e.contains("observed output 5"), "{e}");
+    // A non-finite value, with its line.
+    let bad = Measurement { time: 1.0, output: 0, value: Some(f64::NAN), line: Some(17) };
+    let e = msg(f.run(&schedule, &[bad], FilterMethod::Ekf));
+    assert!(e.contains("line 17"), "{e}");
+    // A measurement before the start.
+    let g = f.clone().with_options(FilterOptions { t0: Some(2.0), ..*f.options() });
+    let e = msg(g.run(&Schedule::new(), &obs, FilterMethod::Ekf));
+    assert!(e.contains("precedes the start"), "{e}");
+    // Steady-state dosing.
+    let mut ss = Dose::bolus(0.0, 0, 1.0).repeated(12.0, 0);
+    ss.ss = insilico_solvers::SteadyState::Reset;
+    let e = msg(f.run(&Schedule::new().dose(ss), &obs, FilterMethod::Particle));
+    assert!(e.contains("steady-state"), "{e}");
+    // A non-positive value under the exponential error model.
+    let model = Model::parse(LINEAR, "linear").unwrap();
+    let out = ObservedOutput::new(&model, "y", ErrorModel::Exponential, &[0.1]).unwrap();
+    let h = Filter::new(&model, &LIN_P, &[], &[out]).unwrap();
+    let e = msg(h.run(&schedule, &[Measurement::new(1.0, 0, -2.0)], FilterMethod::Ekf));
+    assert!(e.contains("exponential"), "{e}");
+    // Initial covariance that is not positive semi-definite, wrong sizes, unknown output, bad σ.
+    assert!(f.clone().with_initial(&[0.0, 0.0], &[1.0, 2.0, 2.0, 1.0]).is_err());
+    assert!(f.clone().with_initial(&[0.0], &[1.0]).is_err());
+    assert!(ObservedOutput::new(&model, "nope", ErrorModel::Additive, &[0.1]).is_err());
+    assert!(ObservedOutput::new(&model, "y", ErrorModel::Combined2, &[0.1]).is_err());
+    // Too few particles; a noise scale search on a model without noise.
+    let p = f.clone().with_options(FilterOptions { particles: 1, ..*f.options() });
+    assert!(p.run(&schedule, &obs, FilterMethod::Particle).is_err());
+    let m2 = Model::parse("parameters: k = 1\nstates: a\nd/dt(a) = -k * a\noutput: a", "q").unwrap();
+    let o2 = ObservedOutput::new(&m2, "a", ErrorModel::Additive, &[0.1]).unwrap();
+    let quiet = Filter::new(&m2, &[1.0], &[], &[o2]).unwrap();
+    assert!(quiet.estimate_noise_scale(&Schedule::new(), &[Measurement::new(1.0, 0, 1.0)], 0.1, 10.0).is_err());
+    assert!(quiet.estimate_parameter("nope", &Schedule::new(), &[], 0.1, 10.0).is_err());
+}
