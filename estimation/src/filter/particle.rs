@@ -79,6 +79,8 @@ pub(crate) struct ParticleFilter<'f> {
     master: ChaCha8Rng,
     /// Interval counter (0: the initial draw).
     interval: u64,
+    /// Seed of the per-particle streams.
+    seed: u64,
     /// Weighted moments right after an update (before any resampling).
     after_update: Option<(Vec<f64>, Vec<f64>)>,
 }
@@ -89,6 +91,11 @@ impl<'f> ParticleFilter<'f> {
         if np < 2 {
             return Err(EstimationError::Filter(format!("the particle filter needs at least 2 particles, given {np}")));
         }
+        ParticleFilter::with(f, np, f.opts.seed)
+    }
+
+    /// `np` particles whose streams are keyed by `seed`.
+    fn with(f: &'f Filter, np: usize, seed: u64) -> Result<ParticleFilter<'f>, EstimationError> {
         if !(f.opts.substep > 0.0 && f.opts.substep.is_finite()) {
             return Err(EstimationError::Filter(format!(
                 "the particle filter's substep must be positive, given {}",
@@ -97,7 +104,6 @@ impl<'f> ParticleFilter<'f> {
         }
         let n = f.nstates();
         let s = square_root(&f.cov0);
-        let seed = f.opts.seed;
         let mut x = vec![0.0; np * n];
         x.par_chunks_mut(n).enumerate().for_each(|(i, xi)| {
             let mut g = stream(seed, 0, i);
@@ -114,6 +120,7 @@ impl<'f> ParticleFilter<'f> {
             logw: vec![-(np as f64).ln(); np],
             master: ChaCha8Rng::seed_from_u64(mix(seed, u64::MAX)),
             interval: 0,
+            seed,
             after_update: None,
         })
     }
@@ -188,7 +195,7 @@ impl Engine for ParticleFilter<'_> {
         let h = (t1 - t0) / steps as f64;
         let sqrt_h = h.sqrt();
         let scale = f.opts.noise_scale;
-        let (seed, k) = (f.opts.seed, self.interval);
+        let (seed, k) = (self.seed, self.interval);
         let sys = &f.sys;
         let p = &f.params;
         let model = sys.model();
@@ -320,11 +327,9 @@ pub(crate) struct Path<'f> {
 
 impl<'f> Path<'f> {
     pub fn new(f: &'f Filter) -> Result<Path<'f>, EstimationError> {
-        let mut pf = ParticleFilter::new(f)?;
-        // Keep slot 0 only: one path started from N(m₀, P₀).
-        pf.x.truncate(pf.n);
-        pf.np = 1;
-        pf.logw = vec![0.0];
+        // One path started from N(m₀, P₀), on streams of its own (a filter
+        // run with the same seed does not share the path's noise).
+        let pf = ParticleFilter::with(f, 1, mix(f.opts.seed, 0x5eed_0f_9a7b))?;
         Ok(Path {
             pf,
             eps: Normals::new(ChaCha8Rng::seed_from_u64(mix(f.opts.seed, u64::MAX - 1))),
