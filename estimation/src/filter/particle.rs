@@ -329,7 +329,7 @@ impl<'f> Path<'f> {
     pub fn new(f: &'f Filter) -> Result<Path<'f>, EstimationError> {
         // One path started from N(m₀, P₀), on streams of its own (a filter
         // run with the same seed does not share the path's noise).
-        let pf = ParticleFilter::with(f, 1, mix(f.opts.seed, 0x5eed_0f_9a7b))?;
+        let pf = ParticleFilter::with(f, 1, mix(f.opts.seed, 0x005e_ed0f_9a7b))?;
         Ok(Path {
             pf,
             eps: Normals::new(ChaCha8Rng::seed_from_u64(mix(f.opts.seed, u64::MAX - 1))),
