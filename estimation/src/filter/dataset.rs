@@ -9,6 +9,7 @@ use insilico_model::{Model, ModelSystem};
 use insilico_solvers::data::{Dataset, DoseMapping};
 use rayon::prelude::*;
 
+use super::likelihood::{at_bound, maximize_log_scale, NoiseEstimate};
 use super::{Filter, FilterMethod, FilterOptions, FilterResult, Measurement, ObservedOutput};
 use crate::error::EstimationError;
 
@@ -172,4 +173,49 @@ pub fn filter_dataset(
         })
         .collect();
     results.into_iter().collect()
+}
+
+/// Maximises the summed log-likelihood of every subject of `data` over a
+/// common scale `λ` of the declared noise SDs (`g → λ g`, on top of
+/// `opts.filter.noise_scale`) in `[lo, hi]`, to relative precision 1e-6, with
+/// the filter of `opts.method` (the EKF or UKF; the particle filter's
+/// likelihood is random and not for this). `value` is the scale found.
+pub fn estimate_dataset_noise_scale(
+    model: &Model,
+    data: &Dataset,
+    params: &[Vec<f64>],
+    outputs: &[DatasetOutput],
+    opts: &DatasetFilterOptions,
+    lo: f64,
+    hi: f64,
+) -> Result<NoiseEstimate, EstimationError> {
+    if opts.method == FilterMethod::Particle {
+        return Err(EstimationError::Spec(
+            "the noise scale is estimated with the EKF or UKF likelihood, not the particle filter's".into(),
+        ));
+    }
+    if model.noise().iter().all(|g| g.is_none()) {
+        return Err(EstimationError::Spec(format!(
+            "model {} declares no process noise (`noise: state ~ SD`) to scale",
+            model.name()
+        )));
+    }
+    let (value, log_likelihood, evaluations) = maximize_log_scale(
+        |lambda| {
+            let mut o = opts.clone();
+            o.filter.noise_scale *= lambda;
+            let res = filter_dataset(model, data, params, outputs, &o)?;
+            Ok(res.iter().map(|s| s.result.log_likelihood).sum())
+        },
+        lo,
+        hi,
+        1e-6,
+    )?;
+    Ok(NoiseEstimate {
+        name: "noise_scale".into(),
+        value,
+        log_likelihood,
+        evaluations,
+        at_bound: at_bound(value, lo, hi),
+    })
 }

@@ -195,6 +195,6 @@ impl Filter {
     }
 }
 
-fn at_bound(x: f64, lo: f64, hi: f64) -> bool {
+pub(crate) fn at_bound(x: f64, lo: f64, hi: f64) -> bool {
     (x / lo).ln() < 1e-4 || (hi / x).ln() < 1e-4
 }

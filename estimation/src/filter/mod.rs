@@ -20,7 +20,7 @@
 //! decomposition (the particle filter: its unbiased estimate), so noise
 //! levels can be estimated: [`Filter::estimate_noise_scale`],
 //! [`Filter::estimate_parameter`]. Every subject of a NONMEM dataset:
-//! [`filter_dataset`].
+//! [`filter_dataset`], [`estimate_dataset_noise_scale`].
 //!
 //! ## Example
 //! ```
@@ -51,7 +51,7 @@ use insilico_model::{Model, ModelSystem};
 use insilico_solvers::{Method, Schedule};
 use nalgebra::DMatrix;
 
-pub use dataset::{filter_dataset, DatasetFilterOptions, DatasetOutput, SubjectFilter};
+pub use dataset::{estimate_dataset_noise_scale, filter_dataset, DatasetFilterOptions, DatasetOutput, SubjectFilter};
 pub use likelihood::{maximize_log_scale, NoiseEstimate};
 
 use crate::error::EstimationError;
