@@ -258,15 +258,16 @@ mod tests {
     use super::*;
     use insilico_model::Model;
 
-    /// The moment system's `f` part uses the model's exact Jacobian: check
-    /// the dense Jacobian against central differences of `f` (h = 1e-6
+    /// The moment system's `f` part uses the model's exact Jacobian, the
+    /// update the exact `H`: both against central differences (h = 1e-6
     /// relative, truncation O(h²), round-off O(1e-16/h): 1e-7 relative is
     /// safe for these smooth right-hand sides).
     #[test]
     fn jacobian_matches_finite_differences() {
         let m = Model::parse(
             "parameters: Vmax = 2, Km = 1.5, V = 3, r = 0.3\nstates: c, tum\n\
-             d/dt(c) = -Vmax * c / (Km + c)\nd/dt(tum) = r * tum * (1 - tum / 10) - 0.1 * c * tum / V",
+             d/dt(c) = -Vmax * c / (Km + c)\nd/dt(tum) = r * tum * (1 - tum / 10) - 0.1 * c * tum / V\n\
+             output: y = c / V + sqrt(tum) * c",
             "j",
         )
         .unwrap();
@@ -286,6 +287,18 @@ mod tests {
                 let fd = (fp[r] - fm[r]) / (2.0 * h);
                 assert!((fd - j[r * 2 + c]).abs() < 1e-7 * (1.0 + fd.abs()), "J[{r},{c}] {fd} vs {}", j[r * 2 + c]);
             }
+        }
+        // H = ∂h/∂x, as the measurement update reads it.
+        let mut gx = [0.0; 2];
+        let mut gp = [0.0; 4];
+        sys.output_grad(0, 0.0, &x, &p, &mut gx, &mut gp);
+        for c in 0..2 {
+            let h = 1e-6 * x[c];
+            let (mut xp, mut xm) = (x, x);
+            xp[c] += h;
+            xm[c] -= h;
+            let fd = (sys.output(0, 0.0, &xp, &p) - sys.output(0, 0.0, &xm, &p)) / (2.0 * h);
+            assert!((fd - gx[c]).abs() < 1e-7 * (1.0 + fd.abs()), "H[{c}] {fd} vs {}", gx[c]);
         }
     }
 
