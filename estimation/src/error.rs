@@ -99,4 +99,7 @@ pub enum EstimationError {
         /// Singular, indefinite, ...
         reason: String,
     },
+    /// A state filter cannot run: a schedule or measurement it cannot use, a degenerate update, ...
+    #[error("filter: {0}")]
+    Filter(String),
 }

@@ -10,6 +10,7 @@
 //! | fit it by FOCE-I (Laplace, first-order Hessian, interaction) | [`focei::fit`] → [`focei::Estimate`] |
 //! | individual posteriors at a fixed population: MAP, Laplace, SIR/MCMC draws, sequential updating | [`Posterior`] ([`posterior`]) |
 //! | several observed outputs, each with its error model; BLQ (M3) | [`ObservedOutput`] in [`PopulationSpec::outputs`] |
+//! | filter latent states of models with process noise (EKF, particle filter, noise-level likelihood) | [`filter::Filter`], [`filter::filter_dataset`] |
 //! | errors | [`EstimationError`] |
 //!
 //! Every subject is a [`ModelSystem`](insilico_model::ModelSystem) bound to
@@ -48,6 +49,7 @@
 
 mod conditional;
 pub mod error;
+pub mod filter;
 pub mod focei;
 mod population;
 pub mod posterior;
