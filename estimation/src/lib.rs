@@ -8,6 +8,7 @@
 //! |---|---|
 //! | describe the population model: typical values, random effects, Ω, residual error | [`PopulationSpec`], [`RandomEffect`], [`Omega`], [`ErrorModel`] |
 //! | fit it by FOCE-I (Laplace, first-order Hessian, interaction) | [`focei::fit`] → [`focei::Estimate`] |
+//! | the FO Fisher information of a population design (PopED's reduced and full), criteria, sampling-time optimisation | [`design::Design`], [`design::optimise_times`] |
 //! | errors | [`EstimationError`] |
 //!
 //! Every subject is a [`ModelSystem`](insilico_model::ModelSystem) bound to
@@ -44,6 +45,7 @@
 
 #![warn(missing_docs)]
 
+pub mod design;
 pub mod error;
 pub mod focei;
 mod population;
