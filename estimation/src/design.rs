@@ -501,11 +501,14 @@ pub struct TimeOptimum {
 
 /// Optimises the sampling times of `design` for `criterion` within the
 /// windows and spacing of `constraints`, by cyclic coordinate search: each
-/// time in turn is set to the best of a 33-point grid over its feasible
-/// interval (its window, narrowed by its neighbours ± the spacing), refined
-/// by golden-section search, until a sweep improves the criterion by less
-/// than 1e-9 relative. Deterministic; a local method with a global grid
-/// per coordinate. `design` is left at the optimum.
+/// time in turn is set to the best of a 65-point grid over its window
+/// (points closer than the spacing to another sample of its group are
+/// skipped, so samples may pass each other), refined by golden-section
+/// search inside the feasible interval around it, until a sweep improves
+/// the criterion by less than 1e-9 relative. Candidates whose FIM cannot be
+/// formed (a zero FO variance) count as −∞. Deterministic; a local method
+/// with a global grid per coordinate. `design` is left at the optimum, with
+/// each group's times sorted where its samples share one window.
 pub fn optimise_times(
     design: &mut Design,
     fim_type: FimType,
@@ -514,7 +517,10 @@ pub fn optimise_times(
 ) -> Result<TimeOptimum, EstimationError> {
     let ng = design.groups.len();
     if constraints.windows.len() != ng {
-        return Err(EstimationError::Spec(format!("windows given for {} groups, the design has {ng}", constraints.windows.len())));
+        return Err(EstimationError::Spec(format!(
+            "windows given for {} groups, the design has {ng}",
+            constraints.windows.len()
+        )));
     }
     let gap = constraints.min_spacing;
     if !(gap.is_finite() && gap >= 0.0) {
@@ -529,7 +535,10 @@ pub fn optimise_times(
         t.sort_by(f64::total_cmp);
         for (k, (&(lo, hi), x)) in w.iter().zip(t.iter_mut()).enumerate() {
             if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
-                return Err(EstimationError::Spec(format!("group `{id}`, sample {}: window [{lo}, {hi}] is empty", k + 1)));
+                return Err(EstimationError::Spec(format!(
+                    "group `{id}`, sample {}: window [{lo}, {hi}] is empty",
+                    k + 1
+                )));
             }
             *x = x.clamp(lo, hi);
         }
@@ -554,87 +563,131 @@ pub fn optimise_times(
     };
     let (c0, fim0) = eval(design, &times)?;
     let times_before = times.clone();
-    let mut best = c0;
-    let mut best_fim = fim0.clone();
+    // Two starts: the given times, and times spread geometrically over each
+    // window (where that fits the spacing); the better optimum is kept.
+    let mut starts = vec![times.clone()];
+    if let Some(spread) = spread_start(&times, constraints) {
+        starts.push(spread);
+    }
+    let mut overall: Option<(Vec<Vec<f64>>, f64, Fim)> = None;
     let mut sweeps = 0;
-    for _ in 0..50 {
-        sweeps += 1;
-        let start = best;
-        for g in 0..ng {
-            for k in 0..times[g].len() {
-                let (wlo, whi) = constraints.windows[g][k];
-                let lo = if k > 0 { wlo.max(times[g][k - 1] + gap) } else { wlo };
-                let hi = if k + 1 < times[g].len() { whi.min(times[g][k + 1] - gap) } else { whi };
-                if lo >= hi {
-                    continue;
-                }
-                // A candidate whose FIM cannot be formed (a sample where the
-                // prediction and so the FO variance is 0, say) is infeasible: −∞.
-                let mut value_at = |x: f64, t: &mut Vec<Vec<f64>>, d: &mut Design| -> Result<(f64, Fim), EstimationError> {
-                    let old = t[g][k];
-                    t[g][k] = x;
-                    let r = eval(d, t);
-                    t[g][k] = old;
-                    match r {
-                        Err(EstimationError::Covariance { .. }) => Ok((f64::NEG_INFINITY, best_fim.clone())),
-                        r => r,
-                    }
-                };
-                let grid = 32;
-                let mut cand = (times[g][k], best, best_fim.clone());
-                let mut idx = None;
-                for s in 0..=grid {
-                    let x = lo + (hi - lo) * s as f64 / grid as f64;
-                    let (c, f) = value_at(x, &mut times, design)?;
-                    if c > cand.1 {
-                        cand = (x, c, f);
-                        idx = Some(s);
-                    }
-                }
-                // Golden-section refinement in the bracket around the best grid point.
-                if let Some(s) = idx {
-                    let h = (hi - lo) / grid as f64;
-                    let (mut a, mut b) = ((lo + h * (s as f64 - 1.0)).max(lo), (lo + h * (s as f64 + 1.0)).min(hi));
-                    let r = 0.5 * (5f64.sqrt() - 1.0);
-                    let mut x1 = b - r * (b - a);
-                    let mut x2 = a + r * (b - a);
-                    let (mut f1, mut m1) = value_at(x1, &mut times, design)?;
-                    let (mut f2, mut m2) = value_at(x2, &mut times, design)?;
-                    for _ in 0..40 {
-                        if (b - a) <= 1e-7 * (1.0 + cand.0.abs()) {
-                            break;
+    for mut times in starts {
+        let (mut best, mut best_fim) = match eval(design, &times) {
+            Ok(v) => v,
+            Err(EstimationError::Covariance { .. }) => (f64::NEG_INFINITY, fim0.clone()),
+            Err(e) => return Err(e),
+        };
+        for _ in 0..50 {
+            sweeps += 1;
+            let start = best;
+            for g in 0..ng {
+                for k in 0..times[g].len() {
+                    let (wlo, whi) = constraints.windows[g][k];
+                    // Sample k may go anywhere in its window at least `gap` away
+                    // from the group's other samples (so samples can pass each other).
+                    let others: Vec<f64> =
+                        times[g].iter().enumerate().filter(|(j, _)| *j != k).map(|(_, &t)| t).collect();
+                    let feasible = |x: f64| others.iter().all(|&t| (x - t).abs() >= gap - 1e-12);
+                    // The feasible interval around x: the window cut by the nearest blocked neighbours.
+                    let interval = |x: f64| -> (f64, f64) {
+                        if gap == 0.0 {
+                            return (wlo, whi);
                         }
-                        if f1 >= f2 {
-                            b = x2;
-                            x2 = x1;
-                            f2 = f1;
-                            m2 = m1.clone();
-                            x1 = b - r * (b - a);
-                            (f1, m1) = value_at(x1, &mut times, design)?;
-                        } else {
-                            a = x1;
-                            x1 = x2;
-                            f1 = f2;
-                            m1 = m2.clone();
-                            x2 = a + r * (b - a);
-                            (f2, m2) = value_at(x2, &mut times, design)?;
+                        let lo = others.iter().map(|&t| t + gap).filter(|&b| b <= x + 1e-12).fold(wlo, f64::max);
+                        let hi = others.iter().map(|&t| t - gap).filter(|&b| b >= x - 1e-12).fold(whi, f64::min);
+                        (lo, hi)
+                    };
+                    if whi <= wlo {
+                        continue;
+                    }
+                    // A candidate whose FIM cannot be formed (a sample where the
+                    // prediction and so the FO variance is 0, say) is infeasible: −∞.
+                    let mut value_at =
+                        |x: f64, t: &mut Vec<Vec<f64>>, d: &mut Design| -> Result<(f64, Fim), EstimationError> {
+                            let old = t[g][k];
+                            t[g][k] = x;
+                            let r = eval(d, t);
+                            t[g][k] = old;
+                            match r {
+                                Err(EstimationError::Covariance { .. }) => Ok((f64::NEG_INFINITY, best_fim.clone())),
+                                r => r,
+                            }
+                        };
+                    let grid = 64;
+                    let mut cand = (times[g][k], best, best_fim.clone());
+                    let mut improved = false;
+                    // A linear grid over the window, and a geometric one near its start
+                    // (early samples of absorption phases sit close to the dose).
+                    let points = (0..=grid)
+                        .map(|s| wlo + (whi - wlo) * s as f64 / grid as f64)
+                        .chain((0..16).map(|s| wlo + (whi - wlo) * 10f64.powf(-4.0 + 3.0 * s as f64 / 16.0)));
+                    for x in points {
+                        if !feasible(x) {
+                            continue;
+                        }
+                        let (c, f) = value_at(x, &mut times, design)?;
+                        if c > cand.1 {
+                            cand = (x, c, f);
+                            improved = true;
                         }
                     }
-                    for (x, f, m) in [(x1, f1, m1), (x2, f2, m2)] {
-                        if f > cand.1 {
-                            cand = (x, f, m);
+                    // Golden-section refinement in the bracket around the best grid
+                    // point, inside its feasible interval.
+                    if improved {
+                        let h = (whi - wlo) / grid as f64;
+                        let (flo, fhi) = interval(cand.0);
+                        let (mut a, mut b) = ((cand.0 - h).max(flo), (cand.0 + h).min(fhi));
+                        let r = 0.5 * (5f64.sqrt() - 1.0);
+                        let mut x1 = b - r * (b - a);
+                        let mut x2 = a + r * (b - a);
+                        let (mut f1, mut m1) = value_at(x1, &mut times, design)?;
+                        let (mut f2, mut m2) = value_at(x2, &mut times, design)?;
+                        for _ in 0..40 {
+                            if (b - a) <= 1e-7 * (1.0 + cand.0.abs()) {
+                                break;
+                            }
+                            if f1 >= f2 {
+                                b = x2;
+                                x2 = x1;
+                                f2 = f1;
+                                m2 = m1.clone();
+                                x1 = b - r * (b - a);
+                                (f1, m1) = value_at(x1, &mut times, design)?;
+                            } else {
+                                a = x1;
+                                x1 = x2;
+                                f1 = f2;
+                                m1 = m2.clone();
+                                x2 = a + r * (b - a);
+                                (f2, m2) = value_at(x2, &mut times, design)?;
+                            }
+                        }
+                        for (x, f, m) in [(x1, f1, m1), (x2, f2, m2)] {
+                            if f > cand.1 {
+                                cand = (x, f, m);
+                            }
                         }
                     }
-                }
-                if cand.1 > best {
-                    times[g][k] = cand.0;
-                    best = cand.1;
-                    best_fim = cand.2;
+                    if cand.1 > best {
+                        times[g][k] = cand.0;
+                        best = cand.1;
+                        best_fim = cand.2;
+                    }
                 }
             }
+            if (best - start).abs() <= 1e-9 * (1.0 + start.abs()) {
+                break;
+            }
         }
-        if (best - start).abs() <= 1e-9 * (1.0 + start.abs()) {
-            break;
+        if overall.as_ref().is_none_or(|o| best > o.1) {
+            overall = Some((times, best, best_fim));
+        }
+    }
+    let (mut times, best, best_fim) = overall.unwrap_or((times_before.clone(), c0, fim0.clone()));
+    // Report each group's times in order where its samples share one window.
+    for (t, w) in times.iter_mut().zip(&constraints.windows) {
+        if w.windows(2).all(|p| p[0] == p[1]) {
+            t.sort_by(f64::total_cmp);
         }
     }
     design.set_times(&times)?;
@@ -648,4 +701,32 @@ pub fn optimise_times(
         sweeps,
         evaluations,
     })
+}
+
+/// Times spread geometrically over each group's window (`lo + (hi − lo)·10^u`,
+/// u from −2 to 0), pushed apart to the spacing; `None` where a group's samples
+/// do not share one window or do not fit.
+fn spread_start(times: &[Vec<f64>], c: &TimeConstraints) -> Option<Vec<Vec<f64>>> {
+    let mut out = Vec::with_capacity(times.len());
+    for (t, w) in times.iter().zip(&c.windows) {
+        let n = t.len();
+        let &(lo, hi) = w.first()?;
+        if w.iter().any(|&x| x != (lo, hi)) {
+            return None;
+        }
+        let mut s: Vec<f64> = (0..n)
+            .map(|i| {
+                let u = if n > 1 { -2.0 + 2.0 * i as f64 / (n - 1) as f64 } else { -1.0 };
+                lo + (hi - lo) * 10f64.powf(u)
+            })
+            .collect();
+        for i in 1..n {
+            s[i] = s[i].max(s[i - 1] + c.min_spacing);
+        }
+        if s.last().is_some_and(|&x| x > hi + 1e-12) {
+            return None;
+        }
+        out.push(s);
+    }
+    Some(out)
 }

@@ -10,7 +10,8 @@ use insilico_solvers::data::{Dataset, ReadOptions};
 fn warfarin() -> (Model, Dataset, PopulationSpec) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/design");
     let model = Model::from_file(std::path::Path::new(&format!("{dir}/warfarin.model"))).unwrap();
-    let data = Dataset::from_path(std::path::Path::new(&format!("{dir}/warfarin.csv")), &ReadOptions::default()).unwrap();
+    let data =
+        Dataset::from_path(std::path::Path::new(&format!("{dir}/warfarin.csv")), &ReadOptions::default()).unwrap();
     // PopED: bpop CL 0.15, V 8, KA 1 (Favail fixed 1); d = 0.07, 0.02, 0.6; sigma prop = 0.01 (a variance).
     let spec = PopulationSpec::log_normal(
         &[("CL", 0.15), ("V", 8.0), ("KA", 1.0)],
@@ -79,12 +80,26 @@ fn iv_combined_matches_independent_computation() {
         (
             FimType::Reduced,
             2635552719328237.5,
-            [7.321526626491718, 5.004991039727498, 38.22564082533775, 39.943456981544124, 34.743457182604345, 107.88562009407475],
+            [
+                7.321526626491718,
+                5.004991039727498,
+                38.22564082533775,
+                39.943456981544124,
+                34.743457182604345,
+                107.88562009407475,
+            ],
         ),
         (
             FimType::Full,
             2797026322899716.0,
-            [7.174033199874934, 4.955850960375262, 39.47451355371662, 40.879999315372075, 36.60720053433204, 112.1844756463945],
+            [
+                7.174033199874934,
+                4.955850960375262,
+                39.47451355371662,
+                40.879999315372075,
+                36.60720053433204,
+                112.1844756463945,
+            ],
         ),
     ];
     for (ty, det, rse) in cases {
@@ -113,8 +128,9 @@ fn warfarin_time_optimisation_respects_constraints() {
         &TimeConstraints { windows: windows.clone(), min_spacing: 0.0 },
     )
     .unwrap();
-    let b = optimise_times(&mut spaced, FimType::Reduced, Criterion::LnD, &TimeConstraints { windows, min_spacing: 0.25 })
-        .unwrap();
+    let b =
+        optimise_times(&mut spaced, FimType::Reduced, Criterion::LnD, &TimeConstraints { windows, min_spacing: 0.25 })
+            .unwrap();
     assert!(a.criterion_after >= a.criterion_before);
     assert!(b.criterion_after >= b.criterion_before);
     assert!(a.criterion_after >= b.criterion_after - 1e-6, "{} vs {}", a.criterion_after, b.criterion_after);
