@@ -34,7 +34,7 @@
 #![warn(missing_docs)]
 
 pub use insilico_jobs::{
-    atomic, bench_p2, bench_p3, error, fit_cmd, fit_focei, fit_shape, limits, p1, perturb, plots, simulate, status,
-    sweep, Error,
+    atomic, bench_p2, bench_p3, design_cmd, error, fit_cmd, fit_focei, fit_shape, limits, p1, perturb, plots, simulate,
+    status, sweep, Error,
 };
 pub use insilico_jobs::{estimation, kernels, mechanistic, model, models_zoo, neural, solvers, validation};

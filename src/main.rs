@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod bench_p23_cli;
+mod design_cli;
 mod fit_cli;
 mod perturb_cli;
 mod sweep_cli;
@@ -87,6 +88,18 @@ enum Command {
         config: PathBuf,
         /// Output folder: part-NNNNNN.parquet, manifest.json, progress.json, summary.csv, PNG plots.
         #[arg(long, default_value = "perturb-out")]
+        out: PathBuf,
+    },
+    /// Population design: the FO Fisher information of sampling designs for any model file.
+    ///
+    /// Prints RSE% per parameter and det/ln det of the FIM (PopED's reduced or full FO
+    /// form), and with [optimise] in the config optimises the sampling times within
+    /// windows and a minimum spacing. Writes DIR/design.json.
+    Design {
+        /// TOML design config (see examples/design/warfarin.toml).
+        config: PathBuf,
+        /// Output folder: design.json.
+        #[arg(long, default_value = "design-out")]
         out: PathBuf,
     },
     /// Compile a model file (or a zoo model) and report what it is and which engines run it.
@@ -199,6 +212,7 @@ fn main() {
         Command::Fit { config, out } => fit_cli::fit(config.as_deref(), &out),
         Command::Sweep { config, out, device, large } => sweep_cli::sweep(config.as_deref(), &out, device, large),
         Command::Perturb { config, out } => perturb_cli::perturb(&config, &out),
+        Command::Design { config, out } => design_cli::design(&config, &out),
         Command::Check { model } => check_model(model.as_deref()),
         Command::Bench { problem } => match problem {
             Some(BenchProblem::P1(args)) => bench_p1(&args),

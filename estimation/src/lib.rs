@@ -11,6 +11,7 @@
 //! | individual posteriors at a fixed population: MAP, Laplace, SIR/MCMC draws, sequential updating | [`Posterior`] ([`posterior`]) |
 //! | several observed outputs, each with its error model; BLQ (M3) | [`ObservedOutput`] in [`PopulationSpec::outputs`] |
 //! | filter latent states of models with process noise (EKF, particle filter, noise-level likelihood) | [`filter::Filter`], [`filter::filter_dataset`] |
+//! | the FO Fisher information of a population design (PopED's reduced and full), criteria, sampling-time optimisation | [`design::Design`], [`design::optimise_times`] |
 //! | errors | [`EstimationError`] |
 //!
 //! Every subject is a [`ModelSystem`](insilico_model::ModelSystem) bound to
@@ -48,6 +49,7 @@
 #![warn(missing_docs)]
 
 mod conditional;
+pub mod design;
 pub mod error;
 pub mod filter;
 pub mod focei;

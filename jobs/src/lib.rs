@@ -23,6 +23,7 @@
 //! | sweep regimens × parameters × virtual populations to Parquet (what `insilico sweep` does) | [`sweep`] |
 //! | fit a PK or hybrid PK/neural model to data (what `insilico fit` does) | [`fit_cmd`], [`neural::fit`] |
 //! | population likelihood by FOCE-I (`insilico fit` with `estimation = "focei"`) | [`fit_focei`], [`estimation::focei`] |
+//! | population design: FO Fisher information, RSE%, sampling-time optimisation (what `insilico design` does) | [`design_cmd`], [`estimation::design`] |
 //!
 //! ## Example: simulate the embedded quick-start config
 //! ```
@@ -52,6 +53,7 @@ pub use insilico_validation as validation;
 pub mod atomic;
 pub mod bench_p2;
 pub mod bench_p3;
+pub mod design_cmd;
 pub mod error;
 pub mod fit_cmd;
 pub mod fit_focei;
