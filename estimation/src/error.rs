@@ -77,6 +77,14 @@ pub enum EstimationError {
         /// The solver's error.
         error: insilico_solvers::Error,
     },
+    /// A subject's model could not be solved (or gave non-finite values) at the parameters asked for.
+    #[error("subject `{subject}`: the model could not be solved: {reason}")]
+    Prediction {
+        /// The subject's ID.
+        subject: String,
+        /// The solver's message and the random effects.
+        reason: String,
+    },
     /// The objective is not finite at the initial estimates.
     #[error("the objective is not finite at the initial estimates ({reason}); check the initial θ, Ω and σ")]
     InitialObjective {

@@ -53,6 +53,7 @@ use insilico_solvers::{Method, Options};
 use nalgebra::{DMatrix, DVector};
 use rayon::prelude::*;
 
+use crate::conditional::{Conditional, Point};
 use crate::error::EstimationError;
 use crate::population::{Layout, PopValues, SolveSettings, SubjectData};
 use crate::spec::{OmegaStructure, PopulationSpec};
@@ -316,16 +317,6 @@ pub(crate) struct Inner {
     pub converged: bool,
 }
 
-/// One evaluation of O_i at η.
-struct Point {
-    eta: DVector<f64>,
-    o: f64,
-    g: DVector<f64>,
-    h: DMatrix<f64>,
-    /// `Σ F_jᵀF_j / V_j`.
-    ftvf: DMatrix<f64>,
-}
-
 /// The population problem: a model, its subjects and the layout of ψ.
 pub(crate) struct Population {
     pub layout: Layout,
@@ -337,23 +328,25 @@ pub(crate) struct Population {
 }
 
 impl Population {
+    /// The shared conditional-objective machinery ([`crate::conditional`]).
+    fn cond(&self) -> Conditional<'_> {
+        Conditional {
+            layout: &self.layout,
+            settings: &self.settings,
+            solves: &self.solves,
+            max_iterations: self.opts.max_inner_iterations,
+            tolerance: self.opts.inner_tolerance,
+        }
+    }
+
+    #[cfg(test)]
     fn point(&self, s: &SubjectData, pop: &PopValues, eta: &DVector<f64>) -> Option<Point> {
-        let (f, jac) = self.predict_at(s, &pop.theta, eta)?;
-        self.point_from(s, pop, eta, &f, &jac)
+        self.cond().point(s, pop, eta, None)
     }
 
     /// Individual predictions at (θ, η) and their Jacobian by η (row-major `n × q`).
     fn predict_at(&self, s: &SubjectData, theta: &[f64], eta: &DVector<f64>) -> Option<(Vec<f64>, Vec<f64>)> {
-        self.solves.fetch_add(1, Ordering::Relaxed);
-        let q = self.layout.n_eta();
-        let (p, scale) = self.layout.individual(theta, eta.as_slice());
-        let mut sens = s.predict(&p, &self.layout.eta_idx, self.layout.error.log_scale(), &self.settings).ok()?;
-        for row in sens.jacobian.chunks_mut(q.max(1)) {
-            for (v, sc) in row.iter_mut().zip(&scale) {
-                *v *= sc;
-            }
-        }
-        Some((sens.predictions, sens.jacobian))
+        self.cond().predict_at(s, theta, eta)
     }
 
     /// `O_i`, its gradient and curvature at η from predictions `f` and their Jacobian.
@@ -365,108 +358,12 @@ impl Population {
         f: &[f64],
         jac: &[f64],
     ) -> Option<Point> {
-        let q = self.layout.n_eta();
-        let oi = &pop.omega_inv;
-        let oe = oi * eta;
-        let mut o = eta.dot(&oe);
-        let mut g = 2.0 * &oe;
-        let mut h = 2.0 * oi;
-        let mut ftvf = DMatrix::zeros(q, q);
-        let mut fj = DVector::zeros(q);
-        for (j, (&y, &f)) in s.y.iter().zip(f).enumerate() {
-            for k in 0..q {
-                fj[k] = jac[j * q + k];
-            }
-            let (var, dv) = self.layout.error.variance(f, &pop.sigma);
-            if !(var > 0.0 && var.is_finite()) {
-                return None;
-            }
-            let r = y - f;
-            o += r * r / var + var.ln();
-            let c = -2.0 * r / var + (1.0 / var - r * r / (var * var)) * dv;
-            g.axpy(c, &fj, 1.0);
-            let w = 2.0 / var + (dv / var) * (dv / var);
-            h.ger(w, &fj, &fj, 1.0);
-            ftvf.ger(1.0 / var, &fj, &fj, 1.0);
-        }
-        if !o.is_finite() {
-            return None;
-        }
-        Some(Point { eta: eta.clone(), o, g, h, ftvf })
-    }
-
-    /// Levenberg–Marquardt from `start`; `(point, converged)`.
-    fn minimise(&self, s: &SubjectData, pop: &PopValues, start: &[f64]) -> Option<(Point, bool)> {
-        let mut cur = self.point(s, pop, &DVector::from_column_slice(start))?;
-        let mut lambda = 1e-4;
-        let tol = self.opts.inner_tolerance;
-        for _ in 0..self.opts.max_inner_iterations {
-            let mut accepted = None;
-            for _ in 0..40 {
-                let mut a = cur.h.clone();
-                for k in 0..a.nrows() {
-                    a[(k, k)] *= 1.0 + lambda;
-                }
-                let Some(chol) = a.cholesky() else {
-                    lambda *= 10.0;
-                    continue;
-                };
-                let step = chol.solve(&(-&cur.g));
-                // Keep steps on the η scale moderate (η of 5 is a factor e^5).
-                let big = step.amax();
-                // Converged without another solve when the (nearly undamped)
-                // Gauss–Newton step is already below the tolerance.
-                if lambda <= 1e-3 && big <= tol * (1.0 + cur.eta.amax()) {
-                    return Some((cur, true));
-                }
-                let step = if big > 2.0 { step * (2.0 / big) } else { step };
-                let trial_eta = &cur.eta + &step;
-                match self.point(s, pop, &trial_eta) {
-                    Some(t) if t.o <= cur.o + 1e-12 * cur.o.abs() => {
-                        accepted = Some((t, step.amax()));
-                        lambda = (lambda / 10.0).max(1e-12);
-                        break;
-                    }
-                    _ => lambda *= 10.0,
-                }
-            }
-            let (next, step) = accepted?;
-            let small_step = step <= tol * (1.0 + next.eta.amax());
-            cur = next;
-            if small_step {
-                return Some((cur, true));
-            }
-        }
-        Some((cur, false))
+        self.cond().point_from(s, pop, eta, f.to_vec(), jac, None)
     }
 
     /// The inner problem of subject `s` at `pop`, from `warm` then the robust starts.
     pub fn inner(&self, s: &SubjectData, pop: &PopValues, warm: &[f64]) -> Inner {
-        let q = self.layout.n_eta();
-        let mut starts: Vec<Vec<f64>> = vec![warm.to_vec()];
-        if warm.iter().any(|v| *v != 0.0) {
-            starts.push(vec![0.0; q]);
-        }
-        let om = pop.omega.matrix();
-        for k in 0..q {
-            for sign in [0.5, -0.5] {
-                let mut e = vec![0.0; q];
-                e[k] = sign * om[(k, k)].sqrt();
-                starts.push(e);
-            }
-        }
-        let mut best: Option<(Point, bool)> = None;
-        for st in &starts {
-            if let Some((p, conv)) = self.minimise(s, pop, st) {
-                let better = best.as_ref().is_none_or(|(b, bc)| (conv && !bc) || (conv == *bc && p.o < b.o));
-                if better {
-                    best = Some((p, conv));
-                }
-                if conv {
-                    break;
-                }
-            }
-        }
+        let best = self.cond().multistart(s, pop, warm, None, false);
         match best {
             None => Inner { eta: warm.to_vec(), ofv: f64::INFINITY, converged: false },
             Some((p, converged)) => {
@@ -694,9 +591,22 @@ pub(crate) fn setup(
     options: &FitOptions,
 ) -> Result<(Population, Vec<f64>), EstimationError> {
     let layout = Layout::new(model, spec)?;
-    let subjects = SubjectData::build_all(model, data, &layout, spec)?;
+    if layout.outputs.len() > 1 {
+        return Err(EstimationError::Spec(
+            "FOCE-I fits one observed output; several (each with its own error model) are supported by the individual posterior only".into(),
+        ));
+    }
+    let subjects = SubjectData::build_all(model, data, &layout, spec, false)?;
+    if let Some((s, j)) = subjects.iter().find_map(|s| s.cens.iter().position(|&c| c).map(|j| (s, j))) {
+        return Err(EstimationError::Observation {
+            file: data.file.clone(),
+            subject: s.id.clone(),
+            line: s.lines[j],
+            reason: "censored observation (CENS = 1 or below lloq): FOCE-I does not take M3 censoring yet (the individual posterior does)".into(),
+        });
+    }
     let theta0: Vec<f64> = spec.theta.iter().map(|(_, v)| *v).collect();
-    let psi = layout.pack(&theta0, &spec.omega, &spec.sigma);
+    let psi = layout.pack(&theta0, &spec.omega, &layout.sigma0);
     let pop = Population {
         layout,
         subjects,
@@ -747,7 +657,7 @@ pub fn fit(
         let s = &pop.subjects[i];
         let p0 = pop.layout.unpack(&psi);
         let (p, _) = pop.layout.individual(&p0.theta, &vec![0.0; q]);
-        if let Err(reason) = s.predict(&p, &pop.layout.eta_idx, pop.layout.error.log_scale(), &pop.settings) {
+        if let Err(reason) = s.predict(&p, &pop.layout.eta_idx, &pop.settings) {
             return Err(EstimationError::InitialObjective { reason: format!("subject `{}`: {reason}", s.id) });
         }
         return Err(EstimationError::InitialObjective {

@@ -8,6 +8,8 @@
 //! |---|---|
 //! | describe the population model: typical values, random effects, Ω, residual error | [`PopulationSpec`], [`RandomEffect`], [`Omega`], [`ErrorModel`] |
 //! | fit it by FOCE-I (Laplace, first-order Hessian, interaction) | [`focei::fit`] → [`focei::Estimate`] |
+//! | individual posteriors at a fixed population: MAP, Laplace, SIR/MCMC draws, sequential updating | [`Posterior`] ([`posterior`]) |
+//! | several observed outputs, each with its error model; BLQ (M3) | [`ObservedOutput`] in [`PopulationSpec::outputs`] |
 //! | errors | [`EstimationError`] |
 //!
 //! Every subject is a [`ModelSystem`](insilico_model::ModelSystem) bound to
@@ -44,10 +46,15 @@
 
 #![warn(missing_docs)]
 
+mod conditional;
 pub mod error;
 pub mod focei;
 mod population;
+pub mod posterior;
 pub mod spec;
 
 pub use error::EstimationError;
-pub use spec::{ErrorModel, EtaOn, Omega, OmegaStructure, PopulationSpec, RandomEffect};
+pub use posterior::{
+    Draws, Posterior, PosteriorOptions, PredictionRow, SamplingMethod, SequentialStep, SubjectPosterior,
+};
+pub use spec::{ErrorModel, EtaOn, ObservedOutput, Omega, OmegaStructure, PopulationSpec, RandomEffect};

@@ -12,6 +12,22 @@ use insilico_solvers::{sensitivities, Method, ObservationPoint, Options, Problem
 use crate::error::EstimationError;
 use crate::spec::{ErrorModel, EtaOn, Omega, OmegaStructure, PopulationSpec};
 
+/// One observed output: the model output it reads, its error model, where
+/// its σ sit in [`PopValues::sigma`], and which records feed it.
+#[derive(Debug, Clone)]
+pub(crate) struct OutputLayout {
+    /// The model output's name.
+    pub name: String,
+    /// The model output's index.
+    pub index: usize,
+    pub error: ErrorModel,
+    /// Its σ in the concatenated σ vector.
+    pub sigma: std::ops::Range<usize>,
+    pub cmt: Option<usize>,
+    pub dvid: Option<f64>,
+    pub lloq: Option<f64>,
+}
+
 /// How the spec maps onto the model's parameter vector, and ψ (the free
 /// parameters of the outer problem): `[θ (log or linear), Ω (Cholesky,
 /// log-diagonal), log σ]`.
@@ -25,8 +41,12 @@ pub(crate) struct Layout {
     pub eta_idx: Vec<usize>,
     pub eta_lognormal: Vec<bool>,
     pub omega_structure: OmegaStructure,
+    /// The error model of the first observed output (FOCE-I takes one).
     pub error: ErrorModel,
-    pub output: usize,
+    /// The observed outputs (one unless the spec lists several).
+    pub outputs: Vec<OutputLayout>,
+    /// The initial σ of every output, concatenated.
+    pub sigma0: Vec<f64>,
 }
 
 /// Population values unpacked from ψ.
@@ -114,28 +134,91 @@ impl Layout {
                 return Err(perr(&p.name, "has no value: give a typical value in `theta` or a fixed value".into()));
             }
         }
-        let n_sigma = spec.error.sigma_names().len();
-        if spec.sigma.len() != n_sigma || spec.sigma.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(EstimationError::Spec(format!(
-                "the {} error model takes {n_sigma} positive σ ({}), given {:?}",
-                spec.error.name(),
-                spec.error.sigma_names().join(", "),
-                spec.sigma
-            )));
-        }
         let names = model.output_names();
-        let output = match &spec.output {
-            None => 0,
-            Some(o) => names.iter().position(|n| n == o).ok_or_else(|| {
+        if names.is_empty() {
+            return Err(EstimationError::Spec(format!("model {} has no output", model.name())));
+        }
+        let find_output = |o: &str| {
+            names.iter().position(|n| *n == o).ok_or_else(|| {
                 EstimationError::Spec(format!(
                     "model {} has no output `{o}` (outputs: {})",
                     model.name(),
                     names.join(", ")
                 ))
-            })?,
+            })
         };
-        if names.is_empty() {
-            return Err(EstimationError::Spec(format!("model {} has no output", model.name())));
+        let check_sigma = |error: ErrorModel, sigma: &[f64], what: &str| {
+            let n_sigma = error.sigma_names().len();
+            if sigma.len() != n_sigma || sigma.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+                return Err(EstimationError::Spec(format!(
+                    "{what}the {} error model takes {n_sigma} positive σ ({}), given {sigma:?}",
+                    error.name(),
+                    error.sigma_names().join(", "),
+                )));
+            }
+            Ok(())
+        };
+        let mut outputs = Vec::new();
+        let mut sigma0 = Vec::new();
+        if spec.outputs.is_empty() {
+            check_sigma(spec.error, &spec.sigma, "")?;
+            let index = match &spec.output {
+                None => 0,
+                Some(o) => find_output(o)?,
+            };
+            outputs.push(OutputLayout {
+                name: names[index].to_string(),
+                index,
+                error: spec.error,
+                sigma: 0..spec.sigma.len(),
+                cmt: None,
+                dvid: None,
+                lloq: None,
+            });
+            sigma0 = spec.sigma.clone();
+        } else {
+            if let Some(o) = &spec.output {
+                return Err(EstimationError::Spec(format!(
+                    "both `output` ({o}) and a list of observed outputs are given; name the outputs in the list only"
+                )));
+            }
+            let several = spec.outputs.len() > 1;
+            for (k, o) in spec.outputs.iter().enumerate() {
+                let what = format!("observed output {} (`{}`): ", k + 1, o.name);
+                let index = find_output(&o.name)?;
+                check_sigma(o.error, &o.sigma, &what)?;
+                if several && o.cmt.is_none() && o.dvid.is_none() {
+                    return Err(EstimationError::Spec(format!(
+                        "{what}with several observed outputs each needs a CMT or a DVID to select its observation records"
+                    )));
+                }
+                if let Some(l) = o.lloq {
+                    if !(l.is_finite() && l > 0.0) {
+                        return Err(EstimationError::Spec(format!("{what}lloq = {l} must be positive")));
+                    }
+                }
+                if let Some(d) = o.dvid {
+                    if !d.is_finite() {
+                        return Err(EstimationError::Spec(format!("{what}dvid = {d} is not finite")));
+                    }
+                }
+                if outputs.iter().any(|p: &OutputLayout| p.cmt == o.cmt && p.dvid == o.dvid) {
+                    return Err(EstimationError::Spec(format!(
+                        "{what}selects the same observation records as an earlier output"
+                    )));
+                }
+                let start = sigma0.len();
+                sigma0.extend(&o.sigma);
+                outputs.push(OutputLayout {
+                    name: o.name.clone(),
+                    index,
+                    error: o.error,
+                    sigma: start..sigma0.len(),
+                    cmt: o.cmt,
+                    dvid: o.dvid,
+                    lloq: o.lloq,
+                });
+            }
         }
         Ok(Layout {
             base,
@@ -146,8 +229,9 @@ impl Layout {
             eta_idx,
             eta_lognormal,
             omega_structure: spec.omega.structure(),
-            error: spec.error,
-            output,
+            error: outputs[0].error,
+            outputs,
+            sigma0,
         })
     }
 
@@ -212,10 +296,21 @@ pub(crate) struct SubjectData {
     /// The schedule when no dose attribute depends on parameters.
     schedule: Option<Schedule>,
     pub obs: Vec<ObservationPoint>,
-    /// Observations on the comparison scale (log for the exponential error model).
+    /// Observations on the comparison scale (log for the exponential error
+    /// model); for a censored observation, its limit of quantification.
     pub y: Vec<f64>,
+    /// Observations as in the dataset (the limit for a censored one).
+    pub dv: Vec<f64>,
+    /// Per observation: the observed output it feeds (index into `Layout::outputs`).
+    pub kind: Vec<usize>,
+    /// Per observation: censored below `y` (M3).
+    pub cens: Vec<bool>,
+    /// Per observation: compared on the log scale.
+    log: Vec<bool>,
     /// Dataset lines of the observations.
     pub lines: Vec<usize>,
+    /// What looks wrong but does not stop the analysis (an observation before any dose).
+    pub warnings: Vec<String>,
     t0: f64,
 }
 
@@ -227,11 +322,14 @@ pub(crate) struct SolveSettings {
 }
 
 impl SubjectData {
+    /// Binds every subject; a subject without observations is an error
+    /// unless `allow_empty`.
     pub fn build_all(
         model: &Model,
         ds: &Dataset,
         layout: &Layout,
         spec: &PopulationSpec,
+        allow_empty: bool,
     ) -> Result<Vec<SubjectData>, EstimationError> {
         if ds.subjects.is_empty() {
             return Err(EstimationError::EmptyDataset { file: ds.file.clone() });
@@ -260,49 +358,127 @@ impl SubjectData {
             covariate_names: ds.covariate_names.clone(),
             subjects: Vec::new(),
         });
+        let cens_col = ds.covariate("CENS");
+        let dvid_col = ds.covariate("DVID");
+        if layout.outputs.iter().any(|o| o.dvid.is_some()) && dvid_col.is_none() {
+            return Err(EstimationError::Spec(format!(
+                "an observed output is selected by DVID, but {} has no DVID column",
+                ds.file
+            )));
+        }
+        let describe = || {
+            layout
+                .outputs
+                .iter()
+                .map(|o| match (o.dvid, o.cmt) {
+                    (Some(d), _) => format!("{} (DVID {d})", o.name),
+                    (None, Some(c)) => format!("{} (CMT {c})", o.name),
+                    (None, None) => o.name.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let mut out = Vec::with_capacity(ds.subjects.len());
         for subj in &ds.subjects {
             let cov = subject_covariates(model, ds, subj)?;
             let sys = ModelSystem::from_compiled(compiled.clone(), &cov)?;
             let (schedule, obs) = subj.to_schedule(ds, &subject_dose_mapping(&sys, &base_mapping, &layout.base))?;
-            let mut points = Vec::new();
-            let mut y = Vec::new();
-            let mut lines = Vec::new();
-            for o in &obs {
-                let Some(dv) = o.dv.filter(|_| !o.mdv) else { continue };
-                let yv = if layout.error.log_scale() {
-                    if dv <= 0.0 {
-                        return Err(EstimationError::Observation {
-                            file: ds.file.clone(),
-                            subject: subj.id.clone(),
-                            line: o.line,
-                            reason: format!("DV = {dv} cannot be log-transformed for the exponential error model"),
-                        });
-                    }
-                    dv.ln()
-                } else {
-                    dv
-                };
-                points.push(ObservationPoint { time: o.time, output: layout.output });
-                y.push(yv);
-                lines.push(o.line);
-            }
-            if points.is_empty() {
-                return Err(EstimationError::NoObservations { file: ds.file.clone(), subject: subj.id.clone() });
-            }
-            let t0 = subj.records.iter().map(|r| r.time).fold(0.0f64, f64::min);
-            out.push(SubjectData {
+            let obs_records = subj.records.iter().filter(|r| r.evid == 0);
+            let first_dose = subj.records.iter().position(|r| r.evid == 1 || r.evid == 4);
+            let bad = |line: usize, reason: String| EstimationError::Observation {
+                file: ds.file.clone(),
+                subject: subj.id.clone(),
+                line,
+                reason,
+            };
+            let mut sd = SubjectData {
                 id: subj.id.clone(),
                 sys,
                 subject: subj.clone(),
                 header: header.clone(),
                 mapping: base_mapping.clone(),
-                schedule: if has_attrs { None } else { Some(schedule) },
-                obs: points,
-                y,
-                lines,
-                t0,
-            });
+                schedule: None,
+                obs: Vec::new(),
+                y: Vec::new(),
+                dv: Vec::new(),
+                kind: Vec::new(),
+                cens: Vec::new(),
+                log: Vec::new(),
+                lines: Vec::new(),
+                warnings: Vec::new(),
+                t0: subj.records.iter().map(|r| r.time).fold(0.0f64, f64::min),
+            };
+            for (o, rec) in obs.iter().zip(obs_records) {
+                let Some(dv) = o.dv.filter(|_| !o.mdv) else { continue };
+                let cell = |col: Option<usize>| col.and_then(|k| rec.covariates.get(k).copied().flatten());
+                let dvid = cell(dvid_col);
+                let kind = layout
+                    .outputs
+                    .iter()
+                    .position(|out| match (out.dvid, out.cmt) {
+                        (Some(d), _) => dvid == Some(d),
+                        (None, Some(c)) => o.cmt == c,
+                        (None, None) => true,
+                    })
+                    .ok_or_else(|| {
+                        let sel = match dvid {
+                            Some(d) if dvid_col.is_some() => format!("DVID {d}, CMT {}", o.cmt),
+                            _ => format!("CMT {}", o.cmt),
+                        };
+                        bad(
+                            o.line,
+                            format!("the observation ({sel}) maps to no observed output (outputs: {})", describe()),
+                        )
+                    })?;
+                let out = &layout.outputs[kind];
+                let censored = match cell(cens_col) {
+                    None => false,
+                    Some(c) if c == 0.0 => false,
+                    Some(c) if c == 1.0 => true,
+                    Some(c) => {
+                        return Err(bad(
+                            o.line,
+                            format!("CENS = {c}: only 0 and 1 (below the limit of quantification, DV = the limit) are supported"),
+                        ))
+                    }
+                };
+                let (censored, dv) = match out.lloq {
+                    Some(l) if !censored && dv < l => (true, l),
+                    _ => (censored, dv),
+                };
+                let log = out.error.log_scale();
+                let yv = if log {
+                    if dv <= 0.0 {
+                        return Err(bad(
+                            o.line,
+                            format!("DV = {dv} cannot be log-transformed for the exponential error model"),
+                        ));
+                    }
+                    dv.ln()
+                } else {
+                    dv
+                };
+                if first_dose.is_none_or(|d| subj.records[..d].iter().any(|r| r.line == o.line)) {
+                    sd.warnings.push(format!(
+                        "subject `{}`, line {} of {}: observation at time {} before any dose",
+                        subj.id, o.line, ds.file, o.time
+                    ));
+                }
+                sd.obs.push(ObservationPoint { time: o.time, output: out.index });
+                sd.y.push(yv);
+                sd.dv.push(dv);
+                sd.kind.push(kind);
+                sd.cens.push(censored);
+                sd.log.push(log);
+                sd.lines.push(o.line);
+            }
+            if sd.obs.is_empty() && !allow_empty {
+                return Err(EstimationError::NoObservations { file: ds.file.clone(), subject: subj.id.clone() });
+            }
+            if !has_attrs {
+                sd.schedule = Some(schedule);
+            }
+            out.push(sd);
         }
         Ok(out)
     }
@@ -310,13 +486,28 @@ impl SubjectData {
     /// Predictions (on the comparison scale) and their Jacobian by the
     /// parameters `dirs` (row-major, `n_obs × dirs.len()`), at individual
     /// parameters `p`.
-    pub fn predict(
-        &self,
-        p: &[f64],
-        dirs: &[usize],
-        log_scale: bool,
-        st: &SolveSettings,
-    ) -> Result<Sensitivities, String> {
+    pub fn predict(&self, p: &[f64], dirs: &[usize], st: &SolveSettings) -> Result<Sensitivities, String> {
+        let mut s = self.predict_natural(p, dirs, st)?;
+        let k = dirs.len();
+        for (j, f) in s.predictions.iter_mut().enumerate() {
+            if self.log[j] {
+                for v in &mut s.jacobian[j * k..(j + 1) * k] {
+                    *v /= *f;
+                }
+                *f = f.ln();
+            }
+        }
+        if s.predictions.iter().chain(&s.jacobian).any(|v| !v.is_finite()) {
+            return Err("a prediction or its sensitivity is not finite".into());
+        }
+        Ok(s)
+    }
+
+    /// Predictions on the model's scale and their Jacobian by `dirs`.
+    pub fn predict_natural(&self, p: &[f64], dirs: &[usize], st: &SolveSettings) -> Result<Sensitivities, String> {
+        if self.obs.is_empty() {
+            return Ok(Sensitivities { predictions: Vec::new(), jacobian: Vec::new() });
+        }
         let schedule = match &self.schedule {
             Some(s) => s.clone(),
             None => {
@@ -331,19 +522,6 @@ impl SubjectData {
         }
         prob.t0 = self.t0;
         prob.observations = self.obs.clone();
-        let mut s = sensitivities(&prob, st.method, &st.options, dirs).map_err(|e| e.to_string())?;
-        if log_scale {
-            let k = dirs.len();
-            for (j, f) in s.predictions.iter_mut().enumerate() {
-                for v in &mut s.jacobian[j * k..(j + 1) * k] {
-                    *v /= *f;
-                }
-                *f = f.ln();
-            }
-        }
-        if s.predictions.iter().chain(&s.jacobian).any(|v| !v.is_finite()) {
-            return Err("a prediction or its sensitivity is not finite".into());
-        }
-        Ok(s)
+        sensitivities(&prob, st.method, &st.options, dirs).map_err(|e| e.to_string())
     }
 }

@@ -339,6 +339,70 @@ pub struct PopulationSpec {
     pub dose_cmt: Option<usize>,
     /// CMT of observation records without one (default: the state `central`, else 1).
     pub obs_cmt: Option<usize>,
+    /// Several observed outputs, each with its own error model and σ, mapped
+    /// from observation records by CMT or a `DVID` column (see
+    /// [`ObservedOutput`]). Empty (the default of every constructor): one
+    /// output, `output` with `error` and `sigma`, which every observation
+    /// record feeds. When not empty, `error` and `sigma` are ignored and
+    /// `output` must be `None`. FOCE-I ([`crate::focei::fit`]) takes one
+    /// output without censoring; the individual posterior
+    /// ([`crate::posterior`]) takes any number, with M3 censoring.
+    pub outputs: Vec<ObservedOutput>,
+}
+
+/// One observed model output in a multi-output [`PopulationSpec`]: which
+/// observation records feed it, its residual error model and σ, and an
+/// optional lower limit of quantification.
+///
+/// Censoring (Beal's M3): an observation is below the limit when its record
+/// has `CENS = 1` (a `CENS` column; DV is then the limit) or when `lloq` is
+/// set and `DV < lloq` (the limit is then `lloq`). Its likelihood term is
+/// `−2 ln Φ((LLOQ − f)/√V(f))` in place of `(y − f)²/V + ln V` (on the log
+/// scale for the exponential error model).
+///
+/// ```
+/// use insilico_estimation::{ErrorModel, ObservedOutput};
+/// let parent = ObservedOutput::new("cp", ErrorModel::Proportional, &[0.1]).with_cmt(2).with_lloq(0.05);
+/// assert_eq!(parent.cmt, Some(2));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedOutput {
+    /// The model output (by name).
+    pub name: String,
+    /// Observation records with this CMT feed the output (a record without
+    /// CMT has the spec's `obs_cmt`).
+    pub cmt: Option<usize>,
+    /// Or: records whose `DVID` column has this value (takes precedence over `cmt`).
+    pub dvid: Option<f64>,
+    /// Its residual error model.
+    pub error: ErrorModel,
+    /// Its σ (see [`ErrorModel::sigma_names`]).
+    pub sigma: Vec<f64>,
+    /// Lower limit of quantification: `DV < lloq` is censored (M3).
+    pub lloq: Option<f64>,
+}
+
+impl ObservedOutput {
+    /// Output `name` with its error model and σ, fed by every observation
+    /// record until [`ObservedOutput::with_cmt`] or [`ObservedOutput::with_dvid`] says otherwise.
+    pub fn new(name: &str, error: ErrorModel, sigma: &[f64]) -> ObservedOutput {
+        ObservedOutput { name: name.to_string(), cmt: None, dvid: None, error, sigma: sigma.to_vec(), lloq: None }
+    }
+    /// Fed by observation records with this CMT.
+    pub fn with_cmt(mut self, cmt: usize) -> ObservedOutput {
+        self.cmt = Some(cmt);
+        self
+    }
+    /// Fed by observation records with this DVID.
+    pub fn with_dvid(mut self, dvid: f64) -> ObservedOutput {
+        self.dvid = Some(dvid);
+        self
+    }
+    /// With a lower limit of quantification (M3 for `DV < lloq`).
+    pub fn with_lloq(mut self, lloq: f64) -> ObservedOutput {
+        self.lloq = Some(lloq);
+        self
+    }
 }
 
 impl PopulationSpec {
@@ -367,6 +431,7 @@ impl PopulationSpec {
             output: None,
             dose_cmt: None,
             obs_cmt: None,
+            outputs: Vec::new(),
         })
     }
 }

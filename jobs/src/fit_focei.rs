@@ -209,6 +209,7 @@ impl FoceiConfig {
             output: raw.output.clone(),
             dose_cmt: raw.dose_cmt,
             obs_cmt: raw.obs_cmt,
+            outputs: Vec::new(),
         };
         let defaults = FitOptions::default();
         let ode = Options {
