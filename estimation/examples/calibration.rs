@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p insilico-estimation --example calibration -- [--subjects 1000] [--draws 500] [--seed 3] [--training 100]
+//!     [--methods laplace,auto,map]      # any of laplace, sir, mcmc, auto, map
 //! ```
 //!
 //! Virtual subjects receive 100 mg orally every 12 h (six doses). Their
@@ -45,6 +46,20 @@ fn arg(name: &str, default: u64) -> Result<u64, String> {
     }
 }
 
+fn methods() -> Result<Vec<Represent>, String> {
+    let args: Vec<String> = std::env::args().collect();
+    let list = match args.iter().position(|a| a == "--methods") {
+        None => "laplace,auto,map".to_string(),
+        Some(i) => args.get(i + 1).cloned().ok_or("--methods needs a value")?,
+    };
+    list.split(',')
+        .map(|m| match m.trim() {
+            "map" => Ok(Represent::MapOnly),
+            other => SamplingMethod::parse(other).map(Represent::Draws).ok_or_else(|| format!("unknown method `{other}`")),
+        })
+        .collect()
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = arg("--subjects", 1000)? as usize;
     let draws = arg("--draws", 500)? as usize;
@@ -54,12 +69,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{n} virtual subjects per truth, {draws} posterior draws each, seed {seed}, {} threads",
         rayon::current_num_threads()
     );
-    let methods = [Represent::Draws(SamplingMethod::Laplace), Represent::Draws(SamplingMethod::Auto), Represent::MapOnly];
+    let methods = methods()?;
 
     let linear = cal::simulate(&cal::linear_truth(), n, seed, cal::calibration_times)?;
     let spec = cal::true_linear_spec()?;
     let mut rows = Vec::new();
-    for m in methods {
+    for &m in &methods {
         let c = cal::coverage(&spec, &linear, m, draws, seed)?;
         println!("{}", c.row("linear (well specified)"));
         rows.push(c.row("linear (well specified)"));
@@ -70,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mm_spec, fit_text) = cal::fit_linear(&training)?;
     println!("{fit_text}");
     let subjects = cal::simulate(&mm, n, seed + 2, cal::calibration_times)?;
-    for m in methods {
+    for &m in &methods {
         let c = cal::coverage(&mm_spec, &subjects, m, draws, seed)?;
         println!("{}", c.row("Michaelis–Menten (model linear)"));
         rows.push(c.row("Michaelis–Menten (model linear)"));

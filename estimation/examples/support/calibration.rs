@@ -207,7 +207,8 @@ impl Represent {
         match self {
             Represent::Draws(SamplingMethod::Laplace) => "Laplace (Gaussian) draws".into(),
             Represent::Draws(SamplingMethod::Auto) => "SIR (MCMC when ESS low)".into(),
-            Represent::Draws(m) => format!("{} draws", m.name()),
+            Represent::Draws(SamplingMethod::Sir) => "SIR draws".into(),
+            Represent::Draws(SamplingMethod::Mcmc) => "MCMC (random-walk Metropolis) draws".into(),
             Represent::MapOnly => "MAP only (no η uncertainty)".into(),
         }
     }
