@@ -86,3 +86,15 @@ pub fn covers(sorted: &[f64], level: f64, y: f64) -> bool {
     let a = (1.0 - level) / 2.0;
     quantile(sorted, a) <= y && y <= quantile(sorted, 1.0 - a)
 }
+
+/// CPU seconds (user + system) of this process so far, from Linux's
+/// `/proc/self/stat` (NaN elsewhere): on a shared, loaded machine the
+/// figure that does not depend on the other processes.
+pub fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
+    let Some(rest) = stat.rsplit(')').next() else { return f64::NAN };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime and stime (fields 14, 15) are at 11 and 12, in 1/100 s.
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (ticks(11) + ticks(12)) / 100.0
+}
