@@ -38,11 +38,9 @@ fn arg(name: &str, default: u64) -> Result<u64, String> {
     let args: Vec<String> = std::env::args().collect();
     match args.iter().position(|a| a == name) {
         None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .ok_or_else(|| format!("{name} needs a value"))?
-            .parse()
-            .map_err(|e| format!("{name}: {e}")),
+        Some(i) => {
+            args.get(i + 1).ok_or_else(|| format!("{name} needs a value"))?.parse().map_err(|e| format!("{name}: {e}"))
+        }
     }
 }
 
@@ -55,7 +53,9 @@ fn methods() -> Result<Vec<Represent>, String> {
     list.split(',')
         .map(|m| match m.trim() {
             "map" => Ok(Represent::MapOnly),
-            other => SamplingMethod::parse(other).map(Represent::Draws).ok_or_else(|| format!("unknown method `{other}`")),
+            other => {
+                SamplingMethod::parse(other).map(Represent::Draws).ok_or_else(|| format!("unknown method `{other}`"))
+            }
         })
         .collect()
 }

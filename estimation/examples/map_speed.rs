@@ -264,9 +264,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         a.threads,
         cpu_ms / a.threads as f64
     );
-    let sd_mean: Vec<f64> = (0..OMEGA2.len())
-        .map(|k| maps.iter().map(|m| m.sd[k]).sum::<f64>() / maps.len() as f64)
-        .collect();
+    let sd_mean: Vec<f64> =
+        (0..OMEGA2.len()).map(|k| maps.iter().map(|m| m.sd[k]).sum::<f64>() / maps.len() as f64).collect();
     println!("mean posterior SD of η (ka, CL, V1): {sd_mean:.3?}");
 
     if !a.scipy {

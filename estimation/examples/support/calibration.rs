@@ -21,7 +21,8 @@ use super::{covers, normal, observe, params, predict, rng, uniform};
 /// Nominal levels of the central prediction intervals.
 pub const LEVELS: [f64; 4] = [0.5, 0.8, 0.9, 0.95];
 /// 100 mg orally every 12 h, six doses (into the depot, CMT 1).
-pub const DOSES: [(f64, f64); 6] = [(0.0, 100.0), (12.0, 100.0), (24.0, 100.0), (36.0, 100.0), (48.0, 100.0), (60.0, 100.0)];
+pub const DOSES: [(f64, f64); 6] =
+    [(0.0, 100.0), (12.0, 100.0), (24.0, 100.0), (36.0, 100.0), (48.0, 100.0), (60.0, 100.0)];
 /// The two assimilated samples: one uniformly in each window (after the first dose).
 pub const FIT_WINDOWS: [(f64, f64); 2] = [(1.0, 3.0), (9.0, 11.5)];
 /// The forecast samples: troughs before the third and sixth dose, a peak
@@ -258,7 +259,7 @@ impl Coverage {
 }
 
 /// Header of [`Coverage::row`] tables.
-pub const TABLE_HEADER: &str = "| truth | posterior | 50% | 80% | 90% | 95% | 90% PI width / median | mean SIR ESS | MCMC fallbacks | time |\n|---|---|---|---|---|---|---|---|---|---|";
+pub const TABLE_HEADER: &str = "| truth | posterior | 50% | 80% | 90% | 95% | 90% PI width / median | mean SIR ESS | subjects sampled by MCMC | time |\n|---|---|---|---|---|---|---|---|---|---|";
 
 /// Assimilates the first two samples of each subject under `spec`
 /// (the linear model), forecasts the others from `draws` posterior draws
