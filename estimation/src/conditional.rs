@@ -329,7 +329,7 @@ impl Conditional<'_> {
 /// Skipped when `yᵀs ≤ 0` (no positive curvature along the step).
 fn secant_update(corr: &mut DMatrix<f64>, h: &DMatrix<f64>, s: &DVector<f64>, y: &DVector<f64>) {
     let ys = y.dot(s);
-    if !(ys > 1e-300) || !ys.is_finite() {
+    if !(ys.is_finite() && ys > 1e-300) {
         return;
     }
     let ysharp = y - h * s;

@@ -328,9 +328,9 @@ fn linear_in_eta_matches_closed_form() {
         assert!(map.converged);
         for i in 0..2 {
             assert!((map.eta[i] - mean[i]).abs() < 1e-8, "{hessian:?} eta {i}: {} vs {}", map.eta[i], mean[i]);
-            for j in 0..2 {
+            for (j, want) in cov[i].iter().enumerate() {
                 let c = map.covariance[i * 2 + j];
-                assert!((c - cov[i][j]).abs() < 1e-8, "{hessian:?} cov {i}{j}: {c} vs {}", cov[i][j]);
+                assert!((c - want).abs() < 1e-8, "{hessian:?} cov {i}{j}: {c} vs {want}");
             }
         }
     }

@@ -247,7 +247,9 @@ pub struct SubjectPosterior {
 /// Posterior draws of η for one subject.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Draws {
-    /// Equal-weight draws, each in the order of [`Posterior::eta_names`].
+    /// Equal-weight draws, each in the order of [`Posterior::eta_names`]
+    /// (empty from SIR when no proposal has a finite objective: the model
+    /// cannot be solved near η̂; `ess` is then 0).
     pub eta: Vec<Vec<f64>>,
     /// The method that produced them (SIR or MCMC when the option was Auto).
     pub method: SamplingMethod,
