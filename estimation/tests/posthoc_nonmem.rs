@@ -32,6 +32,21 @@ fn read(name: &str) -> Dataset {
     Dataset::from_path(format!("{DIR}/{name}"), &ReadOptions::default()).unwrap()
 }
 
+/// Asserts `|ours_k − nonmem_k| < tol` for every k, naming `what`.
+fn assert_close(ours: &[f64], nonmem: &[f64], tol: f64, what: &str) {
+    assert_eq!(ours.len(), nonmem.len());
+    for (k, (o, n)) in ours.iter().zip(nonmem).enumerate() {
+        assert!((o - n).abs() < tol, "{what}: η{} = {o} vs NONMEM {n} (tolerance {tol:e})", k + 1);
+    }
+}
+
+/// `worst_k = max(worst_k, |ours_k − nonmem_k|)`.
+fn track_worst(worst: &mut [f64], ours: &[f64], nonmem: &[f64]) {
+    for ((w, o), n) in worst.iter_mut().zip(ours).zip(nonmem) {
+        *w = w.max((o - n).abs());
+    }
+}
+
 fn model(name: &str) -> Model {
     Model::from_file(format!("{DIR}/{name}")).unwrap()
 }
@@ -102,10 +117,7 @@ fn pkpdmap_run1_focei_posthoc_matches_nonmem() {
     let mut worst = [0.0f64; 2];
     for (s, (id, cl, v)) in est.subjects.iter().zip(&reference) {
         assert_eq!(&s.id, id);
-        let nm = [(cl / 7.6737).ln(), (v / 97.714).ln()];
-        for k in 0..2 {
-            worst[k] = worst[k].max((s.eta[k] - nm[k]).abs());
-        }
+        track_worst(&mut worst, &s.eta, &[(cl / 7.6737).ln(), (v / 97.714).ln()]);
     }
     println!("run1 (FOCE-I inner problem): max |η − η_NONMEM| = {:.2e} (CL), {:.2e} (V)", worst[0], worst[1]);
     // 1e-4: the bound. The reference itself carries ~1e-5 from the
@@ -124,10 +136,7 @@ fn pkpdmap_run1_posterior_map_matches_nonmem() {
         assert_eq!(&m.id, id);
         // The individual parameters themselves, against the table to its 5 digits (and the population's).
         assert!((m.parameters[0] / cl - 1.0).abs() < 1e-4 && (m.parameters[1] / v - 1.0).abs() < 1e-4);
-        let nm = [(cl / 7.6737).ln(), (v / 97.714).ln()];
-        for k in 0..2 {
-            worst[k] = worst[k].max((m.eta[k] - nm[k]).abs());
-        }
+        track_worst(&mut worst, &m.eta, &[(cl / 7.6737).ln(), (v / 97.714).ln()]);
     }
     println!("run1 (posterior MAP): max |η − η_NONMEM| = {:.2e} (CL), {:.2e} (V)", worst[0], worst[1]);
     // As for FOCE-I's inner problem below: 1e-4, with ~5e-5 of it from the reference's rounding.
@@ -161,9 +170,7 @@ fn pkpdmap_vcov_focei_posthoc_matches_nonmem() {
         let e = &est.subjects[0].eta;
         println!("{file}: η = {e:?}, NONMEM {eta:?}");
         // NONMEM prints 6 significant digits: ±5e-7; 2e-6 allows for NONMEM's own η tolerance.
-        for k in 0..2 {
-            assert!((e[k] - eta[k]).abs() < 2e-6, "{file}: η{} = {} vs {}", k + 1, e[k], eta[k]);
-        }
+        assert_close(e, &eta, 2e-6, file);
     }
 }
 
@@ -174,9 +181,7 @@ fn pkpdmap_vcov_posterior_map_and_covariance_match_nonmem() {
         let map = &posterior_map(&m, &read(file), &vcov_spec())[0];
         let c = &map.covariance;
         println!("{file}: η = {:?}, covariance = {c:?}; NONMEM η = {eta:?}, ETC = {etc:?}", map.eta);
-        for k in 0..2 {
-            assert!((map.eta[k] - eta[k]).abs() < 2e-6, "{file}: η{} = {} vs {}", k + 1, map.eta[k], eta[k]);
-        }
+        assert_close(&map.eta, &eta, 2e-6, file);
         // ETC is printed to 6 digits: 1e-5 relative is a few units of its last digit.
         for (ours, nm) in [(c[0], etc[0]), (c[1], etc[1]), (c[2], etc[1]), (c[3], etc[2])] {
             assert!((ours / nm - 1.0).abs() < 1e-5, "{file}: covariance {ours} vs NONMEM {nm}");
@@ -204,10 +209,8 @@ fn posologyr_run302_posterior_map_matches_nonmem() {
     let map = &posterior_map(&model("posologyr_run302.model"), &read("posologyr_run302.csv"), &run302_spec())[0];
     let (e, nm) = (&map.eta, RUN302_ETA);
     println!("run302 (posterior MAP): η = {e:?}, NONMEM {nm:?}");
-    for k in 0..3 {
-        // NONMEM gives 9 digits; 1e-6 leaves room for the ODE passing the covariate steps.
-        assert!((e[k] - nm[k]).abs() < 1e-6, "η{} = {} vs {}", k + 1, e[k], nm[k]);
-    }
+    // NONMEM gives 9 digits; 1e-6 leaves room for the ODE passing the covariate steps.
+    assert_close(e, &nm, 1e-6, "run302");
     // No data inform ka (no dose into the depot): its posterior is its prior.
     assert!((map.covariance[8] - 0.2).abs() < 1e-9);
 }
@@ -219,8 +222,6 @@ fn posologyr_run302_focei_posthoc_matches_nonmem() {
     let e = &est.subjects[0].eta;
     let nm = RUN302_ETA;
     println!("run302 (FOCE-I inner problem): η = {e:?}, NONMEM {nm:?}");
-    for k in 0..3 {
-        // NONMEM gives 9 digits; 1e-6 leaves room for the ODE passing the covariate steps.
-        assert!((e[k] - nm[k]).abs() < 1e-6, "η{} = {} vs {}", k + 1, e[k], nm[k]);
-    }
+    // NONMEM gives 9 digits; 1e-6 leaves room for the ODE passing the covariate steps.
+    assert_close(e, &nm, 1e-6, "run302");
 }

@@ -326,8 +326,8 @@ pub fn coverage(
     let (mut ess_sum, mut ess_n) = (0.0, 0usize);
     for r in rows {
         let (h, n, w, mcmc, ess, conv) = r?;
-        for k in 0..4 {
-            cov.hits[k] += h[k];
+        for (acc, h) in cov.hits.iter_mut().zip(h) {
+            *acc += h;
         }
         cov.total += n;
         cov.rel_width90 += w;
