@@ -23,6 +23,7 @@
 //! | sweep regimens × parameters × virtual populations to Parquet (what `insilico sweep` does) | [`sweep`] |
 //! | fit a PK or hybrid PK/neural model to data (what `insilico fit` does) | [`fit_cmd`], [`neural::fit`] |
 //! | population likelihood by FOCE-I (`insilico fit` with `estimation = "focei"`) | [`fit_focei`], [`estimation::focei`] |
+//! | individual posteriors at a fixed population, then forecasts under candidate regimens (`insilico assimilate`, `insilico forecast`) | [`assimilate`], [`forecast`], [`bayes_config`], [`posterior_dir`], [`estimation::posterior`] |
 //!
 //! ## Example: simulate the embedded quick-start config
 //! ```
