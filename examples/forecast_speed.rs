@@ -51,7 +51,14 @@ fn main() {
     let typical = [1.0, 5.0, 30.0, 10.0, 50.0];
     let sd = [0.4, 0.3, 0.2, 0.0, 0.0];
     let draws: Vec<Vec<f64>> = (0..1000u64)
-        .map(|d| typical.iter().zip(&sd).enumerate().map(|(k, (t, s))| t * (s * counter_normal(7, d, k as u64)).exp()).collect())
+        .map(|d| {
+            typical
+                .iter()
+                .zip(&sd)
+                .enumerate()
+                .map(|(k, (t, s))| t * (s * counter_normal(7, d, k as u64)).exp())
+                .collect()
+        })
         .collect();
     // 100 regimens: 25 amounts × 4 intervals, repeated over the horizon.
     let mut regimens = Vec::new();
@@ -82,7 +89,11 @@ fn main() {
     let t = Instant::now();
     let lanes = Forecaster::new(&model, plan.clone()).expect("forecaster");
     let diffsol = Forecaster::new(&model, ForecastPlan { force_diffsol: true, ..plan }).expect("forecaster");
-    println!("compile: {:.1} ms; batched engine: {}", t.elapsed().as_secs_f64() * 1e3, lanes.lanes_unavailable().unwrap_or("yes"));
+    println!(
+        "compile: {:.1} ms; batched engine: {}",
+        t.elapsed().as_secs_f64() * 1e3,
+        lanes.lanes_unavailable().unwrap_or("yes")
+    );
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
     let subj = &ds.subjects[0];
     let (mut lane_s, mut ref_s) = (Vec::new(), Vec::new());
@@ -95,7 +106,9 @@ fn main() {
         assert!(r.iter().all(|x| x.engine == EngineUsed::Lanes && x.failed == 0));
         last = Some(r);
         let t = Instant::now();
-        let r = pool.install(|| diffsol.forecast_subject(&ds, subj, 0, 24.0, &draws, &regimens[..n_ref])).expect("forecast");
+        let r = pool
+            .install(|| diffsol.forecast_subject(&ds, subj, 0, 24.0, &draws, &regimens[..n_ref]))
+            .expect("forecast");
         ref_s.push(t.elapsed().as_secs_f64() * regimens.len() as f64 / n_ref as f64);
         reference = Some(r);
     }
@@ -118,12 +131,27 @@ fn main() {
         }
     }
     let n = draws.len() * regimens.len();
-    println!("{} draws × {} regimens = {n} trajectories, 48 h, summaries only, {threads} threads, median of {runs}:", draws.len(), regimens.len());
-    println!("  batched engine (Tsit5 lanes):   {tl:.3} s  ({:.1} µs per trajectory per thread)", tl * threads as f64 / n as f64 * 1e6);
-    println!("  diffsol ModelSystem (Tsit45):   {tr:.3} s  (measured on {n_ref} regimens × {} draws, scaled ×{})", draws.len(), regimens.len() as f64 / n_ref as f64);
+    println!(
+        "{} draws × {} regimens = {n} trajectories, 48 h, summaries only, {threads} threads, median of {runs}:",
+        draws.len(),
+        regimens.len()
+    );
+    println!(
+        "  batched engine (Tsit5 lanes):   {tl:.3} s  ({:.1} µs per trajectory per thread)",
+        tl * threads as f64 / n as f64 * 1e6
+    );
+    println!(
+        "  diffsol ModelSystem (Tsit45):   {tr:.3} s  (measured on {n_ref} regimens × {} draws, scaled ×{})",
+        draws.len(),
+        regimens.len() as f64 / n_ref as f64
+    );
     println!("  ratio diffsol / batched:        {:.1}", tr / tl);
     println!("  target < 1 s on {threads} threads:      {}", if tl < 1.0 { "met" } else { "NOT met" });
     println!("  largest relative difference of a summary between the two paths: {:.2e} ({})", worst.0, worst.1);
     let s = &last[99].summaries;
-    println!("  e.g. {}: {}", last[99].regimen, s.iter().map(|v| format!("{} median {:.4}", v.name, v.stats().2[2])).collect::<Vec<_>>().join(", "));
+    println!(
+        "  e.g. {}: {}",
+        last[99].regimen,
+        s.iter().map(|v| format!("{} median {:.4}", v.name, v.stats().2[2])).collect::<Vec<_>>().join(", ")
+    );
 }

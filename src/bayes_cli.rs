@@ -26,7 +26,14 @@ pub fn assimilate(config: &Path, out: &Path) -> Result<()> {
     assimilate::write_outputs(&cfg, &ds, &res, out)?;
     if let Some(s) = res.subjects.first() {
         let eta: Vec<String> = res.eta_names.iter().zip(&s.map.eta).map(|(n, v)| format!("{n} = {v:.6}")).collect();
-        println!("subject {}: {} (OFV {:.4}, {} draws by {})", s.map.id, eta.join(", "), s.map.ofv, s.draws.eta.len(), s.draws.method.name());
+        println!(
+            "subject {}: {} (OFV {:.4}, {} draws by {})",
+            s.map.id,
+            eta.join(", "),
+            s.map.ofv,
+            s.draws.eta.len(),
+            s.draws.method.name()
+        );
     }
     println!(
         "wrote   {}/estimates.csv, predictions.csv, draws.csv, posterior.json{}, subject_<ID>.png ({} subjects in {:.2} s, {} ODE solves)",

@@ -35,7 +35,7 @@
 #![warn(missing_docs)]
 
 pub use insilico_jobs::{
-    assimilate, atomic, bayes_config, bench_p2, bench_p3, error, fit_cmd, fit_focei, fit_shape, forecast, limits, p1, perturb, plots, posterior_dir, simulate, status,
-    sweep, Error,
+    assimilate, atomic, bayes_config, bench_p2, bench_p3, error, fit_cmd, fit_focei, fit_shape, forecast, limits, p1,
+    perturb, plots, posterior_dir, simulate, status, sweep, Error,
 };
 pub use insilico_jobs::{estimation, kernels, mechanistic, model, models_zoo, neural, solvers, validation};

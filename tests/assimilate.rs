@@ -63,7 +63,8 @@ fn mapbayr_assimilate_then_forecast() {
     let (h, rows) = csv(&post.join("draws.csv"));
     assert_eq!(h.join(","), "ID,DRAW,ETA_CL,ETA_V1");
     assert_eq!(rows.len(), 1000);
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(post.join("posterior.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(post.join("posterior.json")).unwrap()).unwrap();
     for key in ["population", "subjects", "eta_names", "method", "warnings"] {
         assert!(json.get(key).is_some(), "posterior.json lacks {key}");
     }
@@ -107,11 +108,12 @@ fn mapbayr_assimilate_then_forecast() {
 /// simulation of the typical subject under its history plus the regimen.
 #[test]
 fn degenerate_posterior_forecast_is_a_plain_simulation() {
-    use insilico::model::{ModelSystem, Model};
+    use insilico::model::{Model, ModelSystem};
     use insilico::solvers::{solve, Dose, Method, ObservationPoint, Options, Problem, Schedule};
     let dir = out_dir("degenerate");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("d.csv"), "ID,TIME,AMT,DV,EVID,CMT\n1,0,100,.,1,1\n1,2,0,2.0,0,2\n1,8,0,1.0,0,2\n").unwrap();
+    std::fs::write(dir.join("d.csv"), "ID,TIME,AMT,DV,EVID,CMT\n1,0,100,.,1,1\n1,2,0,2.0,0,2\n1,8,0,1.0,0,2\n")
+        .unwrap();
     let cfg = "model = \"pk-2cmt-oral\"\ndata = \"d.csv\"\nerror = \"proportional\"\nsigma = [0.1]\n\
                [theta]\nka = 1.2\nCL = 5\nV1 = 30\nQ = 10\nV2 = 50\n[omega2]\nCL = 1e-12\nV1 = 1e-12\n\
                [posterior]\nmethod = \"laplace\"\ndraws = 50\n\
@@ -121,14 +123,22 @@ fn degenerate_posterior_forecast_is_a_plain_simulation() {
     let c = dir.join("c.toml");
     let (post, fc) = (dir.join("post"), dir.join("fc"));
     ok(&insilico(&["assimilate", c.to_str().unwrap(), "--out", post.to_str().unwrap()]));
-    ok(&insilico(&["forecast", c.to_str().unwrap(), "--posterior", post.to_str().unwrap(), "--out", fc.to_str().unwrap()]));
+    ok(&insilico(&[
+        "forecast",
+        c.to_str().unwrap(),
+        "--posterior",
+        post.to_str().unwrap(),
+        "--out",
+        fc.to_str().unwrap(),
+    ]));
     let (_, rows) = csv(&fc.join("forecast.csv"));
     // The reference: diffsol at tight tolerance, doses at 0 (history) and 12, 24 (regimen from start 8 + 4).
     let model: Model = insilico::models_zoo::resolve("pk-2cmt-oral", None).unwrap();
     let sys = ModelSystem::new(&model, &[]).unwrap();
     let times: Vec<f64> = rows.iter().map(|r| r[2].parse().unwrap()).collect();
-    let mut prob = Problem::new(&sys, vec![1.2, 5.0, 30.0, 10.0, 50.0])
-        .with_schedule(Schedule::new().dose(Dose::bolus(0.0, 0, 100.0)).dose(Dose::bolus(12.0, 0, 200.0).repeated(12.0, 1)));
+    let mut prob = Problem::new(&sys, vec![1.2, 5.0, 30.0, 10.0, 50.0]).with_schedule(
+        Schedule::new().dose(Dose::bolus(0.0, 0, 100.0)).dose(Dose::bolus(12.0, 0, 200.0).repeated(12.0, 1)),
+    );
     prob.observations = times.iter().map(|&t| ObservationPoint { time: t, output: 0 }).collect();
     let sol = solve(&prob, Method::Tsit45, &Options { rtol: 1e-10, atol: 1e-12, max_steps: 1_000_000 }).unwrap();
     assert_eq!(times.first().copied(), Some(8.0));
@@ -150,7 +160,9 @@ fn bad_input_names_file_key_and_line() {
     std::fs::create_dir_all(&dir).unwrap();
     let src = std::fs::read_to_string(mapbayr()).unwrap();
     let root = format!("{}/examples/mapbayr/", env!("CARGO_MANIFEST_DIR"));
-    let fixed = src.replace("\"mapbayr.model\"", &format!("\"{root}mapbayr.model\"")).replace("\"mapbayr.csv\"", &format!("\"{root}mapbayr.csv\""));
+    let fixed = src
+        .replace("\"mapbayr.model\"", &format!("\"{root}mapbayr.model\""))
+        .replace("\"mapbayr.csv\"", &format!("\"{root}mapbayr.csv\""));
     // An unknown key.
     let c = dir.join("typo.toml");
     std::fs::write(&c, fixed.replace("horizon = 48", "horizn = 48")).unwrap();
@@ -163,7 +175,10 @@ fn bad_input_names_file_key_and_line() {
     std::fs::write(&c, &fixed).unwrap();
     let o = insilico(&["assimilate", c.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("regimens.csv") && err.contains("line 3") && err.contains("AMT"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("regimens.csv") && err.contains("line 3") && err.contains("AMT"),
+        "{err}"
+    );
     // A dose into a compartment the model lacks.
     std::fs::write(dir.join("regimens.csv"), "REGIMEN,TIME,AMT,CMT\nA,0,100,5\n").unwrap();
     let o = insilico(&["assimilate", c.to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
@@ -171,7 +186,14 @@ fn bad_input_names_file_key_and_line() {
     assert!(!o.status.success() && err.contains("line 2") && err.contains("CMT"), "{err}");
     // forecast without a posterior folder.
     std::fs::write(dir.join("regimens.csv"), "REGIMEN,TIME,AMT,CMT\nA,0,100,1\n").unwrap();
-    let o = insilico(&["forecast", c.to_str().unwrap(), "--posterior", dir.join("none").to_str().unwrap(), "--out", dir.join("o").to_str().unwrap()]);
+    let o = insilico(&[
+        "forecast",
+        c.to_str().unwrap(),
+        "--posterior",
+        dir.join("none").to_str().unwrap(),
+        "--out",
+        dir.join("o").to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("posterior.json") && err.contains("assimilate"), "{err}");
     std::fs::remove_dir_all(&dir).ok();

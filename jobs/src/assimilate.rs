@@ -103,7 +103,13 @@ pub fn assimilate(
     let warnings = subjects
         .iter()
         .flat_map(|s| {
-            s.map.warnings.iter().map(move |w| if w.contains(&s.map.id) { w.clone() } else { format!("subject `{}`: {w}", s.map.id) })
+            s.map.warnings.iter().map(move |w| {
+                if w.contains(&s.map.id) {
+                    w.clone()
+                } else {
+                    format!("subject `{}`: {w}", s.map.id)
+                }
+            })
         })
         .collect();
     Ok(AssimilateResult {
@@ -116,7 +122,11 @@ pub fn assimilate(
 }
 
 /// Reads the dataset, runs [`assimilate`] and writes every output file into `out`.
-pub fn run(cfg: &BayesConfig, out: &Path, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<AssimilateResult, BayesError> {
+pub fn run(
+    cfg: &BayesConfig,
+    out: &Path,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<AssimilateResult, BayesError> {
     let ds = cfg.load_dataset()?;
     let res = assimilate(cfg, &ds, progress)?;
     write_outputs(cfg, &ds, &res, out)?;
@@ -236,7 +246,12 @@ pub fn posterior_json(cfg: &BayesConfig, ds: &Dataset, res: &AssimilateResult) -
             outputs: cfg
                 .observed
                 .iter()
-                .map(|o| OutputJson { name: o.name.clone(), error: o.error.name().into(), sigma: o.sigma.clone(), lloq: o.lloq })
+                .map(|o| OutputJson {
+                    name: o.name.clone(),
+                    error: o.error.name().into(),
+                    sigma: o.sigma.clone(),
+                    lloq: o.lloq,
+                })
                 .collect(),
         },
         subjects: res
@@ -276,14 +291,18 @@ pub fn file_id(id: &str) -> String {
 /// Writes estimates.csv, predictions.csv, draws.csv, posterior.json,
 /// sequential.csv (with `[sequential]`) and subject_<ID>.png into `out`.
 pub fn write_outputs(cfg: &BayesConfig, ds: &Dataset, res: &AssimilateResult, out: &Path) -> Result<(), BayesError> {
-    std::fs::create_dir_all(out).map_err(|e| BayesError::Io { path: out.display().to_string(), reason: e.to_string() })?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| BayesError::Io { path: out.display().to_string(), reason: e.to_string() })?;
     let write = |name: &str, text: &str| crate::atomic::write_bytes(&out.join(name), text.as_bytes());
     write("estimates.csv", &estimates_csv(cfg, res))?;
     write("predictions.csv", &predictions_csv(res))?;
-    let draws: Vec<(String, Vec<Vec<f64>>)> = res.subjects.iter().map(|r| (r.map.id.clone(), r.draws.eta.clone())).collect();
+    let draws: Vec<(String, Vec<Vec<f64>>)> =
+        res.subjects.iter().map(|r| (r.map.id.clone(), r.draws.eta.clone())).collect();
     write("draws.csv", &crate::posterior_dir::draws_csv(&res.eta_names, &draws))?;
-    let json = serde_json::to_string_pretty(&posterior_json(cfg, ds, res))
-        .map_err(|e| BayesError::Io { path: out.join("posterior.json").display().to_string(), reason: e.to_string() })?;
+    let json = serde_json::to_string_pretty(&posterior_json(cfg, ds, res)).map_err(|e| BayesError::Io {
+        path: out.join("posterior.json").display().to_string(),
+        reason: e.to_string(),
+    })?;
     write("posterior.json", &json)?;
     if cfg.sequential.is_some() {
         write("sequential.csv", &sequential_csv(res))?;
@@ -312,7 +331,8 @@ fn subject_plots(cfg: &BayesConfig, ds: &Dataset, res: &AssimilateResult, out: &
             dose_cmt: cfg.spec.dose_cmt,
             force_diffsol: false,
         };
-        let fc = Forecaster::new(&cfg.model, plan).map_err(|reason| BayesError::Config { file: cfg.source.clone(), reason })?;
+        let fc = Forecaster::new(&cfg.model, plan)
+            .map_err(|reason| BayesError::Config { file: cfg.source.clone(), reason })?;
         let none = CandidateRegimen { name: "history".into(), records: Vec::new(), source: String::new() };
         // The MAP alone (its line), then the draws (their band).
         let fit = fc
@@ -334,8 +354,12 @@ fn subject_plots(cfg: &BayesConfig, ds: &Dataset, res: &AssimilateResult, out: &
             })
             .collect();
         let path = out.join(format!("subject_{}.png", file_id(&subj.id)));
-        crate::plots::band_panels(&path, &format!("{}: subject {} (individual fit, 90% band of the posterior)", cfg.name, subj.id), &panels)
-            .map_err(|reason| BayesError::Write(crate::atomic::WriteError { path, reason }))?;
+        crate::plots::band_panels(
+            &path,
+            &format!("{}: subject {} (individual fit, 90% band of the posterior)", cfg.name, subj.id),
+            &panels,
+        )
+        .map_err(|reason| BayesError::Write(crate::atomic::WriteError { path, reason }))?;
     }
     Ok(())
 }

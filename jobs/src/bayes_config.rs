@@ -433,7 +433,11 @@ impl BayesConfig {
             if names.contains(&o) {
                 Ok(())
             } else {
-                Err(cfg(format!("{key} = `{o}`: model {} has no such output (outputs: {})", model.name(), names.join(", "))))
+                Err(cfg(format!(
+                    "{key} = `{o}`: model {} has no such output (outputs: {})",
+                    model.name(),
+                    names.join(", ")
+                )))
             }
         };
         let parse_error = |s: &str, key: &str| {
@@ -483,7 +487,9 @@ impl BayesConfig {
                     _ => raw.output.is_some(),
                 };
                 if given {
-                    return Err(cfg(format!("key `{key}` and [[outputs]] both given: use one (each output has its own)")));
+                    return Err(cfg(format!(
+                        "key `{key}` and [[outputs]] both given: use one (each output has its own)"
+                    )));
                 }
             }
             let mut out = Vec::new();
@@ -497,7 +503,10 @@ impl BayesConfig {
                 }
                 if let Some(c) = o.cmt {
                     if c == 0 || c > model.nstates() {
-                        return Err(cfg(format!("{key} cmt = {c}: the model has compartments 1..={}", model.nstates())));
+                        return Err(cfg(format!(
+                            "{key} cmt = {c}: the model has compartments 1..={}",
+                            model.nstates()
+                        )));
                     }
                 }
                 if let Some(l) = o.lloq {
@@ -714,7 +723,10 @@ fn forecast_settings(
     let mut threshold = Vec::new();
     for (o, &x) in &f.threshold {
         if !outputs.contains(o) {
-            return Err(cfg(format!("[forecast] threshold: `{o}` is not among the forecast outputs ({})", outputs.join(", "))));
+            return Err(cfg(format!(
+                "[forecast] threshold: `{o}` is not among the forecast outputs ({})",
+                outputs.join(", ")
+            )));
         }
         if !x.is_finite() {
             return Err(cfg(format!("[forecast] threshold {o} = {x}: must be finite")));
@@ -730,7 +742,12 @@ fn forecast_settings(
     }
     for (i, r) in regimens.iter().enumerate() {
         if regimens[..i].iter().any(|p| p.name == r.name) {
-            return Err(cfg(format!("regimen `{}` is defined twice ({} and {})", r.name, regimens[i - 1].source, r.source)));
+            return Err(cfg(format!(
+                "regimen `{}` is defined twice ({} and {})",
+                r.name,
+                regimens[i - 1].source,
+                r.source
+            )));
         }
     }
     Ok(ForecastSettings {
@@ -759,7 +776,9 @@ fn inline_regimen(r: &RawRegimen, model: &Model, file: &str) -> Result<Candidate
     }
     let mut records = Vec::new();
     for (i, d) in r.doses.iter().enumerate() {
-        let bad = |field: &str, reason: String| cfg(format!("[[regimen]] `{name}`, dose {}, field `{field}`: {reason}", i + 1));
+        let bad = |field: &str, reason: String| {
+            cfg(format!("[[regimen]] `{name}`, dose {}, field `{field}`: {reason}", i + 1))
+        };
         if !(d.time.is_finite() && d.time >= 0.0) {
             return Err(bad("time", format!("{} (times are relative to the forecast start, ≥ 0)", d.time)));
         }
@@ -781,7 +800,10 @@ fn inline_regimen(r: &RawRegimen, model: &Model, file: &str) -> Result<Candidate
             return Err(bad("ss", format!("{}: steady-state doses are not candidate doses (use ii and addl)", d.ss)));
         }
         if i > 0 && d.time < r.doses[i - 1].time {
-            return Err(bad("time", format!("{} is before the previous dose's {}: sort the doses", d.time, r.doses[i - 1].time)));
+            return Err(bad(
+                "time",
+                format!("{} is before the previous dose's {}: sort the doses", d.time, r.doses[i - 1].time),
+            ));
         }
         records.push(Record {
             line: i + 1,
@@ -805,7 +827,8 @@ fn inline_regimen(r: &RawRegimen, model: &Model, file: &str) -> Result<Candidate
 /// `REGIMEN,TIME,AMT,CMT,RATE,II,ADDL` (EVID 1 where given); every row a dose.
 fn read_regimen_csv(path: &Path, model: &Model) -> Result<Vec<CandidateRegimen>, BayesError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| BayesError::Io { path: file.clone(), reason: e.to_string() })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| BayesError::Io { path: file.clone(), reason: e.to_string() })?;
     let header: Vec<String> =
         text.lines().next().unwrap_or("").split(',').map(|c| c.trim().trim_matches('"').to_ascii_uppercase()).collect();
     let cfg = |reason: String| BayesError::Config { file: file.clone(), reason };
@@ -835,13 +858,20 @@ fn read_regimen_csv(path: &Path, model: &Model) -> Result<Vec<CandidateRegimen>,
             if r.evid != 1 {
                 return Err(field(
                     "EVID",
-                    format!("regimen `{}`: every record must be a dose (EVID 1, AMT > 0 or RATE ≠ 0), found EVID {}", s.id, r.evid),
+                    format!(
+                        "regimen `{}`: every record must be a dose (EVID 1, AMT > 0 or RATE ≠ 0), found EVID {}",
+                        s.id, r.evid
+                    ),
                 )
                 .into());
             }
             if let Some(c) = r.cmt {
                 if c == 0 || c > n {
-                    return Err(field("CMT", format!("dose into compartment {c}, but model {} has compartments 1..={n}", model.name())).into());
+                    return Err(field(
+                        "CMT",
+                        format!("dose into compartment {c}, but model {} has compartments 1..={n}", model.name()),
+                    )
+                    .into());
                 }
             }
             if r.time < 0.0 {
@@ -852,7 +882,10 @@ fn read_regimen_csv(path: &Path, model: &Model) -> Result<Vec<CandidateRegimen>,
             }
         }
         if out.iter().any(|c: &CandidateRegimen| c.name == s.id) {
-            return Err(cfg(format!("regimen `{}` appears in two separate runs of rows: keep its rows together", s.id)));
+            return Err(cfg(format!(
+                "regimen `{}` appears in two separate runs of rows: keep its rows together",
+                s.id
+            )));
         }
         out.push(CandidateRegimen {
             name: s.id.clone(),
@@ -890,7 +923,8 @@ fn read_fit_json(dir: &Path, model: &Model) -> Result<FittedPopulation, BayesErr
     if v.get("estimation").and_then(|e| e.as_str()) != Some("focei") {
         return Err(bad("not a FOCE-I fit (key `estimation` is not \"focei\"); `population` reads FOCE-I fits".into()));
     }
-    let estimates = v.get("estimates").and_then(|e| e.as_object()).ok_or_else(|| bad("no `estimates` object".into()))?;
+    let estimates =
+        v.get("estimates").and_then(|e| e.as_object()).ok_or_else(|| bad("no `estimates` object".into()))?;
     let order: Vec<&str> = model.params().iter().map(|p| p.name.as_str()).collect();
     let rank = |n: &str| order.iter().position(|p| *p == n).unwrap_or(usize::MAX);
     let mut theta = Vec::new();
@@ -898,9 +932,15 @@ fn read_fit_json(dir: &Path, model: &Model) -> Result<FittedPopulation, BayesErr
         if k.starts_with("omega") || k.starts_with("sigma_") {
             continue;
         }
-        let value = e.get("value").and_then(|x| x.as_f64()).ok_or_else(|| bad(format!("estimates.{k}.value is not a number")))?;
+        let value = e
+            .get("value")
+            .and_then(|x| x.as_f64())
+            .ok_or_else(|| bad(format!("estimates.{k}.value is not a number")))?;
         if rank(k) == usize::MAX {
-            return Err(bad(format!("θ `{k}` is not a parameter of model {} (is `model` the fitted one?)", model.name())));
+            return Err(bad(format!(
+                "θ `{k}` is not a parameter of model {} (is `model` the fitted one?)",
+                model.name()
+            )));
         }
         theta.push((k.clone(), value));
     }
@@ -928,7 +968,9 @@ fn read_fit_json(dir: &Path, model: &Model) -> Result<FittedPopulation, BayesErr
     let matrix: Vec<Vec<f64>> = match v.get("omega_matrix").and_then(|m| m.as_array()) {
         Some(rows) => rows
             .iter()
-            .map(|r| r.as_array().map(|r| r.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()).unwrap_or_default())
+            .map(|r| {
+                r.as_array().map(|r| r.iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect()).unwrap_or_default()
+            })
             .collect(),
         None => Vec::new(),
     };
@@ -941,7 +983,12 @@ fn read_fit_json(dir: &Path, model: &Model) -> Result<FittedPopulation, BayesErr
         (Some(e), Some(s)) => e
             .sigma_names()
             .iter()
-            .map(|n| s.get(*n).and_then(|x| x.get("sd")).and_then(|x| x.as_f64()).ok_or_else(|| bad(format!("sigma.{n}.sd is missing"))))
+            .map(|n| {
+                s.get(*n)
+                    .and_then(|x| x.get("sd"))
+                    .and_then(|x| x.as_f64())
+                    .ok_or_else(|| bad(format!("sigma.{n}.sd is missing")))
+            })
             .collect::<Result<Vec<_>, _>>()?,
         _ => Vec::new(),
     };
@@ -994,9 +1041,12 @@ doses = [ { time = 0, amt = 100, cmt = 1 } ]
 
     #[test]
     fn bad_inline_doses_name_regimen_dose_and_field() {
-        let e = BayesConfig::from_toml_str(&BASE.replace("amt = 100", "amt = -5"), "c.toml", None).unwrap_err().to_string();
+        let e =
+            BayesConfig::from_toml_str(&BASE.replace("amt = 100", "amt = -5"), "c.toml", None).unwrap_err().to_string();
         assert!(e.contains("`qd`, dose 1, field `amt`"), "{e}");
-        let e = BayesConfig::from_toml_str(&BASE.replace("cmt = 1 }", "cmt = 9 }"), "c.toml", None).unwrap_err().to_string();
+        let e = BayesConfig::from_toml_str(&BASE.replace("cmt = 1 }", "cmt = 9 }"), "c.toml", None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("field `cmt`") && e.contains("1..=4"), "{e}");
     }
 
@@ -1004,7 +1054,8 @@ doses = [ { time = 0, amt = 100, cmt = 1 } ]
     fn regimen_csv_errors_name_file_line_and_column() {
         let dir = std::env::temp_dir().join(format!("insilico-bayes-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let cfg = BASE.replace("[[regimen]]\nname = \"qd\"\ndoses = [ { time = 0, amt = 100, cmt = 1 } ]\n", "")
+        let cfg = BASE
+            .replace("[[regimen]]\nname = \"qd\"\ndoses = [ { time = 0, amt = 100, cmt = 1 } ]\n", "")
             .replace("step = 1", "step = 1\nregimens = \"r.csv\"");
         let run = |csv: &str| {
             std::fs::write(dir.join("r.csv"), csv).unwrap();

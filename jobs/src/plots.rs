@@ -252,9 +252,7 @@ fn draw_band_panels(path: &Path, title: &str, panels: &[BandPanel]) -> PlotResul
         let colours = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
         for (i, line) in panel.lines.iter().enumerate() {
             let pts = line.iter().copied().filter(|p| p.1.is_finite());
-            chart
-                .draw_series(LineSeries::new(pts, colours[i % colours.len()].stroke_width(2)))
-                .map_err(err(path))?;
+            chart.draw_series(LineSeries::new(pts, colours[i % colours.len()].stroke_width(2))).map_err(err(path))?;
         }
         chart.draw_series(panel.obs.iter().map(|&(t, y)| Circle::new((t, y), 3, BLACK.filled()))).map_err(err(path))?;
     }

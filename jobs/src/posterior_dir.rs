@@ -118,8 +118,9 @@ pub fn read(dir: &Path, cfg: &BayesConfig) -> Result<PosteriorDir, BayesError> {
     let d = dir.display().to_string();
     let bad = |reason: String| BayesError::Posterior { dir: d.clone(), reason };
     let path = dir.join("posterior.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| bad(format!("cannot read posterior.json ({e}); run `insilico assimilate CONFIG --out {d}` first")))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        bad(format!("cannot read posterior.json ({e}); run `insilico assimilate CONFIG --out {d}` first"))
+    })?;
     let json: PosteriorJson = serde_json::from_str(&text).map_err(|e| bad(format!("posterior.json: {e}")))?;
     if json.eta_names != cfg.eta_names() {
         return Err(bad(format!(
@@ -155,10 +156,9 @@ pub fn read(dir: &Path, cfg: &BayesConfig) -> Result<PosteriorDir, BayesError> {
             .iter()
             .zip(&json.eta_names)
             .map(|(x, n)| {
-                x.parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite())
-                    .ok_or_else(|| bad(format!("draws.csv line {}, column `{n}`: `{x}` is not a finite number", ln + 1)))
+                x.parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
+                    bad(format!("draws.csv line {}, column `{n}`: `{x}` is not a finite number", ln + 1))
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         draws[i].push(eta);

@@ -111,7 +111,8 @@ impl SummaryValues {
         let mut v: Vec<f64> = self.values.iter().copied().filter(|x| x.is_finite()).collect();
         let n = v.len() as f64;
         let mean = v.iter().sum::<f64>() / n;
-        let sd = if v.len() > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { f64::NAN };
+        let sd =
+            if v.len() > 1 { (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { f64::NAN };
         v.sort_by(f64::total_cmp);
         (mean, sd, QUANTILES.map(|p| quantile_sorted(&v, p)))
     }
@@ -187,7 +188,12 @@ impl Grid {
             })
             .collect();
         let n_report = rel.iter().filter(|r| r.1.is_some()).count();
-        Grid { times: rel.iter().map(|r| start + r.0).collect(), report: rel.iter().map(|r| r.1).collect(), n_report, windows }
+        Grid {
+            times: rel.iter().map(|r| start + r.0).collect(),
+            report: rel.iter().map(|r| r.1).collect(),
+            n_report,
+            windows,
+        }
     }
 }
 
@@ -273,7 +279,16 @@ impl Observer for Acc<'_> {
 trait LaneRunner: Send + Sync {
     /// Integrates `p.len() ≤ LANES` trajectories of output `o`; `false` where one failed.
     #[allow(clippy::too_many_arguments)]
-    fn run(&self, o: usize, p: &[Vec<f64>], regimens: &[Regimen], times: &[f64], t_end: f64, tol: &Tolerances, obs: &mut [Acc<'_>]) -> Vec<bool>;
+    fn run(
+        &self,
+        o: usize,
+        p: &[Vec<f64>],
+        regimens: &[Regimen],
+        times: &[f64],
+        t_end: f64,
+        tol: &Tolerances,
+        obs: &mut [Acc<'_>],
+    ) -> Vec<bool>;
 }
 
 struct Lanes<const N: usize> {
@@ -281,7 +296,16 @@ struct Lanes<const N: usize> {
 }
 
 impl<const N: usize> LaneRunner for Lanes<N> {
-    fn run(&self, o: usize, p: &[Vec<f64>], regimens: &[Regimen], times: &[f64], t_end: f64, tol: &Tolerances, obs: &mut [Acc<'_>]) -> Vec<bool> {
+    fn run(
+        &self,
+        o: usize,
+        p: &[Vec<f64>],
+        regimens: &[Regimen],
+        times: &[f64],
+        t_end: f64,
+        tol: &Tolerances,
+        obs: &mut [Acc<'_>],
+    ) -> Vec<bool> {
         let m = &self.models[o];
         let x0: Vec<[f64; N]> = p.iter().map(|p| m.initial_state(p)).collect();
         let ok = |s: Status| s == Status::Ok;
@@ -303,7 +327,9 @@ impl<const N: usize> LaneRunner for Lanes<N> {
             }
         }
         (0..p.len())
-            .map(|l| ok(integrate(m, Stepper::Tsit5, &p[l], &x0[l], &regimens[l], times, t_end, tol, &mut obs[l]).status))
+            .map(|l| {
+                ok(integrate(m, Stepper::Tsit5, &p[l], &x0[l], &regimens[l], times, t_end, tol, &mut obs[l]).status)
+            })
             .collect()
     }
 }
@@ -378,7 +404,8 @@ impl Forecaster {
     ) -> Result<Vec<RegimenForecast>, (String, String)> {
         let fail = |r: &str, e: String| (r.to_string(), e);
         let covariates = subject_covariates(&self.model, ds, subject).map_err(|e| fail("", e.to_string()))?;
-        let sys = ModelSystem::from_compiled(self.compiled.clone(), &covariates).map_err(|e| fail("", e.to_string()))?;
+        let sys =
+            ModelSystem::from_compiled(self.compiled.clone(), &covariates).map_err(|e| fail("", e.to_string()))?;
         let n = self.model.nstates();
         let central = self.model.state_names().iter().position(|s| *s == "central").map_or(1, |i| i + 1);
         let base = DoseMapping::new(n, self.plan.dose_cmt.unwrap_or(1), central);
@@ -386,7 +413,14 @@ impl Forecaster {
         let t_end = start + self.plan.horizon;
         for (d, p) in draws.iter().enumerate() {
             if p.len() != self.model.params().len() || p.iter().take(self.n_scalar).any(|v| !v.is_finite()) {
-                return Err(fail("", format!("draw {d}: a parameter vector of {} values, not {} finite ones", p.len(), self.model.params().len())));
+                return Err(fail(
+                    "",
+                    format!(
+                        "draw {d}: a parameter vector of {} values, not {} finite ones",
+                        p.len(),
+                        self.model.params().len()
+                    ),
+                ));
             }
         }
         // Lane parameter vectors: [scalar θ | covariates].
@@ -413,7 +447,9 @@ impl Forecaster {
             let block = match lanes {
                 Ok((runner, regs)) => self.run_lanes(runner.as_ref(), &grid, &lane_p, &regs, t_end),
                 Err(reason) => {
-                    let block = self.run_diffsol(&sys, &grid, draws, &schedule_of, t0, t_end).map_err(|e| fail(&reg.name, e))?;
+                    let block = self
+                        .run_diffsol(&sys, &grid, draws, &schedule_of, t0, t_end)
+                        .map_err(|e| fail(&reg.name, e))?;
                     (block.0, block.1, EngineUsed::Diffsol(reason))
                 }
             };
@@ -430,7 +466,14 @@ impl Forecaster {
         (nb, ns, vec![f64::NAN; nd * no * nb], vec![f64::NAN; nd * no * ns])
     }
 
-    fn run_lanes(&self, runner: &dyn LaneRunner, grid: &Grid, p: &[Vec<f64>], regs: &[Regimen], t_end: f64) -> (Vec<f64>, Vec<f64>, EngineUsed) {
+    fn run_lanes(
+        &self,
+        runner: &dyn LaneRunner,
+        grid: &Grid,
+        p: &[Vec<f64>],
+        regs: &[Regimen],
+        t_end: f64,
+    ) -> (Vec<f64>, Vec<f64>, EngineUsed) {
         let (nb, ns, _, _) = self.buffers(grid, 0);
         let no = self.outputs.len();
         let tol = Tolerances {
@@ -523,14 +566,22 @@ impl Forecaster {
     }
 
     /// Quantiles and summaries of one (subject, regimen) block.
-    fn reduce(&self, reg: &CandidateRegimen, ri: usize, index: usize, grid: &Grid, block: (Vec<f64>, Vec<f64>, EngineUsed)) -> RegimenForecast {
+    fn reduce(
+        &self,
+        reg: &CandidateRegimen,
+        ri: usize,
+        index: usize,
+        grid: &Grid,
+        block: (Vec<f64>, Vec<f64>, EngineUsed),
+    ) -> RegimenForecast {
         let (bands, sums, engine) = block;
         let no = self.outputs.len();
         let nb = if self.plan.bands { grid.n_report } else { 0 };
         let ns = grid.windows.len() + 3;
         let nd = sums.len() / (ns * no).max(1);
         let failed = (0..nd).filter(|d| (0..no).any(|o| sums[(d * no + o) * ns + ns - 2].is_nan())).count();
-        let times: Vec<f64> = grid.times.iter().zip(&grid.report).filter(|(_, r)| r.is_some()).map(|(t, _)| *t).collect();
+        let times: Vec<f64> =
+            grid.times.iter().zip(&grid.report).filter(|(_, r)| r.is_some()).map(|(t, _)| *t).collect();
         let seed = self.plan.seed ^ splitmix64(index as u64 + 1);
         let band_q: Vec<Vec<[f64; 5]>> = (0..if nb > 0 { no } else { 0 })
             .map(|o| {
@@ -625,7 +676,10 @@ mod tests {
 
     fn plan(outputs: &[(&str, Option<f64>)], horizon: f64, auc: Vec<(f64, f64)>) -> ForecastPlan {
         ForecastPlan {
-            outputs: outputs.iter().map(|(n, t)| OutputPlan { name: n.to_string(), error: None, threshold: *t }).collect(),
+            outputs: outputs
+                .iter()
+                .map(|(n, t)| OutputPlan { name: n.to_string(), error: None, threshold: *t })
+                .collect(),
             horizon,
             step: 1.0,
             summary_step: 0.125,
@@ -647,7 +701,16 @@ mod tests {
         let k = cl / v;
         let fc = Forecaster::new(&model, plan(&[("cp", Some(x))], 48.0, vec![(0.0, 24.0), (24.0, 48.0)])).unwrap();
         assert!(fc.lanes_unavailable().is_none());
-        let r = fc.forecast_subject(&ds, &ds.subjects[0], 0, 0.0, &[vec![cl, v]], &[regimen("bolus", vec![dose(0.0, d, 0.0, 0, 1)])]).unwrap();
+        let r = fc
+            .forecast_subject(
+                &ds,
+                &ds.subjects[0],
+                0,
+                0.0,
+                &[vec![cl, v]],
+                &[regimen("bolus", vec![dose(0.0, d, 0.0, 0, 1)])],
+            )
+            .unwrap();
         let r = &r[0];
         assert_eq!(r.engine, EngineUsed::Lanes);
         let get = |n: &str| r.summaries.iter().find(|s| s.name == n).unwrap().values[0];
@@ -678,7 +741,11 @@ mod tests {
         .unwrap();
         let draws: Vec<Vec<f64>> = (0..37u64)
             .map(|d| {
-                [1.0, 5.0, 30.0, 10.0, 50.0].iter().enumerate().map(|(k, t)| t * (0.3 * counter_normal(9, d, k as u64)).exp()).collect()
+                [1.0, 5.0, 30.0, 10.0, 50.0]
+                    .iter()
+                    .enumerate()
+                    .map(|(k, t)| t * (0.3 * counter_normal(9, d, k as u64)).exp())
+                    .collect()
             })
             .collect();
         let regs = vec![
@@ -723,10 +790,42 @@ mod tests {
     }
 
     #[test]
+    fn a_candidate_infusion_train_keeps_the_history_infusion_into_the_same_state() {
+        // mapbayr-like: a 5 h infusion at 0 (history), then a candidate infusion train into the
+        // same compartment from 15 h; the two paths must agree (a regression: the batched
+        // engine once zeroed a running infusion when another train into the state was idle).
+        let model = crate::models_zoo::resolve("pk-1cmt-iv", None).unwrap();
+        let ds = Dataset::from_str(
+            "s.csv",
+            "ID,TIME,AMT,RATE,DV,EVID\n1,0,100,20,.,1\n1,15,0,0,1.1,0\n",
+            &ReadOptions::default(),
+        )
+        .unwrap();
+        let reg = regimen("inf-q24", vec![Record { rate: 30.0, ..dose(0.0, 150.0, 24.0, 1, 1) }]);
+        let p = plan(&[("cp", None)], 48.0, vec![(0.0, 24.0)]);
+        let draws = vec![vec![1.3, 11.7], vec![0.9, 10.0]];
+        let a = Forecaster::new(&model, p.clone())
+            .unwrap()
+            .forecast_subject(&ds, &ds.subjects[0], 0, 15.0, &draws, &[reg.clone()])
+            .unwrap();
+        let b = Forecaster::new(&model, ForecastPlan { force_diffsol: true, ..p })
+            .unwrap()
+            .forecast_subject(&ds, &ds.subjects[0], 0, 15.0, &draws, &[reg])
+            .unwrap();
+        assert_eq!(a[0].engine, EngineUsed::Lanes);
+        for (qa, qb) in a[0].bands[0].iter().zip(&b[0].bands[0]) {
+            assert!((qa[2] - qb[2]).abs() <= 1e-6 * qb[2].abs().max(1e-2), "{qa:?} vs {qb:?}");
+        }
+        // At the start, 10 h after the history infusion ended, the concentration is not zero.
+        assert!(a[0].bands[0][0][0] > 0.1, "{:?}", a[0].bands[0][0]);
+    }
+
+    #[test]
     fn schedules_beyond_the_batched_engine_fall_back_to_diffsol() {
         let (model, ds, draws, _) = oral_case();
         // Five single doses of different amounts: five trains, the batched engine holds four.
-        let many = regimen("irregular", (0..5).map(|k| dose(k as f64 * 3.0, 10.0 * (k + 1) as f64, 0.0, 0, 1)).collect());
+        let many =
+            regimen("irregular", (0..5).map(|k| dose(k as f64 * 3.0, 10.0 * (k + 1) as f64, 0.0, 0, 1)).collect());
         let fc = Forecaster::new(&model, plan(&[("cp", None)], 24.0, vec![])).unwrap();
         let r = fc.forecast_subject(&ds, &ds.subjects[0], 0, 20.0, &draws[..4], &[many]).unwrap();
         assert!(matches!(&r[0].engine, EngineUsed::Diffsol(why) if why.contains("dose trains")), "{:?}", r[0].engine);

@@ -194,7 +194,17 @@ pub fn summaries_csv(result: &ForecastResult) -> String {
         for r in &subj.regimens {
             for v in &r.summaries {
                 let (mean, sd, q) = v.stats();
-                let _ = writeln!(s, "{},{},{},{},{},{},{}", subj.id, r.regimen, v.output, v.name, num(mean), num(sd), join(&q));
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{},{},{},{}",
+                    subj.id,
+                    r.regimen,
+                    v.output,
+                    v.name,
+                    num(mean),
+                    num(sd),
+                    join(&q)
+                );
             }
         }
     }
@@ -215,7 +225,8 @@ fn join(q: &[f64]) -> String {
 
 /// Writes forecast.csv, summaries.csv and forecast.png into `out`.
 pub fn write_outputs(cfg: &BayesConfig, result: &ForecastResult, out: &Path) -> Result<(), BayesError> {
-    std::fs::create_dir_all(out).map_err(|e| BayesError::Io { path: out.display().to_string(), reason: e.to_string() })?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| BayesError::Io { path: out.display().to_string(), reason: e.to_string() })?;
     crate::atomic::write_bytes(&out.join("forecast.csv"), forecast_csv(cfg, result).as_bytes())?;
     crate::atomic::write_bytes(&out.join("summaries.csv"), summaries_csv(result).as_bytes())?;
     let first = cfg.forecast.as_ref().and_then(|f| f.outputs.first()).cloned().unwrap_or_default();
@@ -236,7 +247,11 @@ pub fn write_outputs(cfg: &BayesConfig, result: &ForecastResult, out: &Path) -> 
         }
     }
     let path = out.join("forecast.png");
-    crate::plots::band_panels(&path, &format!("{}: forecast of {first} (median, 50% and 90% bands)", cfg.name), &panels)
-        .map_err(|reason| BayesError::Write(crate::atomic::WriteError { path, reason }))?;
+    crate::plots::band_panels(
+        &path,
+        &format!("{}: forecast of {first} (median, 50% and 90% bands)", cfg.name),
+        &panels,
+    )
+    .map_err(|reason| BayesError::Write(crate::atomic::WriteError { path, reason }))?;
     Ok(())
 }
