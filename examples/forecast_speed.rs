@@ -7,7 +7,8 @@
 //! (Tsit45, same tolerances) on a subset of regimens, scaled to the full
 //! count; the summaries of that subset are compared between the two paths.
 //!
-//! `cargo run --release --example forecast_speed` (`THREADS`, `RUNS`, `REF_REGIMENS` to change).
+//! `cargo run --release --example forecast_speed` (`THREADS`, `RUNS`, `REF_REGIMENS`, `SUMMARY_STEP`
+//! (default 0.125 h), `RTOL` (default 1e-6) to change).
 
 use std::time::Instant;
 
@@ -77,12 +78,16 @@ fn main() {
         outputs: vec![OutputPlan { name: "cp".into(), error: None, threshold: Some(1.0) }],
         horizon: 48.0,
         step: 0.5,
-        summary_step: 0.125,
+        summary_step: std::env::var("SUMMARY_STEP").ok().and_then(|v| v.parse().ok()).unwrap_or(0.125),
         auc: vec![(0.0, 24.0), (24.0, 48.0)],
         residual: false,
         seed: 1,
         bands: false,
-        ode: Options { rtol: 1e-6, atol: 1e-9, max_steps: 100_000 },
+        ode: Options {
+            rtol: std::env::var("RTOL").ok().and_then(|v| v.parse().ok()).unwrap_or(1e-6),
+            atol: 1e-9,
+            max_steps: 100_000,
+        },
         dose_cmt: Some(1),
         force_diffsol: false,
     };
