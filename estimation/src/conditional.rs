@@ -44,6 +44,13 @@ pub(crate) struct Conditional<'a> {
     pub max_iterations: usize,
     /// Convergence: the largest |Δη| of the last step.
     pub tolerance: f64,
+    /// Add a structured secant correction `S` to the expected curvature
+    /// (Dennis, Gay & Welsch 1981, NL2SOL), so that `h + S` tends to the
+    /// full Hessian and the iterations converge superlinearly where the
+    /// expected curvature alone converges linearly; and stop (converged) when
+    /// no step decreases O any more (the minimum to the objective's
+    /// precision). FOCE-I's inner problem keeps the plain Levenberg–Marquardt.
+    pub secant: bool,
 }
 
 /// `(ln Φ(z), φ(z)/Φ(z))` for the standard normal, accurate in the far left tail.
@@ -182,13 +189,32 @@ impl Conditional<'_> {
         start: &[f64],
         weights: Option<&[f64]>,
     ) -> Option<(Point, bool)> {
-        let mut cur = self.point(s, pop, &DVector::from_column_slice(start), weights)?;
+        let cur = self.point(s, pop, &DVector::from_column_slice(start), weights)?;
+        self.minimise_from(s, pop, cur, weights)
+    }
+
+    /// Levenberg–Marquardt from an evaluated point.
+    pub fn minimise_from(
+        &self,
+        s: &SubjectData,
+        pop: &PopValues,
+        mut cur: Point,
+        weights: Option<&[f64]>,
+    ) -> Option<(Point, bool)> {
+        let q = cur.eta.len();
         let mut lambda = 1e-4;
         let tol = self.tolerance;
+        // The secant correction of the curvature (zero without `secant`).
+        let mut corr = DMatrix::<f64>::zeros(q, q);
         for _ in 0..self.max_iterations {
             let mut accepted = None;
+            let mut model = &cur.h + &corr;
+            if model.clone().cholesky().is_none() {
+                corr.fill(0.0);
+                model = cur.h.clone();
+            }
             for _ in 0..40 {
-                let mut a = cur.h.clone();
+                let mut a = model.clone();
                 for k in 0..a.nrows() {
                     a[(k, k)] *= 1.0 + lambda;
                 }
@@ -208,15 +234,22 @@ impl Conditional<'_> {
                 let trial_eta = &cur.eta + &step;
                 match self.point(s, pop, &trial_eta, weights) {
                     Some(t) if t.o <= cur.o + 1e-12 * cur.o.abs() => {
-                        accepted = Some((t, step.amax()));
+                        accepted = Some((t, step));
                         lambda = (lambda / 10.0).max(1e-12);
                         break;
                     }
                     _ => lambda *= 10.0,
                 }
             }
-            let (next, step) = accepted?;
-            let small_step = step <= tol * (1.0 + next.eta.amax());
+            let Some((next, step)) = accepted else {
+                // No decrease even along a tiny gradient step: with the secant
+                // variant, the minimum to the precision of O.
+                return self.secant.then_some((cur, true));
+            };
+            if self.secant {
+                secant_update(&mut corr, &next.h, &step, &(&next.g - &cur.g));
+            }
+            let small_step = step.amax() <= tol * (1.0 + next.eta.amax());
             cur = next;
             if small_step {
                 return Some((cur, true));
@@ -254,9 +287,27 @@ impl Conditional<'_> {
         weights: Option<&[f64]>,
         all: bool,
     ) -> Option<(Point, bool)> {
+        self.multistart_from(s, pop, warm, None, weights, all)
+    }
+
+    /// As [`Conditional::multistart`], with the objective at `warm` already
+    /// evaluated (`first`, when given).
+    pub fn multistart_from(
+        &self,
+        s: &SubjectData,
+        pop: &PopValues,
+        warm: &[f64],
+        mut first: Option<Point>,
+        weights: Option<&[f64]>,
+        all: bool,
+    ) -> Option<(Point, bool)> {
         let mut best: Option<(Point, bool)> = None;
         for st in &self.starts(pop, warm) {
-            if let Some((p, conv)) = self.minimise(s, pop, st, weights) {
+            let res = match first.take() {
+                Some(p) => self.minimise_from(s, pop, p, weights),
+                None => self.minimise(s, pop, st, weights),
+            };
+            if let Some((p, conv)) = res {
                 let better = best.as_ref().is_none_or(|(b, bc)| (conv && !bc) || (conv == *bc && p.o < b.o));
                 if better {
                     best = Some((p, conv));
@@ -270,9 +321,46 @@ impl Conditional<'_> {
     }
 }
 
+/// The structured secant update of NL2SOL (Dennis, Gay & Welsch 1981):
+/// with step `s`, gradient change `y` and the new expected curvature `h`,
+/// `S` is first sized by `min(1, |sᵀy♯|/|sᵀSs|)`, `y♯ = y − h·s`, then
+/// updated so that `(h + S)·s = y`:
+/// `S ← S + (w yᵀ + y wᵀ)/(yᵀs) − (wᵀs) y yᵀ/(yᵀs)²` with `w = y♯ − S s`.
+/// Skipped when `yᵀs ≤ 0` (no positive curvature along the step).
+fn secant_update(corr: &mut DMatrix<f64>, h: &DMatrix<f64>, s: &DVector<f64>, y: &DVector<f64>) {
+    let ys = y.dot(s);
+    if !(ys.is_finite() && ys > 1e-300) {
+        return;
+    }
+    let ysharp = y - h * s;
+    let sss = s.dot(&(&*corr * s));
+    if sss.abs() > 0.0 {
+        let tau = (s.dot(&ysharp).abs() / sss.abs()).min(1.0);
+        *corr *= tau;
+    }
+    let w = &ysharp - &*corr * s;
+    let ws = w.dot(s);
+    *corr += (&w * y.transpose() + y * w.transpose()) / ys - (y * y.transpose()) * (ws / (ys * ys));
+}
+
 #[cfg(test)]
 mod tests {
-    use super::log_cdf_and_mills;
+    use super::{log_cdf_and_mills, secant_update};
+    use nalgebra::{DMatrix, DVector};
+
+    /// After the structured secant update, `(h + S)·s = y` (the secant
+    /// condition) holds to round-off and `S` stays symmetric.
+    #[test]
+    fn secant_update_meets_the_secant_condition() {
+        let h = DMatrix::from_row_slice(2, 2, &[4.0, 1.0, 1.0, 3.0]);
+        let mut corr = DMatrix::from_row_slice(2, 2, &[0.5, 0.1, 0.1, -0.2]);
+        let s = DVector::from_column_slice(&[0.3, -0.2]);
+        let y = DVector::from_column_slice(&[1.7, -0.1]);
+        secant_update(&mut corr, &h, &s, &y);
+        let r = (&h + &corr) * &s - &y;
+        assert!(r.amax() < 1e-14, "{r}");
+        assert!((corr[(0, 1)] - corr[(1, 0)]).abs() < 1e-15);
+    }
 
     /// ln Φ and the inverse Mills ratio against reference values and the
     /// identity d ln Φ/dz = φ/Φ (central differences), on both sides of the

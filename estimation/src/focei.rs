@@ -336,6 +336,7 @@ impl Population {
             solves: &self.solves,
             max_iterations: self.opts.max_inner_iterations,
             tolerance: self.opts.inner_tolerance,
+            secant: false,
         }
     }
 

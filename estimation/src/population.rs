@@ -433,8 +433,8 @@ impl SubjectData {
                 let out = &layout.outputs[kind];
                 let censored = match cell(cens_col) {
                     None => false,
-                    Some(c) if c == 0.0 => false,
-                    Some(c) if c == 1.0 => true,
+                    Some(0.0) => false,
+                    Some(1.0) => true,
                     Some(c) => {
                         return Err(bad(
                             o.line,

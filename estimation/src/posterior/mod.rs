@@ -168,7 +168,8 @@ pub struct PosteriorOptions {
     pub thin: usize,
     /// ODE method (default Tsit45; BDF for stiff models).
     pub ode_method: Method,
-    /// ODE tolerances (default rtol 1e-8, atol 1e-10).
+    /// ODE tolerances (default rtol 1e-6, atol 1e-9, as FOCE-I; on
+    /// `pk-2cmt-oral` the MAP moves by < 1e-6 from rtol 1e-8).
     pub ode: Options,
     /// Maximum Levenberg–Marquardt iterations per start (default 100).
     pub max_iterations: usize,
@@ -191,7 +192,7 @@ impl Default for PosteriorOptions {
             burn_in: 500,
             thin: 5,
             ode_method: Method::Tsit45,
-            ode: Options { rtol: 1e-8, atol: 1e-10, max_steps: 1_000_000 },
+            ode: Options { rtol: 1e-6, atol: 1e-9, max_steps: 1_000_000 },
             max_iterations: 100,
             tolerance: 1e-8,
         }
@@ -246,7 +247,9 @@ pub struct SubjectPosterior {
 /// Posterior draws of η for one subject.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Draws {
-    /// Equal-weight draws, each in the order of [`Posterior::eta_names`].
+    /// Equal-weight draws, each in the order of [`Posterior::eta_names`]
+    /// (empty from SIR when no proposal has a finite objective: the model
+    /// cannot be solved near η̂; `ess` is then 0).
     pub eta: Vec<Vec<f64>>,
     /// The method that produced them (SIR or MCMC when the option was Auto).
     pub method: SamplingMethod,
@@ -408,6 +411,7 @@ impl Posterior {
             solves: &self.solves,
             max_iterations: self.opts.max_iterations,
             tolerance: self.opts.tolerance,
+            secant: true,
         }
     }
 
@@ -430,10 +434,18 @@ impl Posterior {
     pub fn map_subject(&self, index: usize) -> SubjectPosterior {
         let s = &self.subjects[index];
         let q = self.layout.n_eta();
-        let res = self.map_weighted(s, &vec![0.0; q], None);
+        // The first point of the MAP search, η = 0, gives PRED too.
+        let zero = vec![0.0; q];
+        let first = if s.obs.is_empty() {
+            None
+        } else {
+            self.cond().point(s, &self.pop, &DVector::from_column_slice(&zero), None)
+        };
+        let pred = first.as_ref().map(|p| p.f.clone());
+        let res = self.map_weighted(s, &zero, first, None);
         let mut warnings = s.warnings.clone();
         warnings.extend(res.warnings);
-        let predictions = self.prediction_rows(s, &res.eta, res.f.as_deref());
+        let predictions = self.prediction_rows(s, &res.eta, pred.as_deref(), res.f.as_deref());
         SubjectPosterior {
             id: s.id.clone(),
             parameters: self.individual_parameters(index, &res.eta),
@@ -455,7 +467,14 @@ impl Posterior {
     }
 
     /// The MAP with observation weights (`None`: all 1) from `warm`.
-    fn map_weighted(&self, s: &SubjectData, warm: &[f64], weights: Option<&[f64]>) -> MapResult {
+    /// `first` is the objective at `warm`, when already evaluated.
+    pub(crate) fn map_weighted(
+        &self,
+        s: &SubjectData,
+        warm: &[f64],
+        first: Option<Point>,
+        weights: Option<&[f64]>,
+    ) -> MapResult {
         let q = self.layout.n_eta();
         let om = self.pop.omega.matrix();
         let prior = |warnings: Vec<String>, converged: bool| MapResult {
@@ -476,7 +495,8 @@ impl Posterior {
             return prior(vec![w], true);
         }
         let cond = self.cond();
-        let Some((point, converged)) = cond.multistart(s, &self.pop, warm, weights, self.opts.multistart) else {
+        let Some((point, converged)) = cond.multistart_from(s, &self.pop, warm, first, weights, self.opts.multistart)
+        else {
             return MapResult {
                 ofv: f64::INFINITY,
                 ..prior(
@@ -558,9 +578,15 @@ impl Posterior {
         Some(0.5 * (&h + h.transpose()))
     }
 
-    /// PRED and IPRED rows (natural scale) of subject `s` at η̂; `f` are the
-    /// comparison-scale predictions at η̂ when already computed.
-    fn prediction_rows(&self, s: &SubjectData, eta: &[f64], f: Option<&[f64]>) -> Vec<PredictionRow> {
+    /// PRED and IPRED rows (natural scale) of subject `s` at η̂; `f0` and `f`
+    /// are the comparison-scale predictions at η = 0 and η̂ when already computed.
+    fn prediction_rows(
+        &self,
+        s: &SubjectData,
+        eta: &[f64],
+        f0: Option<&[f64]>,
+        f: Option<&[f64]>,
+    ) -> Vec<PredictionRow> {
         if s.obs.is_empty() {
             return Vec::new();
         }
@@ -569,15 +595,14 @@ impl Posterior {
             let (p, _) = self.layout.individual(&self.pop.theta, eta);
             s.predict_natural(&p, &[], &self.settings).map_or_else(|_| vec![f64::NAN; s.obs.len()], |v| v.predictions)
         };
-        let pred = natural(&vec![0.0; eta.len()]);
-        let ipred = match f {
-            Some(f) => f
-                .iter()
+        let back = |f: &[f64]| -> Vec<f64> {
+            f.iter()
                 .enumerate()
                 .map(|(j, &v)| if self.layout.outputs[s.kind[j]].error.log_scale() { v.exp() } else { v })
-                .collect(),
-            None => natural(eta),
+                .collect()
         };
+        let pred = f0.map_or_else(|| natural(&vec![0.0; eta.len()]), back);
+        let ipred = f.map_or_else(|| natural(eta), back);
         (0..s.obs.len())
             .map(|j| PredictionRow {
                 time: s.obs[j].time,
@@ -593,7 +618,7 @@ impl Posterior {
 }
 
 /// The MAP (or the prior, when nothing is observed) with its covariance.
-struct MapResult {
+pub(crate) struct MapResult {
     eta: Vec<f64>,
     covariance: Vec<f64>,
     ofv: f64,

@@ -118,7 +118,7 @@ impl Posterior {
             log_w.iter().map(|v| if v.is_finite() && top.is_finite() { (v - top).exp() } else { 0.0 }).collect();
         let sum: f64 = w.iter().sum();
         let sum2: f64 = w.iter().map(|v| v * v).sum();
-        if !(sum > 0.0) {
+        if !(sum.is_finite() && sum > 0.0) {
             return Draws { eta: Vec::new(), method: SamplingMethod::Sir, ess: Some(0.0), acceptance: None };
         }
         let ess = sum * sum / sum2;

@@ -63,7 +63,7 @@ impl Posterior {
                     }
                 })
                 .collect();
-            let res = self.map_weighted(s, &eta, Some(&weights));
+            let res = self.map_weighted(s, &eta, None, Some(&weights));
             eta = res.eta;
             f_prev = res.f;
             steps.push(SequentialStep {
