@@ -569,8 +569,7 @@ impl BayesConfig {
         if draws == 0 {
             return Err(cfg("[posterior] draws must be at least 1".into()));
         }
-        crate::limits::check_alloc(draws as f64 * 64.0, 8, "posterior draws", "[posterior] draws")
-            .map_err(|e| cfg(e))?;
+        crate::limits::check_alloc(draws as f64 * 64.0, 8, "posterior draws", "[posterior] draws").map_err(&cfg)?;
         let ess_min = rp.ess_min.unwrap_or(defaults.ess_min.min(draws as f64 / 2.0));
         if !(ess_min.is_finite() && ess_min >= 0.0) {
             return Err(cfg(format!("[posterior] ess_min = {ess_min}: must be ≥ 0")));

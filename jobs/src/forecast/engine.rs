@@ -806,7 +806,7 @@ mod tests {
         let draws = vec![vec![1.3, 11.7], vec![0.9, 10.0]];
         let a = Forecaster::new(&model, p.clone())
             .unwrap()
-            .forecast_subject(&ds, &ds.subjects[0], 0, 15.0, &draws, &[reg.clone()])
+            .forecast_subject(&ds, &ds.subjects[0], 0, 15.0, &draws, std::slice::from_ref(&reg))
             .unwrap();
         let b = Forecaster::new(&model, ForecastPlan { force_diffsol: true, ..p })
             .unwrap()
