@@ -113,6 +113,11 @@ pub fn forecast_parameters(
     if let Some(why) = fc.lanes_unavailable() {
         warnings.push(format!("the batched engine does not run this model ({why}); every forecast runs on diffsol"));
     }
+    // The bands of one subject and regimen: draws × outputs × reported times.
+    let most = draws.iter().map(|d| d.len()).max().unwrap_or(0) as f64;
+    let per_draw = f.outputs.len() as f64 * ((f.horizon / f.step).floor() + 2.0);
+    crate::limits::check_alloc(most * per_draw, 8, "the forecast bands of one subject and regimen", "[forecast] step")
+        .map_err(|reason| BayesError::Config { file: cfg.source.clone(), reason })?;
     let mut subjects = Vec::with_capacity(ds.subjects.len());
     for (i, subj) in ds.subjects.iter().enumerate() {
         let start = f.start.unwrap_or_else(|| subj.records.iter().map(|r| r.time).fold(f64::NEG_INFINITY, f64::max));
