@@ -15,6 +15,7 @@
 //! | simulate a dataset from a TOML config (what `insilico simulate` does) | [`simulate`] |
 //! | sweep regimens × parameters × virtual populations to Parquet (what `insilico sweep` does) | [`sweep`] |
 //! | fit a PK or hybrid PK/neural model to data (what `insilico fit` does) | [`fit_cmd`], [`neural::fit`] |
+//! | individual posteriors and forecasts under candidate regimens (what `insilico assimilate` and `insilico forecast` do) | [`assimilate`], [`forecast`], [`bayes_config`] |
 //! | protein-ensemble perturbation studies to Parquet (what `insilico perturb` does) | [`perturb`] |
 //! | reference problems P1–P3 (what `insilico bench` does) | [`p1`], [`bench_p2`], [`bench_p3`] |
 //! | organoid growth, Simeoni TGI, the spheroid reaction–diffusion model | [`mechanistic::organoid`] |
@@ -34,7 +35,7 @@
 #![warn(missing_docs)]
 
 pub use insilico_jobs::{
-    atomic, bench_p2, bench_p3, design_cmd, error, fit_cmd, fit_focei, fit_shape, limits, p1, perturb, plots, simulate,
-    status, sweep, Error,
+    assimilate, atomic, bayes_config, bench_p2, bench_p3, design_cmd, error, fit_cmd, fit_focei, fit_shape, forecast,
+    limits, p1, perturb, plots, posterior_dir, simulate, status, sweep, Error,
 };
 pub use insilico_jobs::{estimation, kernels, mechanistic, model, models_zoo, neural, solvers, validation};

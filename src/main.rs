@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+mod bayes_cli;
 mod bench_p23_cli;
 mod design_cli;
 mod fit_cli;
@@ -100,6 +101,31 @@ enum Command {
         config: PathBuf,
         /// Output folder: design.json.
         #[arg(long, default_value = "design-out")]
+        out: PathBuf,
+    },
+    /// Individual posteriors of a dataset's subjects under a fixed population (MAP, Laplace, draws).
+    ///
+    /// Writes estimates.csv, predictions.csv, draws.csv, posterior.json, sequential.csv
+    /// (with [sequential]) and subject_<ID>.png (see examples/mapbayr/mapbayr.toml).
+    Assimilate {
+        /// TOML config: model, data, population (θ, Ω, σ or a FOCE-I fit folder), [posterior].
+        config: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "assimilate-out")]
+        out: PathBuf,
+    },
+    /// Forecast under candidate regimens from the posterior `assimilate` wrote.
+    ///
+    /// Writes forecast.csv (quantiles per time), summaries.csv (AUC, CMAX, CTROUGH,
+    /// TIME_ABOVE per draw: mean, SD, quantiles) and forecast.png.
+    Forecast {
+        /// The same TOML config as `assimilate`, with [forecast] and the regimens.
+        config: PathBuf,
+        /// The output folder of `insilico assimilate`.
+        #[arg(long)]
+        posterior: PathBuf,
+        /// Output folder.
+        #[arg(long, default_value = "forecast-out")]
         out: PathBuf,
     },
     /// Compile a model file (or a zoo model) and report what it is and which engines run it.
@@ -213,6 +239,8 @@ fn main() {
         Command::Sweep { config, out, device, large } => sweep_cli::sweep(config.as_deref(), &out, device, large),
         Command::Perturb { config, out } => perturb_cli::perturb(&config, &out),
         Command::Design { config, out } => design_cli::design(&config, &out),
+        Command::Assimilate { config, out } => bayes_cli::assimilate(&config, &out),
+        Command::Forecast { config, posterior, out } => bayes_cli::forecast(&config, &posterior, &out),
         Command::Check { model } => check_model(model.as_deref()),
         Command::Bench { problem } => match problem {
             Some(BenchProblem::P1(args)) => bench_p1(&args),

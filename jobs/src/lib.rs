@@ -24,6 +24,7 @@
 //! | fit a PK or hybrid PK/neural model to data (what `insilico fit` does) | [`fit_cmd`], [`neural::fit`] |
 //! | population likelihood by FOCE-I (`insilico fit` with `estimation = "focei"`) | [`fit_focei`], [`estimation::focei`] |
 //! | population design: FO Fisher information, RSE%, sampling-time optimisation (what `insilico design` does) | [`design_cmd`], [`estimation::design`] |
+//! | individual posteriors at a fixed population, then forecasts under candidate regimens (`insilico assimilate`, `insilico forecast`) | [`assimilate`], [`forecast`], [`bayes_config`], [`posterior_dir`], [`estimation::posterior`] |
 //!
 //! ## Example: simulate the embedded quick-start config
 //! ```
@@ -50,7 +51,9 @@ pub use insilico_neural as neural;
 pub use insilico_solvers as solvers;
 pub use insilico_validation as validation;
 
+pub mod assimilate;
 pub mod atomic;
+pub mod bayes_config;
 pub mod bench_p2;
 pub mod bench_p3;
 pub mod design_cmd;
@@ -58,10 +61,12 @@ pub mod error;
 pub mod fit_cmd;
 pub mod fit_focei;
 pub mod fit_shape;
+pub mod forecast;
 pub mod limits;
 pub mod p1;
 pub mod perturb;
 pub mod plots;
+pub mod posterior_dir;
 pub mod simulate;
 pub mod status;
 pub mod sweep;

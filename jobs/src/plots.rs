@@ -191,6 +191,75 @@ fn draw_subjects(path: &Path, title: &str, panels: &[SubjectPanel]) -> PlotResul
     Ok(())
 }
 
+/// One panel of predictive bands: observations, lines (e.g. the individual
+/// fit or a median) and shaded bands `(t, lo, hi)` (outer band first).
+pub struct BandPanel {
+    /// Panel caption.
+    pub title: String,
+    /// Observations (time, DV).
+    pub obs: Vec<(f64, f64)>,
+    /// Lines (time, value).
+    pub lines: Vec<Vec<(f64, f64)>>,
+    /// Bands (time, lower, upper), drawn in order (outer first).
+    pub bands: Vec<Vec<(f64, f64, f64)>>,
+}
+
+/// A grid of band panels (assimilate's per-subject plots, forecast.png).
+pub fn band_panels(path: &Path, title: &str, panels: &[BandPanel]) -> PlotResult {
+    atomic_png(path, |tmp| draw_band_panels(tmp, title, panels))
+}
+
+fn draw_band_panels(path: &Path, title: &str, panels: &[BandPanel]) -> PlotResult {
+    ensure_font();
+    let n = panels.len().max(1);
+    let cols = (n as f64).sqrt().ceil() as usize;
+    let rows = n.div_ceil(cols);
+    let root = BitMapBackend::new(path, (340 * cols as u32, 250 * rows as u32 + 40)).into_drawing_area();
+    root.fill(&WHITE).map_err(err(path))?;
+    let (top, body) = root.split_vertically(40);
+    top.titled(title, ("sans-serif", 20)).map_err(err(path))?;
+    let areas = body.split_evenly((rows, cols));
+    for (panel, area) in panels.iter().zip(areas) {
+        let xs = panel
+            .obs
+            .iter()
+            .map(|p| p.0)
+            .chain(panel.lines.iter().flatten().map(|p| p.0))
+            .chain(panel.bands.iter().flatten().map(|p| p.0));
+        let (x0, x1) = range(xs, false);
+        let ys = panel
+            .obs
+            .iter()
+            .map(|p| p.1)
+            .chain(panel.lines.iter().flatten().map(|p| p.1))
+            .chain(panel.bands.iter().flatten().map(|p| p.2));
+        let (_, y1) = range(ys, true);
+        let mut chart = ChartBuilder::on(&area)
+            .caption(&panel.title, ("sans-serif", 13))
+            .margin(6)
+            .x_label_area_size(22)
+            .y_label_area_size(42)
+            .build_cartesian_2d(x0..x1, 0.0..y1)
+            .map_err(err(path))?;
+        chart.configure_mesh().label_style(("sans-serif", 11)).draw().map_err(err(path))?;
+        for (i, band) in panel.bands.iter().enumerate() {
+            let finite: Vec<&(f64, f64, f64)> = band.iter().filter(|b| b.1.is_finite() && b.2.is_finite()).collect();
+            let poly: Vec<(f64, f64)> =
+                finite.iter().map(|b| (b.0, b.2)).chain(finite.iter().rev().map(|b| (b.0, b.1))).collect();
+            let shade = if i == 0 { BLUE.mix(0.15) } else { BLUE.mix(0.3) };
+            chart.draw_series(std::iter::once(Polygon::new(poly, shade.filled()))).map_err(err(path))?;
+        }
+        let colours = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+        for (i, line) in panel.lines.iter().enumerate() {
+            let pts = line.iter().copied().filter(|p| p.1.is_finite());
+            chart.draw_series(LineSeries::new(pts, colours[i % colours.len()].stroke_width(2))).map_err(err(path))?;
+        }
+        chart.draw_series(panel.obs.iter().map(|&(t, y)| Circle::new((t, y), 3, BLACK.filled()))).map_err(err(path))?;
+    }
+    root.present().map_err(err(path))?;
+    Ok(())
+}
+
 /// An approximation of matplotlib's viridis colour map at `t` in [0, 1].
 pub(crate) fn viridis(t: f64) -> RGBColor {
     const STOPS: [(f64, f64, f64); 5] =

@@ -163,7 +163,14 @@ __device__ __forceinline__ bool apply(Regimen& r, double t, double* x, double* r
                 rate[tg] -= r.da[i] / r.dd[i];
                 r.ne[i] += 1;
             }
-            if (r.ne[i] == r.ns[i]) rate[tg] = 0.0;
+        }
+    }
+    // No round-off residue once no infusion into a state runs (over every train into it).
+    for (int i = 0; i < r.nd; ++i) {
+        if (r.dd[i] > 0.0 && r.ne[i] == r.ns[i]) {
+            bool running = false;
+            for (int j = 0; j < r.nd; ++j) running = running || (r.dt[j] == r.dt[i] && r.dd[j] > 0.0 && r.ne[j] < r.ns[j]);
+            if (!running) rate[r.dt[i]] = 0.0;
         }
     }
     for (int i = 0; i < r.nw; ++i) {

@@ -314,8 +314,19 @@ impl Cursor {
                     rate[tg] -= d.amount / d.duration;
                     self.next_end[i] += 1;
                 }
-                if self.next_end[i] == self.next_start[i] {
-                    rate[tg] = 0.0; // no round-off residue once no infusion runs
+            }
+        }
+        // No round-off residue once no infusion into a state runs (checked over
+        // every train into that state: another train's infusion may still run).
+        let doses = &r.doses[..r.n_doses];
+        for (i, d) in doses.iter().enumerate() {
+            if d.duration > 0.0 && self.next_end[i] == self.next_start[i] {
+                let running = doses
+                    .iter()
+                    .enumerate()
+                    .any(|(j, e)| e.target == d.target && e.duration > 0.0 && self.next_end[j] < self.next_start[j]);
+                if !running {
+                    rate[d.target as usize] = 0.0;
                 }
             }
         }
@@ -360,6 +371,27 @@ mod tests {
         assert_eq!(times, vec![0.0, 1.0, 12.0, 24.0, 25.0, 31.0, 55.0]);
         assert_eq!(x, [300.0, 0.0]);
         assert_eq!(rate, [0.0, 0.0]);
+    }
+
+    #[test]
+    fn an_idle_train_does_not_stop_another_trains_infusion_into_the_same_state() {
+        // A finished-or-not-yet-started infusion train must not zero the rate of
+        // another train's running infusion into the same state.
+        let r = Regimen::new()
+            .with_doses(DoseTrain { start: 0.0, interval: 0.0, count: 1, amount: 100.0, target: 0, duration: 5.0 })
+            .unwrap()
+            .with_doses(DoseTrain { start: 15.0, interval: 24.0, count: 2, amount: 150.0, target: 0, duration: 5.0 })
+            .unwrap();
+        let mut c = Cursor::default();
+        let (mut x, mut rate, mut u) = ([0.0; 1], [0.0; 1], [0.0; 0]);
+        let mut t = c.next_time(&r);
+        let mut seen = Vec::new();
+        while t.is_finite() {
+            c.apply(&r, t, &mut x, &mut rate, &mut u);
+            seen.push((t, rate[0]));
+            t = c.next_time(&r);
+        }
+        assert_eq!(seen, vec![(0.0, 20.0), (5.0, 0.0), (15.0, 30.0), (20.0, 0.0), (39.0, 30.0), (44.0, 0.0)]);
     }
 
     #[test]

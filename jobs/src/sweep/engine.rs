@@ -24,7 +24,7 @@ const UNTREATED_CACHE: usize = 1 << 16;
 /// sweep turns a model's size into a type.
 macro_rules! with_states {
     ($n:expr, $N:ident => $body:expr) => {
-        with_states!(@arms $n, $N, $body; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+        $crate::sweep::with_states!(@arms $n, $N, $body; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
     };
     (@arms $n:expr, $N:ident, $body:expr; $($k:literal)*) => {
         match $n {
@@ -36,6 +36,7 @@ macro_rules! with_states {
         }
     };
 }
+pub(crate) use with_states;
 
 fn too_large(model: &Model) -> String {
     format!(
@@ -47,7 +48,7 @@ fn too_large(model: &Model) -> String {
 }
 
 /// Whether the sweep's engine can run `model`; `Err` says why not and which engine can.
-pub(super) fn check_model(model: &Model) -> Result<(), String> {
+pub(crate) fn check_model(model: &Model) -> Result<(), String> {
     if model.nstates() == 0 || model.nstates() > MAX_STATES {
         return Err(too_large(model));
     }

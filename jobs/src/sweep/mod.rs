@@ -147,6 +147,7 @@ use crate::kernels::{Stepper, Tolerances};
 use crate::model::{Model, ParamKind};
 use regimen::RegimenSpec;
 
+pub(crate) use engine::{check_model as check_model_for_lanes, with_states};
 pub use engine::{cuda_status, status_name, ChunkResult, Device, Engine, MAX_STATES};
 pub use io::{read_parts, Table, Values};
 pub use report::{GroupRow, SweepReport};
