@@ -102,4 +102,19 @@ pub enum EstimationError {
     /// A state filter cannot run: a schedule or measurement it cannot use, a degenerate update, ...
     #[error("filter: {0}")]
     Filter(String),
+    /// Dose-finding or a threshold search cannot run: a bad target, time, bracket or grid.
+    #[error("dosing: {0}")]
+    Dosing(String),
+    /// A dose-finding or threshold target cannot be reached in the range searched.
+    #[error("{what}: the target {target} cannot be reached; the best reachable value is {best} (at {best_at})")]
+    Unreachable {
+        /// What was searched (the output, the range).
+        what: String,
+        /// The target value.
+        target: f64,
+        /// The reachable value closest to the target.
+        best: f64,
+        /// Where it is reached (the amount or the time).
+        best_at: f64,
+    },
 }

@@ -12,6 +12,7 @@
 //! | several observed outputs, each with its error model; BLQ (M3) | [`ObservedOutput`] in [`PopulationSpec::outputs`] |
 //! | filter latent states of models with process noise (EKF, particle filter, noise-level likelihood) | [`filter::Filter`], [`filter::filter_dataset`] |
 //! | the FO Fisher information of a population design (PopED's reduced and full), criteria, sampling-time optimisation | [`design::Design`], [`design::optimise_times`] |
+//! | point dose-finding on an individual prediction: time to a threshold, the amount that reaches a target | [`dosing::Forecast`], [`dosing::time_to_threshold`], [`dosing::dose_for_target`] |
 //! | errors | [`EstimationError`] |
 //!
 //! Every subject is a [`ModelSystem`](insilico_model::ModelSystem) bound to
@@ -50,6 +51,7 @@
 
 mod conditional;
 pub mod design;
+pub mod dosing;
 pub mod error;
 pub mod filter;
 pub mod focei;
