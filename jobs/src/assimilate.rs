@@ -16,6 +16,8 @@
 //! * `draws.csv`: `ID,DRAW,<η names>`; `posterior.json` ([`crate::posterior_dir`]);
 //! * `sequential.csv` with `[sequential]`: `ID,STEP,TIME,OUTPUT,DV,PREDICTED,ERROR,<η names>`
 //!   (PREDICTED: the observation's individual prediction before it was seen);
+//! * with `[filter]` (models with `noise:` declarations): `filtered.csv`
+//!   ([`filtered_csv`]) and `filter.json` ([`filter_subjects`]);
 //! * `subject_<ID>.png`: data, the individual fit (IPRED at η̂ on a fine
 //!   grid) and the 90% band of the draws' predictions (parameter
 //!   uncertainty), one panel per observed output.
@@ -43,7 +45,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use rayon::prelude::*;
 
 use crate::bayes_config::{BayesConfig, BayesError, CandidateRegimen};
+use crate::estimation::filter::{
+    estimate_dataset_noise_scale, filter_dataset, DatasetFilterOptions, DatasetOutput, FilterMethod, FilterOptions,
+    NoiseEstimate, ObservedOutput as FilterOutput, SubjectFilter,
+};
 use crate::estimation::posterior::{Draws, Posterior, SequentialStep, SubjectPosterior};
+use crate::estimation::EstimationError;
 use crate::forecast::engine::{ForecastPlan, Forecaster, OutputPlan};
 use crate::model::ParamKind;
 use crate::plots::BandPanel;
@@ -289,7 +296,7 @@ pub fn file_id(id: &str) -> String {
 }
 
 /// Writes estimates.csv, predictions.csv, draws.csv, posterior.json,
-/// sequential.csv (with `[sequential]`) and subject_<ID>.png into `out`.
+/// sequential.csv (with `[sequential]`) and `subject_<ID>.png` into `out`.
 pub fn write_outputs(cfg: &BayesConfig, ds: &Dataset, res: &AssimilateResult, out: &Path) -> Result<(), BayesError> {
     std::fs::create_dir_all(out)
         .map_err(|e| BayesError::Io { path: out.display().to_string(), reason: e.to_string() })?;
@@ -307,10 +314,118 @@ pub fn write_outputs(cfg: &BayesConfig, ds: &Dataset, res: &AssimilateResult, ou
     if cfg.sequential.is_some() {
         write("sequential.csv", &sequential_csv(res))?;
     }
+    if let Some(f) = filter_subjects(cfg, ds, res)? {
+        write("filtered.csv", &filtered_csv(cfg, &f))?;
+        let json = serde_json::to_string_pretty(&filter_json(&f)).map_err(|e| BayesError::Io {
+            path: out.join("filter.json").display().to_string(),
+            reason: e.to_string(),
+        })?;
+        write("filter.json", &json)?;
+    }
     subject_plots(cfg, ds, res, out)
 }
 
-/// subject_<ID>.png: data, IPRED on a fine grid and the draws' 90% band.
+/// What `[filter]` computed: per subject, the filter at its MAP parameters.
+#[derive(Debug, Clone)]
+pub struct FilterOutcome {
+    /// The filter used.
+    pub method: FilterMethod,
+    /// Per subject, dataset order.
+    pub subjects: Vec<SubjectFilter>,
+    /// The common noise scale by maximum filter likelihood (`estimate_noise`).
+    pub noise: Option<NoiseEstimate>,
+}
+
+/// Filters every subject's latent states at its MAP parameters (`[filter]`;
+/// `None` without it): the model's declared process noise, the observed
+/// outputs' error models, doses from the dataset.
+pub fn filter_subjects(
+    cfg: &BayesConfig,
+    ds: &Dataset,
+    res: &AssimilateResult,
+) -> Result<Option<FilterOutcome>, BayesError> {
+    let Some(settings) = &cfg.filter else { return Ok(None) };
+    let central = cfg.model.state_names().iter().position(|s| *s == "central").map_or(1, |i| i + 1);
+    let default_obs = cfg.spec.obs_cmt.unwrap_or(central);
+    let outputs: Vec<DatasetOutput> = cfg
+        .observed
+        .iter()
+        .map(|o| {
+            Ok(DatasetOutput {
+                output: FilterOutput::new(&cfg.model, &o.name, o.error, &o.sigma)?,
+                cmt: o.cmt.unwrap_or(default_obs),
+            })
+        })
+        .collect::<Result<_, EstimationError>>()?;
+    let params: Vec<Vec<f64>> = res.subjects.iter().map(|r| r.map.parameters.clone()).collect();
+    let opts = DatasetFilterOptions {
+        method: settings.method,
+        filter: FilterOptions { particles: settings.particles, seed: settings.seed, ..FilterOptions::default() },
+        dose_cmt: cfg.spec.dose_cmt.unwrap_or(1),
+        initial_cov: None,
+    };
+    let noise = if settings.estimate_noise {
+        Some(estimate_dataset_noise_scale(&cfg.model, ds, &params, &outputs, &opts, 1e-3, 1e3)?)
+    } else {
+        None
+    };
+    let subjects = filter_dataset(&cfg.model, ds, &params, &outputs, &opts)?;
+    Ok(Some(FilterOutcome { method: settings.method, subjects, noise }))
+}
+
+/// `filtered.csv`: `ID,TIME,LINE,OUTPUT,DV,PREDICTED,PREDICTED_SD,<state>...,SD_<state>...,LOGLIK`
+/// (one row per observation record; PREDICTED and its SD before the
+/// observation is assimilated, SD on the comparison scale; the states'
+/// filtered mean and SD after it; LOGLIK the subject's total).
+pub fn filtered_csv(cfg: &BayesConfig, f: &FilterOutcome) -> String {
+    let states = cfg.model.state_names();
+    let mut s = String::from("ID,TIME,LINE,OUTPUT,DV,PREDICTED,PREDICTED_SD");
+    for n in &states {
+        s += &format!(",{n}");
+    }
+    for n in &states {
+        s += &format!(",SD_{n}");
+    }
+    s += ",LOGLIK\n";
+    let n = states.len();
+    for sub in &f.subjects {
+        for st in &sub.result.steps {
+            let mut row = vec![
+                sub.id.clone(),
+                num(st.time),
+                st.line.map_or(String::new(), |l| l.to_string()),
+                cfg.observed.get(st.output).map_or(String::new(), |o| o.name.clone()),
+                st.observed.map_or(String::new(), num),
+                num(st.predicted),
+                num(st.predicted_variance.sqrt()),
+            ];
+            row.extend(st.mean.iter().map(|v| num(*v)));
+            row.extend((0..n).map(|k| num(st.cov.get(k * n + k).copied().unwrap_or(f64::NAN).max(0.0).sqrt())));
+            row.push(num(sub.result.log_likelihood));
+            let _ = writeln!(s, "{}", row.join(","));
+        }
+    }
+    s
+}
+
+/// `filter.json`: method, per-subject log-likelihood and warnings, the total,
+/// and the noise-scale estimate when asked for.
+fn filter_json(f: &FilterOutcome) -> serde_json::Value {
+    let fin = |v: f64| if v.is_finite() { serde_json::json!(v) } else { serde_json::Value::Null };
+    let total: f64 = f.subjects.iter().map(|s| s.result.log_likelihood).sum();
+    serde_json::json!({
+        "method": format!("{:?}", f.method).to_ascii_lowercase(),
+        "log_likelihood": fin(total),
+        "subjects": f.subjects.iter().map(|s| serde_json::json!({
+            "id": s.id, "log_likelihood": fin(s.result.log_likelihood), "steps": s.result.steps.len(), "warnings": s.warnings,
+        })).collect::<Vec<_>>(),
+        "noise_scale": f.noise.as_ref().map(|n| serde_json::json!({
+            "value": fin(n.value), "log_likelihood": fin(n.log_likelihood), "evaluations": n.evaluations, "at_bound": n.at_bound,
+        })),
+    })
+}
+
+/// `subject_<ID>.png`: data, IPRED on a fine grid and the draws' 90% band.
 fn subject_plots(cfg: &BayesConfig, ds: &Dataset, res: &AssimilateResult, out: &Path) -> Result<(), BayesError> {
     let outputs: Vec<OutputPlan> =
         cfg.observed.iter().map(|o| OutputPlan { name: o.name.clone(), error: None, threshold: None }).collect();

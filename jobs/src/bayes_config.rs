@@ -40,6 +40,11 @@
 //! ess_min = 200                     # auto: MCMC when the importance sampler's ESS is below this
 //! [sequential]                      # optional: prospective evaluation (sequential.csv)
 //! half_life = 48                    # optional down-weighting of old observations (time units)
+//! [filter]                          # optional, for models with `noise:` declarations: filtered.csv, filter.json
+//! method = "ekf"                    # ekf (default) | ukf | particle; at each subject's MAP parameters
+//! particles = 10000                 # particle filter only
+//! seed = 20261207
+//! estimate_noise = false            # true: a common scale of the declared noise SDs by the filter likelihood
 //! [forecast]
 //! start = 24                        # optional: default the subject's last record time
 //! horizon = 48
@@ -62,6 +67,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::estimation::filter::FilterMethod;
 use crate::estimation::posterior::{PosteriorOptions, SamplingMethod};
 use crate::estimation::{ErrorModel, ObservedOutput, Omega, PopulationSpec, RandomEffect};
 use crate::model::{Model, ParamKind};
@@ -149,9 +155,19 @@ struct RawConfig {
     outputs: Vec<RawOutput>,
     posterior: Option<RawPosterior>,
     sequential: Option<RawSequential>,
+    filter: Option<RawFilter>,
     forecast: Option<RawForecast>,
     #[serde(default)]
     regimen: Vec<RawRegimen>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    method: Option<String>,
+    particles: Option<usize>,
+    seed: Option<u64>,
+    estimate_noise: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +249,21 @@ pub struct CandidateRegimen {
     pub source: String,
 }
 
+/// `[filter]`: latent-state filtering of models with declared process noise
+/// (`noise: state ~ SD`), at each subject's MAP parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterSettings {
+    /// EKF (default), UKF or particle filter.
+    pub method: FilterMethod,
+    /// Particles of the particle filter (default 10,000).
+    pub particles: usize,
+    /// Seed of the particle filter.
+    pub seed: u64,
+    /// Also estimate a common scale of the declared noise SDs by the
+    /// filter's likelihood over all subjects (EKF/UKF only).
+    pub estimate_noise: bool,
+}
+
 /// `[forecast]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ForecastSettings {
@@ -281,6 +312,8 @@ pub struct BayesConfig {
     pub posterior: PosteriorOptions,
     /// `[sequential]` when present: its half-life (`Some(None)` without down-weighting).
     pub sequential: Option<Option<f64>>,
+    /// `[filter]` when present.
+    pub filter: Option<FilterSettings>,
     /// `[forecast]` when present.
     pub forecast: Option<ForecastSettings>,
     /// Where the population came from (`population = DIR`'s fit.json), if anywhere.
@@ -598,6 +631,34 @@ impl BayesConfig {
             },
             ..defaults
         };
+        let filter = match &raw.filter {
+            None => None,
+            Some(f) => {
+                let method = match &f.method {
+                    None => FilterMethod::Ekf,
+                    Some(m) => FilterMethod::parse(m.trim())
+                        .ok_or_else(|| cfg(format!("[filter] method = `{m}` (use ekf, ukf or particle)")))?,
+                };
+                if model.noise().iter().all(|g| g.is_none()) {
+                    return Err(cfg(format!(
+                        "[filter]: model {} declares no process noise; add `noise: <state> ~ <SD per unit time>` to filter its states",
+                        model.name()
+                    )));
+                }
+                if observed.iter().any(|o| o.dvid.is_some()) {
+                    return Err(cfg("[filter] maps observations to outputs by CMT; DVID mapping is not supported there".into()));
+                }
+                let particles = f.particles.unwrap_or(10_000);
+                if particles < 2 {
+                    return Err(cfg(format!("[filter] particles = {particles}: use at least 2")));
+                }
+                let estimate_noise = f.estimate_noise.unwrap_or(false);
+                if estimate_noise && method == FilterMethod::Particle {
+                    return Err(cfg("[filter] estimate_noise needs method = \"ekf\" or \"ukf\"".into()));
+                }
+                Some(FilterSettings { method, particles, seed: f.seed.unwrap_or(20261207), estimate_noise })
+            }
+        };
         let forecast = match &raw.forecast {
             None => {
                 if !raw.regimen.is_empty() {
@@ -622,6 +683,7 @@ impl BayesConfig {
             ode,
             posterior,
             sequential,
+            filter,
             forecast,
             population_from: pop_dir,
         })
