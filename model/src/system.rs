@@ -229,6 +229,65 @@ impl System for ModelSystem {
         let c = &self.compiled;
         self.sparse_product(&c.jac, &c.model.derived.jac, &self.env(t, x, u, p), v, out, false);
     }
+    fn sensitivity_rhs(
+        &self,
+        t: f64,
+        x: &[f64],
+        u: &[f64],
+        p: &[f64],
+        s: &[f64],
+        params: &[Option<usize>],
+        out: &mut [f64],
+    ) -> bool {
+        let c = &self.compiled;
+        let d = &c.model.derived;
+        if !d.net_nodes.is_empty() {
+            // Network-weight directions need the per-direction tangents of
+            // `jvp_params`: the default path.
+            return false;
+        }
+        let n = self.model().nstates();
+        let env = self.env(t, x, u, p);
+        out.iter_mut().for_each(|o| *o = 0.0);
+        // ∂f/∂x evaluated once, applied to every column, in the entry order
+        // of `jvp` (so each column equals `jvp`'s to the last bit).
+        self.with_run(&c.jac, &env, |prog, regs| {
+            for (k, &(i, j, _)) in d.jac.iter().enumerate() {
+                let a = regs[prog.roots[k] as usize];
+                for (col, sc) in out.chunks_exact_mut(n).zip(s.chunks_exact(n)) {
+                    col[i] += a * sc[j];
+                }
+            }
+        });
+        if params.iter().any(Option::is_some) {
+            // ∂f/∂θ evaluated once; column `j` gains the entries of parameter `params[j]`.
+            self.with_run(&c.dfdp, &env, |prog, regs| {
+                let mut tmp = [0.0f64; 64];
+                for (col, param) in out.chunks_exact_mut(n).zip(params) {
+                    let Some(param) = *param else { continue };
+                    if n <= tmp.len() {
+                        let tmp = &mut tmp[..n];
+                        tmp.iter_mut().for_each(|v| *v = 0.0);
+                        for (k, &(i, j, _)) in d.dfdp.iter().enumerate() {
+                            if j == param {
+                                tmp[i] += regs[prog.roots[k] as usize];
+                            }
+                        }
+                        for (o, v) in col.iter_mut().zip(tmp.iter()) {
+                            *o += v;
+                        }
+                    } else {
+                        for (k, &(i, j, _)) in d.dfdp.iter().enumerate() {
+                            if j == param {
+                                col[i] += regs[prog.roots[k] as usize];
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        true
+    }
     fn vjp_state(&self, t: f64, x: &[f64], u: &[f64], p: &[f64], w: &[f64], out: &mut [f64]) {
         let c = &self.compiled;
         self.sparse_product(&c.jac, &c.model.derived.jac, &self.env(t, x, u, p), w, out, true);

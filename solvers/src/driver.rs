@@ -113,6 +113,9 @@ struct ForwardRhs<'a> {
     p: &'a [f64],
     n: usize,
     dirs: &'a [Dir],
+    /// The parameter of each direction (`None` for a state direction), for
+    /// [`System::sensitivity_rhs`].
+    dir_params: Vec<Option<usize>>,
     seg: RefCell<Seg>,
     scratch: RefCell<(Vec<f64>, Vec<f64>)>,
 }
@@ -131,6 +134,12 @@ impl Rhs for ForwardRhs<'_> {
             *f += r;
         }
         if self.dirs.is_empty() {
+            return;
+        }
+        if self.sys.sensitivity_rhs(t, x, &seg.u, self.p, s, &self.dir_params, ds) {
+            for (o, v) in ds.iter_mut().zip(&seg.drates) {
+                *o += v;
+            }
             return;
         }
         let mut sc = self.scratch.borrow_mut();
@@ -256,6 +265,13 @@ pub(crate) fn integrate(
         p,
         n,
         dirs,
+        dir_params: dirs
+            .iter()
+            .map(|d| match *d {
+                Dir::Param(i) => Some(i),
+                Dir::State(_) => None,
+            })
+            .collect(),
         seg: RefCell::new(Seg { rates: st.rates.clone(), drates: st.drates.clone(), u: st.u.clone() }),
         scratch: RefCell::new((vec![0.0; m], vec![0.0; n])),
     };

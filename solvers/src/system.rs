@@ -53,6 +53,32 @@ pub trait System: Send + Sync {
     /// `out = (∂f/∂θ)ᵀ w`, `w` of length `nstates`, `out` of length `nparams` (overwritten).
     fn vjp_params(&self, t: f64, x: &[f64], u: &[f64], p: &[f64], w: &[f64], out: &mut [f64]);
 
+    /// The forward-sensitivity right-hand side of `k = params.len()`
+    /// directions at once: for each `j`,
+    /// `out[j·n..(j+1)·n] = (∂f/∂x)·s[j·n..(j+1)·n] + (∂f/∂θ)·e_{params[j]}`
+    /// (no parameter term where `params[j]` is `None`), `n = nstates`,
+    /// `out` overwritten; returns `true`.
+    ///
+    /// The default returns `false`, and the solver then calls
+    /// [`System::jvp`] and [`System::jvp_params`] once per direction. A
+    /// system whose derivative evaluation has a fixed cost per call (a
+    /// program evaluating every Jacobian entry) overrides this to evaluate
+    /// `∂f/∂x` and `∂f/∂θ` once for all `k` directions; the result must
+    /// equal the per-direction one.
+    #[allow(clippy::too_many_arguments)]
+    fn sensitivity_rhs(
+        &self,
+        _t: f64,
+        _x: &[f64],
+        _u: &[f64],
+        _p: &[f64],
+        _s: &[f64],
+        _params: &[Option<usize>],
+        _out: &mut [f64],
+    ) -> bool {
+        false
+    }
+
     /// Structural nonzeros `(row, col)` of `∂f/∂x`, if the system knows them.
     /// `None` means dense.
     fn jacobian_sparsity(&self) -> Option<Vec<(usize, usize)>> {
