@@ -198,3 +198,44 @@ fn bad_input_names_file_key_and_line() {
     assert!(!o.status.success() && err.contains("posterior.json") && err.contains("assimilate"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `[filter]` on a model with declared process noise (examples/filter/):
+/// filtered.csv's columns, one row per observation, filtered SDs no larger
+/// than the predicted spread, and filter.json's log-likelihood is the sum of
+/// the subjects'.
+#[test]
+fn filter_writes_filtered_states() {
+    let cfg = format!("{}/examples/filter/tumour.toml", env!("CARGO_MANIFEST_DIR"));
+    let out = out_dir("filter");
+    ok(&insilico(&["assimilate", &cfg, "--out", out.to_str().unwrap()]));
+    let (h, rows) = csv(&out.join("filtered.csv"));
+    assert_eq!(
+        h,
+        [
+            "ID",
+            "TIME",
+            "LINE",
+            "OUTPUT",
+            "DV",
+            "PREDICTED",
+            "PREDICTED_SD",
+            "drug",
+            "tumour",
+            "SD_drug",
+            "SD_tumour",
+            "LOGLIK"
+        ]
+    );
+    assert_eq!(rows.len(), 24, "3 subjects × 8 images");
+    for r in &rows {
+        let sd: f64 = r[col(&h, "SD_tumour")].parse().unwrap();
+        let pred_sd: f64 = r[col(&h, "PREDICTED_SD")].parse().unwrap();
+        assert!(sd.is_finite() && sd > 0.0 && sd <= pred_sd, "{r:?}");
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("filter.json")).unwrap()).unwrap();
+    assert_eq!(j["method"], "ekf");
+    let total: f64 = j["subjects"].as_array().unwrap().iter().map(|s| s["log_likelihood"].as_f64().unwrap()).sum();
+    assert!((total - j["log_likelihood"].as_f64().unwrap()).abs() < 1e-9);
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -35,6 +35,8 @@
 //! lloq = 0.05                       # optional: M3 for DV < LLOQ
 //! [posterior]
 //! method = "auto"                   # laplace | sir | mcmc | auto
+//! hessian = "observed"             # Laplace covariance from the observed (full) Hessian, or "expected"
+//!                                   # (Gauss–Newton: NONMEM's conditional covariance, ~40% fewer solves)
 //! draws = 1000
 //! seed = 20261207
 //! ess_min = 200                     # auto: MCMC when the importance sampler's ESS is below this
@@ -68,7 +70,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::estimation::filter::FilterMethod;
-use crate::estimation::posterior::{PosteriorOptions, SamplingMethod};
+use crate::estimation::posterior::{LaplaceHessian, PosteriorOptions, SamplingMethod};
 use crate::estimation::{ErrorModel, ObservedOutput, Omega, PopulationSpec, RandomEffect};
 use crate::model::{Model, ParamKind};
 use crate::solvers::data::{Record, Subject};
@@ -185,6 +187,7 @@ struct RawOutput {
 #[serde(deny_unknown_fields)]
 struct RawPosterior {
     method: Option<String>,
+    hessian: Option<String>,
     draws: Option<usize>,
     seed: Option<u64>,
     ess_min: Option<f64>,
@@ -591,12 +594,24 @@ impl BayesConfig {
         if ode.max_steps == 0 {
             return Err(cfg("key `max_steps` must be at least 1".into()));
         }
-        let rp = raw.posterior.clone().unwrap_or(RawPosterior { method: None, draws: None, seed: None, ess_min: None });
+        let rp = raw.posterior.clone().unwrap_or(RawPosterior {
+            method: None,
+            hessian: None,
+            draws: None,
+            seed: None,
+            ess_min: None,
+        });
         let defaults = PosteriorOptions::default();
         let method = match &rp.method {
             None => SamplingMethod::Auto,
             Some(m) => SamplingMethod::parse(m.trim())
                 .ok_or_else(|| cfg(format!("[posterior] method = `{m}` (use laplace, sir, mcmc or auto)")))?,
+        };
+        let hessian = match rp.hessian.as_deref().map(|h| h.trim().to_ascii_lowercase()) {
+            None => defaults.hessian,
+            Some(h) if h == "observed" => LaplaceHessian::Observed,
+            Some(h) if h == "expected" => LaplaceHessian::Expected,
+            Some(h) => return Err(cfg(format!("[posterior] hessian = `{h}` (use observed or expected)"))),
         };
         let draws = rp.draws.unwrap_or(1000);
         if draws == 0 {
@@ -623,6 +638,7 @@ impl BayesConfig {
             draws,
             seed: rp.seed.unwrap_or(defaults.seed),
             ess_min,
+            hessian,
             half_life: sequential.flatten(),
             ode: Options {
                 rtol: raw.rtol.unwrap_or(defaults.ode.rtol),
@@ -646,7 +662,9 @@ impl BayesConfig {
                     )));
                 }
                 if observed.iter().any(|o| o.dvid.is_some()) {
-                    return Err(cfg("[filter] maps observations to outputs by CMT; DVID mapping is not supported there".into()));
+                    return Err(cfg(
+                        "[filter] maps observations to outputs by CMT; DVID mapping is not supported there".into(),
+                    ));
                 }
                 let particles = f.particles.unwrap_or(10_000);
                 if particles < 2 {
