@@ -37,6 +37,34 @@ impl<'f> Ekf<'f> {
 }
 
 /// The model's `∂f/∂x` at `(t, x)` as a dense row-major `n × n` matrix.
+/// Integrates a moment system (state: the mean, then the covariance row-major)
+/// from `(m, P)` at `t0` to `t1`; returns the mean and the symmetrised
+/// covariance. Shared by the EKF's and the UKF's time updates.
+pub(crate) fn integrate_moments(
+    f: &Filter,
+    sys: &dyn System,
+    m: &[f64],
+    p: &DMatrix<f64>,
+    t0: f64,
+    t1: f64,
+    forcing: &Forcing,
+) -> Result<(Vec<f64>, DMatrix<f64>), EstimationError> {
+    let n = m.len();
+    let mut z = m.to_vec();
+    // Row-major P (symmetric, so the column-major storage reads the same).
+    z.extend(p.transpose().iter());
+    let mut prob = Problem::new(sys, f.params.clone()).with_x0(z);
+    prob.t0 = t0;
+    prob.t_end = Some(t1);
+    prob.u0 = forcing.u.clone();
+    let opts = insilico_solvers::Options { rtol: f.opts.rtol, atol: f.opts.atol, ..Default::default() };
+    let sol =
+        solve(&prob, f.opts.method, &opts).map_err(|error| EstimationError::Solve { subject: f.label(), error })?;
+    let z = sol.final_state;
+    let p = DMatrix::from_row_slice(n, n, &z[n..]);
+    Ok((z[..n].to_vec(), (&p + p.transpose()) * 0.5))
+}
+
 pub(crate) fn dense_jacobian(sys: &ModelSystem, t: f64, x: &[f64], u: &[f64], p: &[f64]) -> Vec<f64> {
     let n = x.len();
     let pattern = sys.model().jacobian_pattern();
@@ -167,20 +195,7 @@ impl Engine for Ekf<'_> {
         let n = self.m.len();
         let scale = f.opts.noise_scale;
         let sys = Moments { sys: &f.sys, noise: &f.noise, rates: &forcing.rates, scale2: scale * scale, n };
-        let mut z = self.m.clone();
-        // Row-major P (symmetric, so the column-major storage reads the same).
-        z.extend(self.p.transpose().iter());
-        let mut prob = Problem::new(&sys, f.params.clone()).with_x0(z);
-        prob.t0 = t0;
-        prob.t_end = Some(t1);
-        prob.u0 = forcing.u.clone();
-        let opts = insilico_solvers::Options { rtol: f.opts.rtol, atol: f.opts.atol, ..Default::default() };
-        let sol =
-            solve(&prob, f.opts.method, &opts).map_err(|error| EstimationError::Solve { subject: f.label(), error })?;
-        let z = sol.final_state;
-        self.m.copy_from_slice(&z[..n]);
-        let p = DMatrix::from_row_slice(n, n, &z[n..]);
-        self.p = (&p + p.transpose()) * 0.5;
+        (self.m, self.p) = integrate_moments(f, &sys, &self.m, &self.p, t0, t1, forcing)?;
         Ok(())
     }
 

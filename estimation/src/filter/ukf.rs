@@ -18,10 +18,10 @@
 
 use insilico_model::tape::Env;
 use insilico_model::ModelSystem;
-use insilico_solvers::{solve, Problem, System};
+use insilico_solvers::System;
 use nalgebra::DMatrix;
 
-use super::ekf::dense_jacobian;
+use super::ekf::{dense_jacobian, integrate_moments};
 use super::events::Forcing;
 use super::noise::NoiseModel;
 use super::{comparison, Engine, Filter, ObservedOutput, Update};
@@ -158,19 +158,7 @@ impl Engine for Ukf<'_> {
         let n = self.m.len();
         let scale = f.opts.noise_scale;
         let sys = SigmaMoments { sys: &f.sys, noise: &f.noise, rates: &forcing.rates, scale2: scale * scale, n };
-        let mut z = self.m.clone();
-        z.extend(self.p.transpose().iter());
-        let mut prob = Problem::new(&sys, f.params.clone()).with_x0(z);
-        prob.t0 = t0;
-        prob.t_end = Some(t1);
-        prob.u0 = forcing.u.clone();
-        let opts = insilico_solvers::Options { rtol: f.opts.rtol, atol: f.opts.atol, ..Default::default() };
-        let sol =
-            solve(&prob, f.opts.method, &opts).map_err(|error| EstimationError::Solve { subject: f.label(), error })?;
-        let z = sol.final_state;
-        self.m.copy_from_slice(&z[..n]);
-        let p = DMatrix::from_row_slice(n, n, &z[n..]);
-        self.p = (&p + p.transpose()) * 0.5;
+        (self.m, self.p) = integrate_moments(f, &sys, &self.m, &self.p, t0, t1, forcing)?;
         Ok(())
     }
 
