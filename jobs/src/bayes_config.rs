@@ -72,6 +72,7 @@ use serde::Deserialize;
 use crate::estimation::filter::FilterMethod;
 use crate::estimation::posterior::{LaplaceHessian, PosteriorOptions, SamplingMethod};
 use crate::estimation::{ErrorModel, ObservedOutput, Omega, PopulationSpec, RandomEffect};
+use crate::fit_focei::{omega_variances, sort_by_model_order};
 use crate::model::{Model, ParamKind};
 use crate::solvers::data::{Record, Subject};
 use crate::solvers::{Dataset, Options, ReadOptions};
@@ -400,9 +401,7 @@ impl BayesConfig {
             }
         }
         let params = model.params();
-        let order: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
-        let rank = |n: &str| order.iter().position(|p| *p == n).unwrap_or(usize::MAX);
-        theta.sort_by_key(|(n, _)| rank(n));
+        sort_by_model_order(&model, &mut theta);
         // Ω: the fit's, with [omega2] / [omega] overriding or adding diagonal entries.
         let (mut targets, mut omega) = match &fitted {
             Some(f) => (f.eta_targets.clone(), f.omega.clone()),
@@ -422,20 +421,8 @@ impl BayesConfig {
             };
             omega[i][i] = v;
         };
-        for (k, &v) in &raw.omega2 {
-            if raw.omega.contains_key(k) {
-                return Err(cfg(format!("random effect on `{k}` given twice: in [omega2] and in [omega] (use one)")));
-            }
-            if !(v.is_finite() && v > 0.0) {
-                return Err(cfg(format!("[omega2] {k} = {v}: a variance must be > 0")));
-            }
-            set(k, v);
-        }
-        for (k, &v) in &raw.omega {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(cfg(format!("[omega] {k} = {v}: a standard deviation must be > 0")));
-            }
-            set(k, v * v);
+        for (k, v) in omega_variances(&raw.omega2, &raw.omega).map_err(&cfg)? {
+            set(&k, v);
         }
         if targets.is_empty() {
             return Err(cfg(

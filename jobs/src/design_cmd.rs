@@ -52,6 +52,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
+use crate::fit_focei::{omega_variances, sort_by_model_order};
 use crate::solvers::{Dataset, Options, ReadOptions};
 use insilico_estimation::design::{optimise_times, Criterion, Design, Fim, FimType, TimeConstraints, TimeOptimum};
 use insilico_estimation::{ErrorModel, Omega, PopulationSpec, RandomEffect};
@@ -178,17 +179,10 @@ impl DesignConfig {
                 return Err(cfg(format!("parameter `{k}` = {v}: must be a finite number")));
             }
         }
-        for (k, &v) in &raw.omega2 {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(cfg(format!("[omega2] {k} = {v}: a variance must be > 0")));
-            }
-        }
-        let order: Vec<String> = model.params().iter().map(|p| p.name.clone()).collect();
-        let rank = |n: &str| order.iter().position(|p| p == n).unwrap_or(usize::MAX);
-        let mut variances: Vec<(String, f64)> = raw.omega2.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        variances.sort_by_key(|(n, _)| rank(n));
+        let mut variances = omega_variances(&raw.omega2, &BTreeMap::new()).map_err(&cfg)?;
+        sort_by_model_order(&model, &mut variances);
         let mut theta: Vec<(String, f64)> = raw.theta.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        theta.sort_by_key(|(n, _)| rank(n));
+        sort_by_model_order(&model, &mut theta);
         let (error, sigma) = residual(raw.sigma2_prop, raw.sigma2_add).map_err(cfg)?;
         let omega = if variances.is_empty() {
             Omega::diagonal(&[]).map_err(|e| cfg(e.to_string()))?

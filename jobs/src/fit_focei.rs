@@ -171,32 +171,14 @@ impl FoceiConfig {
                 return Err(cfg(format!("parameter `{k}` = {v}: must be a finite number")));
             }
         }
-        // Random effects: [omega2] variances and [omega] SDs, one per parameter.
-        let mut variances: Vec<(String, f64)> = Vec::new();
-        for (k, &v) in &raw.omega2 {
-            if raw.omega.contains_key(k) {
-                return Err(cfg(format!("random effect on `{k}` given twice: in [omega2] and in [omega] (use one)")));
-            }
-            if !(v.is_finite() && v > 0.0) {
-                return Err(cfg(format!("[omega2] {k} = {v}: a variance must be > 0")));
-            }
-            variances.push((k.clone(), v));
-        }
-        for (k, &v) in &raw.omega {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(cfg(format!("[omega] {k} = {v}: a standard deviation must be > 0")));
-            }
-            variances.push((k.clone(), v * v));
-        }
+        let mut variances = omega_variances(&raw.omega2, &raw.omega).map_err(&cfg)?;
         if variances.is_empty() {
             return Err(cfg("no random effect: give [omega2] (variances) or [omega] (SDs) per parameter".into()));
         }
         // The model's declaration order (names it lacks last; the estimator names them).
-        let order: Vec<String> = model.params().iter().map(|p| p.name.clone()).collect();
-        let rank = |n: &str| order.iter().position(|p| p == n).unwrap_or(usize::MAX);
-        variances.sort_by_key(|(n, _)| rank(n));
+        sort_by_model_order(&model, &mut variances);
         let mut theta: Vec<(String, f64)> = raw.theta.iter().map(|(k, v)| (k.clone(), *v)).collect();
-        theta.sort_by_key(|(n, _)| rank(n));
+        sort_by_model_order(&model, &mut theta);
         let omega =
             Omega::diagonal(&variances.iter().map(|(_, v)| *v).collect::<Vec<_>>()).map_err(|e| cfg(e.to_string()))?;
         let spec = PopulationSpec {
@@ -360,4 +342,39 @@ impl FoceiConfig {
             "subjects": subjects,
         })
     }
+}
+
+/// The random effects of a population config: `[omega2]` (variances) then
+/// `[omega]` (SDs, squared), as `(parameter, variance)` pairs. Every value
+/// must be finite and positive; a parameter in both tables is refused.
+/// Shared by the FOCE-I, assimilate/forecast and design configs.
+pub(crate) fn omega_variances(
+    omega2: &BTreeMap<String, f64>,
+    omega: &BTreeMap<String, f64>,
+) -> Result<Vec<(String, f64)>, String> {
+    let mut out = Vec::with_capacity(omega2.len() + omega.len());
+    for (k, &v) in omega2 {
+        if omega.contains_key(k) {
+            return Err(format!("random effect on `{k}` given twice: in [omega2] and in [omega] (use one)"));
+        }
+        if !(v.is_finite() && v > 0.0) {
+            return Err(format!("[omega2] {k} = {v}: a variance must be > 0"));
+        }
+        out.push((k.clone(), v));
+    }
+    for (k, &v) in omega {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(format!("[omega] {k} = {v}: a standard deviation must be > 0"));
+        }
+        out.push((k.clone(), v * v));
+    }
+    Ok(out)
+}
+
+/// Sorts named entries into the model's parameter declaration order (names
+/// the model lacks last, in their given order: the estimator names them).
+pub(crate) fn sort_by_model_order<T>(model: &insilico_model::Model, items: &mut [(String, T)]) {
+    let params = model.params();
+    let rank = |n: &str| params.iter().position(|p| p.name == n).unwrap_or(usize::MAX);
+    items.sort_by_key(|(n, _)| rank(n));
 }
